@@ -1,0 +1,3 @@
+from esc50ann.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""A synthetic ESC-50-shaped dataset, generated inside the tests (no real audio in the repo).
+
+Each class is a tone at its own frequency plus a little noise, so a classifier can learn it;
+clips are 5 s, 44.1 kHz, mono, 16-bit like the official WAVs unless told otherwise.
+
+    root = make_dataset_folder(tmp_path)          # tmp_path/ESC-50-master/{meta,audio}
+    zip_path = make_archive(tmp_path / "esc.zip")  # the same, zipped like the download
+"""
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+
+SAMPLE_RATE = 44100
+DURATION = 5.0
+COLUMNS = ["filename", "fold", "target", "category", "esc10", "src_file", "take"]
+
+# (target, category, esc10): real ESC-50 ids, so the ESC-10 subset is exercised too.
+CLASSES = [(0, "dog", True), (1, "rooster", True), (14, "chirping_birds", False), (36, "vacuum_cleaner", False)]
+
+
+def tone(target: int, seed: int, sample_rate: int = SAMPLE_RATE, duration: float = DURATION,
+         channels: int = 1) -> np.ndarray:
+    """A class-specific tone with noise: shape (n_samples,) or (n_samples, channels), float32 in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(round(sample_rate * duration))) / sample_rate
+    freq = 220.0 * 2 ** (target / 12)  # a semitone apart per class id
+    y = 0.5 * np.sin(2 * np.pi * freq * t) * (0.6 + 0.4 * np.sin(2 * np.pi * (1 + target % 5) * t))
+    y += 0.05 * rng.standard_normal(t.size)
+    y = y.astype(np.float32)
+    return np.repeat(y[:, None], channels, axis=1) if channels > 1 else y
+
+
+def metadata(n_folds: int = 3, clips_per_class: int = 2, classes=CLASSES) -> pd.DataFrame:
+    """Rows laid out like meta/esc50.csv: each (fold, class) gets its own source recordings."""
+    rows = []
+    for fold in range(1, n_folds + 1):
+        for target, category, esc10 in classes:
+            for k in range(clips_per_class):
+                src = 100000 + fold * 1000 + target * 10 + k
+                take = "A"
+                rows.append([f"{fold}-{src}-{take}-{target}.wav", fold, target, category, esc10, src, take])
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def wav_bytes(y: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, y, sample_rate, subtype="PCM_16", format="WAV")
+    return buf.getvalue()
+
+
+def clips(meta: pd.DataFrame):
+    """Yield (filename, wav bytes) for every metadata row."""
+    for i, row in enumerate(meta.itertuples()):
+        yield row.filename, wav_bytes(tone(row.target, seed=i))
+
+
+def make_dataset_folder(parent: Path, n_folds: int = 3, clips_per_class: int = 2,
+                        classes=CLASSES) -> Path:
+    """Write parent/ESC-50-master/{meta/esc50.csv, audio/*.wav}; return the ESC-50-master folder."""
+    root = Path(parent) / "ESC-50-master"
+    (root / "meta").mkdir(parents=True, exist_ok=True)
+    (root / "audio").mkdir(exist_ok=True)
+    meta = metadata(n_folds, clips_per_class, classes)
+    meta.to_csv(root / "meta" / "esc50.csv", index=False)
+    for name, data in clips(meta):
+        (root / "audio" / name).write_bytes(data)
+    return root
+
+
+def make_archive(path: Path, n_folds: int = 3, clips_per_class: int = 2, classes=CLASSES,
+                 extra_members: dict[str, bytes] | None = None) -> Path:
+    """Write a zip laid out like the official ESC-50-master.zip; return its path."""
+    meta = metadata(n_folds, clips_per_class, classes)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("ESC-50-master/meta/esc50.csv", meta.to_csv(index=False))
+        for name, data in clips(meta):
+            z.writestr("ESC-50-master/audio/" + name, data)
+        for name, data in (extra_members or {}).items():
+            z.writestr(name, data)
+    return Path(path)
