@@ -4,12 +4,26 @@
 """
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import numpy as np
 import pandas as pd
+import soundfile as sf
+from joblib import Parallel, delayed
+from tqdm.auto import tqdm
 
+from esc50ann.download import DEFAULT_SOURCE, extract, fetch
 from esc50ann.errors import DatasetError
 
 # The official clips: 5 s, 44.1 kHz, mono.
@@ -17,6 +31,13 @@ SAMPLE_RATE = 44100
 CHANNELS = 1
 N_SAMPLES = 5 * SAMPLE_RATE
 COLUMNS = ["filename", "fold", "target", "category", "esc10", "src_file", "take"]
+
+SOURCE_ENV = "ESC50ANN_SOURCE"
+DATA_DIR_ENV = "ESC50ANN_DATA_DIR"
+DEFAULT_DATA_DIR = "data"
+RECORD = "dataset.json"
+# How many bad files a one-line error message lists before "and N more".
+SHOWN_PROBLEMS = 5
 
 
 @dataclass(frozen=True)
@@ -84,3 +105,560 @@ class Dataset:
             meta = self.meta[self.meta["esc10"]].reset_index(drop=True)
             return Dataset(self.root, meta, self.manifest)
         raise DatasetError(f"unknown subset {name!r}: expected 'esc50' or 'esc10'")
+
+    def select(self, filenames) -> "Dataset":
+        """The clips named in ``filenames``, in that order (e.g. those a later stage kept).
+
+        Raises
+        ------
+        DatasetError
+            A filename that is not in the metadata.
+        """
+        names = [str(n) for n in filenames]
+        position = pd.Series(np.arange(len(self.meta)), index=self.meta["filename"].to_numpy())
+        unknown = [n for n in names if n not in position.index]
+        if unknown:
+            raise DatasetError(f"cannot select {unknown[0]!r}: not in the metadata of {self.root}"
+                               + (f" (and {len(unknown) - 1} more unknown)" if len(unknown) > 1 else ""))
+        meta = self.meta.iloc[position[names].to_numpy()].reset_index(drop=True)
+        return Dataset(self.root, meta, self.manifest)
+
+    def verify(self, n_jobs: int = -1, progress: bool = True) -> list[tuple[str, str]]:
+        """Re-check every clip's format and SHA-256 against ``self.manifest``.
+
+        Returns
+        -------
+        list of (filename, reason)
+            Every bad file; empty when all are fine. Without a manifest only the format
+            (existence, sample rate, channels, length) is checked.
+        """
+        _, problems = verify(self.root, self.meta, expected=self.manifest, n_jobs=n_jobs,
+                             progress=progress)
+        return problems
+
+    def summary(self) -> dict:
+        """JSON-serialisable overview: sizes, folds (keys of ``clips_per_fold`` are strings)."""
+        per_fold = self.meta["fold"].value_counts().sort_index()
+        return {
+            "n_clips": len(self.meta),
+            "n_classes": int(self.meta["target"].nunique()),
+            "folds": self.folds,
+            "clips_per_fold": {str(int(f)): int(n) for f, n in per_fold.items()},
+            "n_esc10": int(self.meta["esc10"].sum()),
+            "root": str(self.root),
+            "verified": self.manifest is not None,
+        }
+
+    def split(self, test_fold: int, val_fold: int | None | str = None) -> Split:
+        """Hold out whole folds: ``test_fold`` for testing, optionally ``val_fold`` for validation.
+
+        Parameters
+        ----------
+        test_fold : int
+            A fold listed in the metadata.
+        val_fold : int, None or "auto"
+            A different listed fold, None for no validation set, or ``"auto"`` for the next
+            listed fold after ``test_fold`` (cyclically).
+
+        Returns
+        -------
+        Split
+            Row positions; training gets every other fold.
+
+        Raises
+        ------
+        DatasetError
+            Unknown fold, fewer than 2 folds, no fold left for training, or a ``src_file``
+            shared between train, validation and test.
+        """
+        folds = self.folds
+        if len(folds) < 2:
+            raise DatasetError(f"cannot split {self.root}: need at least 2 folds, the metadata lists {_listing(folds)}")
+        test_fold = _known_fold(test_fold, folds, "test")
+        val_fold = _pick_val_fold(val_fold, test_fold, folds)
+        train_folds = [f for f in folds if f not in (test_fold, val_fold)]
+        if not train_folds:
+            raise DatasetError(f"no fold left for training with test fold {test_fold} and validation "
+                               f"fold {val_fold} (folds: {_listing(folds)})")
+        fold = self.meta["fold"].to_numpy()
+        split = Split(
+            test_fold=test_fold,
+            val_fold=val_fold,
+            train=np.flatnonzero(np.isin(fold, train_folds)),
+            val=np.flatnonzero(fold == val_fold) if val_fold is not None else np.array([], dtype=np.int64),
+            test=np.flatnonzero(fold == test_fold),
+        )
+        _check_no_leak(self.meta, split)
+        return split
+
+    def splits(self, folds=None, val_fold: int | None | str = "auto") -> list[Split]:
+        """One ``split`` per test fold: every listed fold by default, or those in ``folds``."""
+        return [self.split(f, val_fold) for f in (self.folds if folds is None else folds)]
+
+
+# ----------------------------------------------------------------------------- splits helpers
+
+
+def _listing(folds) -> str:
+    return ", ".join(str(f) for f in folds) or "none"
+
+
+def _known_fold(fold, folds: list[int], role: str) -> int:
+    """``fold`` as an int, checked to be one of ``folds``."""
+    if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or int(fold) not in folds:
+        raise DatasetError(f"{role} fold {fold!r} is not in the metadata (folds: {_listing(folds)})")
+    return int(fold)
+
+
+def _pick_val_fold(val_fold, test_fold: int, folds: list[int]) -> int | None:
+    """Resolve None / "auto" / an explicit validation fold."""
+    if val_fold is None:
+        return None
+    if isinstance(val_fold, str):
+        if val_fold != "auto":
+            raise DatasetError(f"validation fold {val_fold!r}: expected a fold number, None or 'auto'")
+        return folds[(folds.index(test_fold) + 1) % len(folds)]
+    val_fold = _known_fold(val_fold, folds, "validation")
+    if val_fold == test_fold:
+        raise DatasetError(f"validation fold {val_fold} is also the test fold: choose another")
+    return val_fold
+
+
+def _check_no_leak(meta: pd.DataFrame, split: Split) -> None:
+    """Clips cut from one source recording must stay on one side of the split."""
+    src = meta["src_file"].to_numpy()
+    parts = {"train": set(src[split.train]), "val": set(src[split.val]), "test": set(src[split.test])}
+    names = list(parts)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            shared = parts[a] & parts[b]
+            if shared:
+                raise DatasetError(f"split with test fold {split.test_fold} leaks: src_file "
+                                   f"{min(shared)} is in both {a} and {b} ({len(shared)} shared)")
+
+
+# ----------------------------------------------------------------------------- metadata
+
+_FILENAME = re.compile(r"^(\d+)-(\d+)-([A-Za-z0-9]+)-(\d+)\.wav$")
+_INT = re.compile(r"^[+-]?\d+$")
+_BOOL = {"true": True, "false": False}
+
+
+def load_metadata(csv_path: Path) -> pd.DataFrame:
+    """Read and validate ``meta/esc50.csv``.
+
+    Rows are named as "row i (line j)": i counts data rows from 1, j is the CSV line
+    (the header is line 1).
+
+    Parameters
+    ----------
+    csv_path : Path
+        The metadata file.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``COLUMNS`` in that order, index 0..n-1; ``fold``, ``target``, ``src_file``
+        int64, ``esc10`` bool, the rest strings.
+
+    Raises
+    ------
+    DatasetError
+        Unreadable file, missing column, bad value, one target with two categories,
+        duplicate filename, or a filename disagreeing with its columns.
+    """
+    csv_path = Path(csv_path)
+    raw = _read_csv(csv_path)
+    missing = [c for c in COLUMNS if c not in raw.columns]
+    if missing:
+        raise DatasetError(f"{csv_path}: missing column {missing[0]!r} (has: {', '.join(map(str, raw.columns))})")
+    if raw.empty:
+        raise DatasetError(f"{csv_path}: no data rows")
+    values = {c: [v.strip() for v in raw[c].tolist()] for c in COLUMNS}
+    meta = pd.DataFrame({
+        "filename": values["filename"],
+        "fold": _ints(values["fold"], "fold", csv_path),
+        "target": _ints(values["target"], "target", csv_path, minimum=0),
+        "category": _nonempty(values["category"], "category", csv_path),
+        "esc10": _bools(values["esc10"], "esc10", csv_path),
+        "src_file": _ints(values["src_file"], "src_file", csv_path),
+        "take": _nonempty(values["take"], "take", csv_path),
+    }, columns=COLUMNS)
+    _check_filenames(meta, csv_path)
+    _check_categories(meta, csv_path)
+    return meta
+
+
+def _row(i: int) -> str:
+    """Name data row ``i`` (0-based) both ways, so nobody has to guess the convention."""
+    return f"row {i + 1} (line {i + 2})"
+
+
+def _read_csv(csv_path: Path) -> pd.DataFrame:
+    """All cells as stripped-later strings; empty cells stay '' instead of NaN."""
+    try:
+        return pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except FileNotFoundError:
+        raise DatasetError(f"{csv_path}: metadata file not found") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
+        reason = " ".join(str(e).split())
+        raise DatasetError(f"{csv_path}: not a readable CSV ({reason})") from None
+
+
+def _ints(cells: list[str], column: str, csv_path: Path, minimum: int | None = None) -> np.ndarray:
+    for i, v in enumerate(cells):
+        if not _INT.match(v) or (minimum is not None and int(v) < minimum):
+            what = "an integer" if minimum is None else f"an integer >= {minimum}"
+            raise DatasetError(f"{csv_path}: {_row(i)}, column {column!r}: expected {what}, got {v!r}")
+    return np.array([int(v) for v in cells], dtype=np.int64)
+
+
+def _bools(cells: list[str], column: str, csv_path: Path) -> np.ndarray:
+    for i, v in enumerate(cells):
+        if v.lower() not in _BOOL:
+            raise DatasetError(f"{csv_path}: {_row(i)}, column {column!r}: expected True or False, got {v!r}")
+    return np.array([_BOOL[v.lower()] for v in cells], dtype=bool)
+
+
+def _nonempty(cells: list[str], column: str, csv_path: Path) -> list[str]:
+    for i, v in enumerate(cells):
+        if not v:
+            raise DatasetError(f"{csv_path}: {_row(i)}, column {column!r}: empty")
+    return cells
+
+
+def _check_filenames(meta: pd.DataFrame, csv_path: Path) -> None:
+    """Names are unique and spell out ``{fold}-{src_file}-{take}-{target}.wav``."""
+    dup = meta["filename"].duplicated()
+    if dup.any():
+        i = int(np.flatnonzero(dup.to_numpy())[0])
+        first = int(np.flatnonzero((meta["filename"] == meta["filename"].iloc[i]).to_numpy())[0])
+        raise DatasetError(f"{csv_path}: {_row(i)}, column 'filename': {meta['filename'].iloc[i]!r} "
+                           f"duplicates {_row(first)}")
+    for i, row in enumerate(meta.itertuples(index=False)):
+        m = _FILENAME.match(row.filename)
+        if not m:
+            raise DatasetError(f"{csv_path}: {_row(i)}, column 'filename': {row.filename!r} is not "
+                               f"<fold>-<src_file>-<take>-<target>.wav")
+        parsed = {"fold": int(m[1]), "src_file": int(m[2]), "take": m[3], "target": int(m[4])}
+        for column, value in parsed.items():
+            if getattr(row, column) != value:
+                raise DatasetError(f"{csv_path}: {_row(i)}, column {column!r}: {getattr(row, column)!r} "
+                                   f"disagrees with filename {row.filename!r}")
+
+
+def _check_categories(meta: pd.DataFrame, csv_path: Path) -> None:
+    """One category name per target and one target per category name."""
+    for key, other in (("target", "category"), ("category", "target")):
+        first = meta.groupby(key, sort=False)[other].transform("first")
+        bad = np.flatnonzero((meta[other] != first).to_numpy())
+        if bad.size:
+            i = int(bad[0])
+            raise DatasetError(f"{csv_path}: {_row(i)}, column {other!r}: {key} {meta[key].iloc[i]!r} "
+                               f"has {other} {meta[other].iloc[i]!r} here but {first.iloc[i]!r} earlier")
+
+
+# ----------------------------------------------------------------------------- verification
+
+
+def verify(root: Path, meta: pd.DataFrame, *, expected: dict | None = None, n_jobs: int = -1,
+           progress: bool = True) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Check every clip listed in ``meta`` under ``root/audio`` and hash it.
+
+    A clip is good when it exists, soundfile can read its header, and it is
+    ``SAMPLE_RATE`` Hz, ``CHANNELS`` channel(s), ``N_SAMPLES`` frames long; with ``expected``
+    its SHA-256 must also be unchanged.
+
+    Parameters
+    ----------
+    root : Path
+        Dataset folder holding ``audio/``.
+    meta : pandas.DataFrame
+        Validated metadata (``load_metadata``).
+    expected : dict, optional
+        A previous manifest, filename -> SHA-256.
+    n_jobs : int
+        joblib workers (threads: hashing and file reads release the GIL); -1 for all cores.
+    progress : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    manifest : dict[str, str]
+        filename -> SHA-256 for every file that could be read.
+    problems : list of (filename, reason)
+        Every bad file, in metadata order.
+    """
+    audio = Path(root) / "audio"
+    expected = expected or {}
+    names = [str(n) for n in meta["filename"]]
+    jobs = (delayed(check_clip)(audio / n, expected.get(n)) for n in names)
+    results = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(jobs)
+    manifest, problems = {}, []
+    for name, (digest, reasons) in zip(names, tqdm(results, total=len(names), desc="verify",
+                                                    unit="clip", disable=not progress, leave=False)):
+        if digest is not None:
+            manifest[name] = digest
+        if reasons:
+            problems.append((name, "; ".join(reasons)))
+    return manifest, problems
+
+
+def check_clip(path: Path, expected_sha256: str | None = None) -> tuple[str | None, list[str]]:
+    """Hash one WAV and check its format.
+
+    Returns
+    -------
+    sha256 : str or None
+        None when the file cannot be read at all.
+    reasons : list of str
+        What is wrong with it; empty when nothing is.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None, ["missing"]
+    except OSError as e:
+        return None, [f"unreadable ({e.strerror or e})"]
+    digest = hashlib.sha256(data).hexdigest()
+    reasons = []
+    if expected_sha256 is not None and digest != expected_sha256:
+        reasons.append("changed since verification (sha256 mismatch)")
+    try:
+        info = sf.info(io.BytesIO(data))
+    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+        return digest, reasons + [f"unreadable by soundfile ({' '.join(str(e).split())})"]
+    if info.samplerate != SAMPLE_RATE:
+        reasons.append(f"sample rate {info.samplerate} Hz, expected {SAMPLE_RATE}")
+    if info.channels != CHANNELS:
+        reasons.append(f"{info.channels} channels, expected {CHANNELS}")
+    if info.frames != N_SAMPLES:
+        reasons.append(f"{info.frames} frames, expected {N_SAMPLES}")
+    return digest, reasons
+
+
+def describe_problems(problems: list[tuple[str, str]], total: int, root: Path) -> str:
+    """One line: how many files are bad and the first few ``name: reason``."""
+    shown = "; ".join(f"{name}: {reason}" for name, reason in problems[:SHOWN_PROBLEMS])
+    more = f"; and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
+    return f"{len(problems)} of {total} audio files in {root} are bad: {shown}{more}"
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def prepare(source: str | Path | None = None, data_dir: Path | str | None = None, *,
+            sha256: str | None = None, n_jobs: int = -1, progress: bool = True) -> Dataset:
+    """The dataset stage: obtain, unpack, validate and verify ESC-50; record it in ``dataset.json``.
+
+    Parameters
+    ----------
+    source : str or Path, optional
+        An http(s) URL (downloaded into ``data_dir/downloads/``), a ``file://`` URL or a local
+        ``.zip`` (extracted straight from where it is), or an extracted folder holding
+        ``meta/esc50.csv`` and ``audio/`` (used in place). Default: ``$ESC50ANN_SOURCE``,
+        else ``DEFAULT_SOURCE``.
+    data_dir : Path or str, optional
+        Data root. Default: ``$ESC50ANN_DATA_DIR``, else ``./data``.
+    sha256 : str, optional
+        Expected SHA-256 of a downloaded or local archive.
+    n_jobs : int
+        joblib workers for verification.
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    Dataset
+        With ``manifest`` set. If ``dataset.json`` already records this source as verified
+        and its folder still exists, that record is returned without re-hashing anything.
+
+    Raises
+    ------
+    DownloadError
+        The archive could not be fetched.
+    DatasetError
+        Bad archive, bad metadata, or bad audio files (all of them counted, the first few
+        named); an archive extracted by this call is removed again in that case.
+    """
+    source = resolve_source(source)
+    data_dir = resolve_data_dir(data_dir)
+    done = _recorded(data_dir, source)
+    if done is not None:
+        return done
+    # Whatever was recorded before no longer describes what this call will leave behind.
+    (data_dir / RECORD).unlink(missing_ok=True)
+    local = _obtain(source, data_dir, sha256=sha256, progress=progress)
+    if local.is_dir():
+        root, extracted = _dataset_folder(local, source), False
+    else:
+        root, extracted = _extract(local, data_dir, downloaded=_is_url(source), progress=progress), True
+    try:
+        dataset = _validate(root, n_jobs=n_jobs, progress=progress)
+    except DatasetError as e:
+        if extracted:
+            shutil.rmtree(root, ignore_errors=True)
+            raise DatasetError(f"{e} (removed the extracted folder)") from None
+        raise
+    write_record(data_dir, source, dataset)
+    return dataset
+
+
+def load(data_dir: Path | str | None = None) -> Dataset:
+    """Open the dataset that ``prepare`` recorded in ``data_dir/dataset.json``.
+
+    Raises
+    ------
+    DatasetError
+        No record, a damaged record, or its dataset folder is gone.
+    """
+    data_dir = resolve_data_dir(data_dir)
+    record = read_record(data_dir)
+    if record is None:
+        raise DatasetError(f"no dataset in {data_dir}: run `esc50ann download` first")
+    root = Path(record["root"])
+    if not (root / "meta" / "esc50.csv").is_file():
+        raise DatasetError(f"{data_dir / RECORD}: dataset folder {root} is gone: run `esc50ann download` again")
+    return Dataset(root, load_metadata(root / "meta" / "esc50.csv"), dict(record["files"]))
+
+
+def resolve_source(source: str | Path | None = None) -> str:
+    """The source to use, normalised: URLs as given, local paths (and file:// URLs) absolute."""
+    source = source if source not in (None, "") else (os.environ.get(SOURCE_ENV) or DEFAULT_SOURCE)
+    text = str(source)
+    scheme = urlparse(text).scheme.lower()
+    if scheme in ("http", "https"):
+        return text
+    if scheme == "file":
+        text = url2pathname(urlparse(text).path)
+    return str(Path(text).expanduser().resolve())
+
+
+def resolve_data_dir(data_dir: Path | str | None = None) -> Path:
+    """The data root: the argument, else ``$ESC50ANN_DATA_DIR``, else ``./data``."""
+    if data_dir in (None, ""):
+        data_dir = os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
+    return Path(data_dir).expanduser()
+
+
+def _obtain(source: str, data_dir: Path, *, sha256: str | None, progress: bool) -> Path:
+    """A local file or folder for ``source``: downloads URLs, uses local paths in place."""
+    if _is_url(source):
+        name = Path(urlparse(source).path).name or "esc50"
+        dest = data_dir / "downloads" / (name if name.endswith(".zip") else name + ".zip")
+        return fetch(source, dest, sha256=sha256, progress=progress)
+    path = Path(source)
+    if not path.exists():
+        raise DatasetError(f"source {path}: no such file or folder")
+    if path.is_file() and sha256:
+        fetch(path.as_uri(), path, sha256=sha256, progress=progress)  # checksum check only
+    return path
+
+
+def _is_url(source: str) -> bool:
+    return urlparse(source).scheme.lower() in ("http", "https")
+
+
+def _extract(archive: Path, data_dir: Path, *, downloaded: bool, progress: bool) -> Path:
+    """``extract``, dropping a downloaded archive that turns out bad so a rerun fetches it anew."""
+    try:
+        return extract(archive, data_dir, progress=progress)
+    except DatasetError as e:
+        if not downloaded:
+            raise
+        archive.unlink(missing_ok=True)
+        raise DatasetError(f"{e} (removed the download)") from None
+
+
+def _dataset_folder(folder: Path, source: str) -> Path:
+    """``folder`` itself, or its ``ESC-50-master/``, whichever holds the metadata and audio."""
+    for candidate in (folder, folder / "ESC-50-master"):
+        if (candidate / "meta" / "esc50.csv").is_file() and (candidate / "audio").is_dir():
+            return candidate
+    raise DatasetError(f"source {source}: folder has no meta/esc50.csv and audio/ (not an ESC-50 folder)")
+
+
+def _validate(root: Path, *, n_jobs: int, progress: bool) -> Dataset:
+    """Load the metadata and verify every clip; raise if any is bad."""
+    meta = load_metadata(root / "meta" / "esc50.csv")
+    manifest, problems = verify(root, meta, n_jobs=n_jobs, progress=progress)
+    if problems:
+        raise DatasetError(describe_problems(problems, len(meta), root))
+    return Dataset(root, meta, manifest)
+
+
+# ----------------------------------------------------------------------------- dataset.json
+
+
+def read_record(data_dir: Path) -> dict | None:
+    """The parsed ``dataset.json``, or None if there is none.
+
+    Raises
+    ------
+    DatasetError
+        The file exists but is damaged.
+    """
+    path = Path(data_dir) / RECORD
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path}: damaged ({' '.join(str(e).split())}); run `esc50ann download` again") from None
+    keys = ("source", "root", "verified_at", "n_clips", "files")
+    if not isinstance(record, dict) or any(k not in record for k in keys) or not isinstance(record["files"], dict):
+        raise DatasetError(f"{path}: damaged (expected keys {', '.join(keys)}); run `esc50ann download` again")
+    return record
+
+
+def write_record(data_dir: Path, source: str, dataset: Dataset) -> Path:
+    """Atomically write ``data_dir/dataset.json`` describing a verified ``dataset``."""
+    record = {
+        "source": source,
+        "root": str(Path(dataset.root).resolve()),
+        "verified_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "n_clips": len(dataset),
+        "files": dict(dataset.manifest or {}),
+    }
+    return _atomic_write_text(Path(data_dir) / RECORD, json.dumps(record, indent=1) + "\n")
+
+
+def _atomic_write_text(path: Path, text: str) -> Path:
+    """Write to a temporary file beside ``path``, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes it private; the record is not secret
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _recorded(data_dir: Path, source: str) -> Dataset | None:
+    """The recorded dataset if it came from ``source`` and still matches its metadata; else None.
+
+    Costs one small JSON and one CSV read: no hashing, no audio decoding.
+    """
+    try:
+        record = read_record(data_dir)
+    except DatasetError:
+        return None  # a damaged record is simply redone
+    if record is None or record["source"] != source:
+        return None
+    root = Path(record["root"])
+    csv_path = root / "meta" / "esc50.csv"
+    if not csv_path.is_file() or not (root / "audio").is_dir():
+        return None
+    try:
+        meta = load_metadata(csv_path)
+    except DatasetError:
+        return None
+    if set(meta["filename"]) != set(record["files"]):
+        return None
+    return Dataset(root, meta, dict(record["files"]))
