@@ -1,0 +1,205 @@
+"""Reports of a cross-validation run: metrics, tables, plots and a readable summary.
+
+A run folder holds::
+
+    per_class.csv  confusion.csv  predictions.csv  confusion.png  learning_curves.png
+    report.md  fold-K.npz (one model per test fold)  metrics.json (written last)
+
+``metrics.json`` is written last, so a folder without it is an interrupted run.
+"""
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import confusion_matrix
+
+import esc50ann
+from esc50ann.dataset import Dataset
+from esc50ann.errors import Esc50Error
+from esc50ann.evaluate import CVResult
+from esc50ann.fileio import atomic_path, write_text
+
+
+def predictions_table(cv: CVResult, dataset: Dataset) -> pd.DataFrame:
+    """One row per test clip: clip, fold, true, predicted (category names), target ids, probability."""
+    names = cv.class_names
+    frames = []
+    for fold in cv.folds:
+        frames.append(pd.DataFrame({
+            "clip": dataset.meta["filename"].to_numpy()[fold.test_index],
+            "fold": fold.test_fold,
+            "true": [names[t] for t in fold.y_true],
+            "predicted": [names[t] for t in fold.y_pred],
+            "true_target": fold.y_true,
+            "predicted_target": fold.y_pred,
+            "probability": fold.proba.max(axis=1),
+        }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def per_class_table(predictions: pd.DataFrame, cv: CVResult) -> pd.DataFrame:
+    """Per class: category, target, correct, total, accuracy, then accuracy per test fold."""
+    hit = predictions["true_target"] == predictions["predicted_target"]
+    grouped = hit.groupby(predictions["true_target"])
+    table = pd.DataFrame({"correct": grouped.sum().astype(int), "total": grouped.size()})
+    table["accuracy"] = table["correct"] / table["total"]
+    by_fold = hit.groupby([predictions["true_target"], predictions["fold"]]).mean().unstack("fold")
+    for fold in by_fold.columns:
+        table[f"fold_{fold}"] = by_fold[fold]
+    table.insert(0, "category", [cv.class_names[t] for t in table.index])
+    return table.rename_axis("target").reset_index()[["category", "target", *table.columns[1:]]]
+
+
+def confusion_table(predictions: pd.DataFrame, cv: CVResult) -> pd.DataFrame:
+    """Counts, rows = true category, columns = predicted category, in class-id order."""
+    matrix = confusion_matrix(predictions["true_target"], predictions["predicted_target"], labels=cv.classes)
+    names = [cv.class_names[t] for t in cv.classes]
+    return pd.DataFrame(matrix, index=pd.Index(names, name="true"), columns=names)
+
+
+def most_confused(confusion: pd.DataFrame, k: int = 10) -> list[tuple[str, str, int]]:
+    """The ``k`` largest off-diagonal cells: (true, predicted, count), largest first."""
+    counts = confusion.to_numpy().copy()
+    np.fill_diagonal(counts, 0)
+    order = np.argsort(counts, axis=None)[::-1][:k]
+    rows, cols = np.unravel_index(order, counts.shape)
+    return [(confusion.index[r], confusion.columns[c], int(counts[r, c])) for r, c in zip(rows, cols) if counts[r, c]]
+
+
+def metrics(cv: CVResult, per_class: pd.DataFrame, *, pipeline: dict[str, Any],
+            timings: dict[str, float], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's ``metrics.json`` content."""
+    import librosa
+    import sklearn
+
+    return {
+        "accuracy_mean": cv.accuracy_mean,
+        "accuracy_std": cv.accuracy_std,
+        "fold_accuracy": {str(k): v for k, v in cv.fold_accuracy.items()},
+        "per_class_accuracy": dict(zip(per_class["category"], per_class["accuracy"].astype(float))),
+        "n_clips": int(per_class["total"].sum()),
+        "folds": [f.test_fold for f in cv.folds],
+        "validation_folds": {str(f.test_fold): f.val_fold for f in cv.folds},
+        "best_epochs": {str(f.test_fold): f.best_epoch for f in cv.folds},
+        "pipeline": pipeline,
+        "versions": {"esc50ann": esc50ann.__version__, "numpy": np.__version__, "librosa": librosa.__version__,
+                     "scikit-learn": sklearn.__version__, "python": platform.python_version()},
+        "timings_seconds": timings,
+        **(extra or {}),
+    }
+
+
+def summary(metrics: dict[str, Any], per_class: pd.DataFrame, confused: list[tuple[str, str, int]] = ()) -> str:
+    """The text printed at the end of a run and kept as ``report.md``: folds, mean ± std, per class."""
+    name = metrics["pipeline"].get("name", "run")
+    lines = [f"# {name}: {len(metrics['folds'])}-fold cross-validation, {metrics['n_clips']} clips", "",
+             f"**Accuracy: {100 * metrics['accuracy_mean']:.1f} % ± {100 * metrics['accuracy_std']:.1f}** (mean ± std over folds)",
+             "", "| fold | " + " | ".join(metrics["fold_accuracy"]) + " |",
+             "|---|" + "---|" * len(metrics["fold_accuracy"]),
+             "| accuracy | " + " | ".join(f"{100 * v:.1f} %" for v in metrics["fold_accuracy"].values()) + " |",
+             "", "## Per-class accuracy (worst first)", "",
+             "| category | correct / total | accuracy |", "|---|---|---|"]
+    for row in per_class.sort_values(["accuracy", "category"]).itertuples():
+        lines.append(f"| {row.category} | {row.correct} / {row.total} | {100 * row.accuracy:.1f} % |")
+    if confused:
+        lines += ["", "## Most confused pairs", "", "| true | predicted as | clips |", "|---|---|---|"]
+        lines += [f"| {t} | {p} | {n} |" for t, p, n in confused]
+    return "\n".join(lines) + "\n"
+
+
+def plot_confusion(confusion: pd.DataFrame, path: Path) -> None:
+    """A readable confusion matrix: class names on both axes, counts as colour."""
+    from matplotlib.figure import Figure
+
+    n = len(confusion)
+    size = max(6.0, 0.28 * n + 3)
+    fig = Figure(figsize=(size, size), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(confusion.to_numpy(), cmap="Blues")
+    ax.set_xticks(range(n), confusion.columns, rotation=90, fontsize=7 if n > 20 else 9)
+    ax.set_yticks(range(n), confusion.index, fontsize=7 if n > 20 else 9)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix (all test folds)")
+    fig.colorbar(image, ax=ax, shrink=0.6, label="clips")
+    _save(fig, path)
+
+
+def plot_learning_curves(cv: CVResult, path: Path) -> None:
+    """Loss and accuracy per epoch, one line per fold (dashed: validation)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for fold in cv.folds:
+        history = pd.DataFrame(fold.history)
+        if history.empty:
+            continue
+        line, = loss_ax.plot(history["epoch"], history["loss"], label=f"fold {fold.test_fold} train")
+        for col, ax in (("val_loss", loss_ax), ("train_accuracy", acc_ax), ("val_accuracy", acc_ax)):
+            if col in history and history[col].notna().any():
+                ax.plot(history["epoch"], history[col], color=line.get_color(),
+                        linestyle="--" if col.startswith("val") else "-",
+                        label=f"fold {fold.test_fold} {col.split('_')[0]}" if ax is acc_ax or col == "val_loss" else None)
+    for ax, label in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+
+
+def write_run(run_dir: Path, cv: CVResult, dataset: Dataset, *, pipeline: dict[str, Any],
+              timings: dict[str, float], extra: dict[str, Any] | None = None, save_models: bool = True,
+              model_metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write every report file of a run into ``run_dir``; ``metrics.json`` last. Returns the metrics."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    predictions = predictions_table(cv, dataset)
+    per_class = per_class_table(predictions, cv)
+    confusion = confusion_table(predictions, cv)
+    write_text(run_dir / "predictions.csv", predictions.to_csv(index=False))
+    write_text(run_dir / "per_class.csv", per_class.to_csv(index=False))
+    write_text(run_dir / "confusion.csv", confusion.to_csv())
+    plot_confusion(confusion, run_dir / "confusion.png")
+    plot_learning_curves(cv, run_dir / "learning_curves.png")
+    if save_models:
+        for fold in cv.folds:
+            fold.model.metadata_ = {**(model_metadata or {}), "test_fold": fold.test_fold}
+            fold.model.save(run_dir / f"fold-{fold.test_fold}.npz")
+    result = metrics(cv, per_class, pipeline=pipeline, timings=timings, extra=extra)
+    write_text(run_dir / "report.md", summary(result, per_class, most_confused(confusion)))
+    write_text(run_dir / "metrics.json", json.dumps(result, indent=2, default=_json_default))
+    return result
+
+
+def load_run(run_dir: Path) -> tuple[dict[str, Any], str]:
+    """A finished run's metrics and its report text (for ``esc50ann report``)."""
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise Esc50Error(f"{run_dir}: no metrics.json — not a finished run (interrupted, or not a run folder)")
+    try:
+        result = json.loads(metrics_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise Esc50Error(f"{metrics_path}: damaged metrics file ({exc})") from None
+    report_path = run_dir / "report.md"
+    return result, report_path.read_text(encoding="utf-8") if report_path.is_file() else ""
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (np.ndarray, tuple)):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,72 @@
+"""Pipeline files: the shipped ones load; typos, wrong types and bad values name key and file."""
+from pathlib import Path
+
+import pytest
+
+from esc50ann import config
+from esc50ann.errors import ConfigError
+
+PIPELINES = sorted((Path(__file__).parent.parent / "pipelines").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.name)
+def test_shipped_pipelines_load(path):
+    cfg = config.load(path)
+    assert cfg.name == path.stem
+    assert cfg.estimator_params()["hidden_layer_sizes"]
+
+
+def test_required_pipelines_ship():
+    assert {"default.toml", "original.toml", "quick.toml"} <= {p.name for p in PIPELINES}
+
+
+def test_original_is_the_reference_network():
+    cfg = config.load(Path(__file__).parent.parent / "pipelines" / "original.toml")
+    params = cfg.estimator_params()
+    assert cfg.features.representation == "flat"
+    assert params["hidden_layer_sizes"] == (1024,)
+    assert (params["activation"], params["output"], params["loss"], params["solver"]) == (
+        "tanh", "softmax", "squared_error", "sgd")
+    assert params["input_bias"] is True
+
+
+def write(tmp_path, text):
+    path = tmp_path / "p.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[features]\nn_mel = 64\n", ["p.toml", "features.n_mel"]),
+    ("[trainig]\n", ["p.toml", "trainig"]),
+    ("[training]\nlearning_rate = 'fast'\n", ["p.toml", "training.learning_rate", "float"]),
+    ("[training]\nbatch_size = 3.5\n", ["p.toml", "training.batch_size"]),
+    ("[model]\ninput_bias = 1\n", ["p.toml", "model.input_bias", "bool"]),
+    ("[features]\nn_mels = true\n", ["p.toml", "features.n_mels"]),
+    ("[dataset]\nsubset = 'esc20'\n", ["p.toml", "subset", "esc20"]),
+    ("[evaluation]\nvalidation = 'test'\n", ["p.toml", "validation"]),
+    ("[model]\nactivation = 'swish'\n", ["p.toml", "activation"]),
+    ("name = 3\n", ["p.toml", "name"]),
+    ("[features\n", ["p.toml", "invalid TOML"]),
+])
+def test_bad_pipeline_names_key_and_file(tmp_path, text, words):
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, text))
+    message = str(info.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="nope.toml"):
+        config.load(tmp_path / "nope.toml")
+
+
+def test_defaults_and_overrides(tmp_path):
+    cfg = config.load(write(tmp_path, "name = 'x'\n[features]\nn_mels = 40\nfmax = 8000\n"
+                                      "[training]\npatience = 0\n[dataset]\nfolds = [1, 2]\n"))
+    assert cfg.features.n_mels == 40 and cfg.features.fmax == 8000
+    assert cfg.dataset.folds == (1, 2)
+    assert cfg.estimator_params()["patience"] is None  # 0 disables early stopping
+    assert cfg.to_dict()["features"]["n_mels"] == 40

@@ -1,0 +1,136 @@
+"""End to end on the synthetic mini dataset: download -> features -> 3-fold CV -> report files."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from esc50ann.dataset import Dataset
+from esc50ann.errors import DatasetError
+from esc50ann.evaluate import cross_validate
+from esc50ann.pipeline import Pipeline
+
+TINY = """
+name = "tiny"
+[features]
+representation = "stats"
+n_mels = 32
+[model]
+hidden_layer_sizes = [16]
+loss = "cross_entropy"
+[training]
+solver = "adam"
+learning_rate = 0.01
+batch_size = 8
+max_epochs = 30
+patience = 5
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_run(synth_archive, tmp_path_factory):
+    """One full pipeline run on the synthetic archive, shared by the report checks below."""
+    root = tmp_path_factory.mktemp("run")
+    path = root / "tiny.toml"
+    path.write_text(TINY)
+    pipe = Pipeline.from_toml(path, data_dir=root / "data", source=str(synth_archive), n_jobs=1, progress=False)
+    return pipe, pipe.run(out=root / "out")
+
+
+def test_run_writes_every_report_file(tiny_run):
+    _, run = tiny_run
+    names = {p.name for p in run.run_dir.iterdir()}
+    assert {"metrics.json", "per_class.csv", "confusion.csv", "predictions.csv", "confusion.png",
+            "learning_curves.png", "report.md", "fold-1.npz", "fold-2.npz", "fold-3.npz"} <= names
+
+
+def test_report_files_agree_with_each_other(tiny_run):
+    pipe, run = tiny_run
+    metrics = json.loads((run.run_dir / "metrics.json").read_text())
+    per_class = pd.read_csv(run.run_dir / "per_class.csv")
+    confusion = pd.read_csv(run.run_dir / "confusion.csv", index_col=0)
+    predictions = pd.read_csv(run.run_dir / "predictions.csv")
+    n_clips = len(pipe.download())
+    assert metrics["n_clips"] == n_clips == per_class["total"].sum() == len(predictions)
+    assert metrics["folds"] == [1, 2, 3]
+    assert metrics["accuracy_mean"] == pytest.approx(np.mean(list(metrics["fold_accuracy"].values())))
+    # confusion rows sum to the class totals, the diagonal to the per-class correct counts
+    totals = dict(zip(per_class["category"], per_class["total"]))
+    assert confusion.sum(axis=1).to_dict() == totals
+    assert dict(zip(confusion.index, np.diag(confusion.to_numpy()))) == dict(zip(per_class["category"], per_class["correct"]))
+    # per-class accuracy in metrics.json matches the table and the predictions
+    for row in per_class.itertuples():
+        assert metrics["per_class_accuracy"][row.category] == pytest.approx(row.accuracy)
+        mine = predictions[predictions["true"] == row.category]
+        assert (mine["true"] == mine["predicted"]).sum() == row.correct
+    for fold, acc in metrics["fold_accuracy"].items():
+        fold_rows = predictions[predictions["fold"] == int(fold)]
+        assert (fold_rows["true"] == fold_rows["predicted"]).mean() == pytest.approx(acc)
+    assert set(metrics["timings_seconds"]) >= {"dataset", "features", "cross_validation"}
+    assert metrics["pipeline"]["name"] == "tiny"
+
+
+def test_tones_are_learned(tiny_run):
+    _, run = tiny_run
+    assert run.metrics["accuracy_mean"] >= 0.75  # 4 pure-tone classes: chance is 0.25
+
+
+def test_validation_fold_is_a_training_fold_never_the_test_fold(tiny_run):
+    _, run = tiny_run
+    for fold in run.cv.folds:
+        assert fold.val_fold is not None and fold.val_fold != fold.test_fold
+
+
+def test_stages_reuse_cached_features(tiny_run, synth_archive, tmp_path):
+    pipe, _ = tiny_run
+    again = Pipeline(pipe.config, data_dir=pipe.data_dir, source=str(synth_archive), n_jobs=1, progress=False)
+    feats = again.features()
+    assert feats.from_cache
+    assert np.array_equal(np.asarray(feats.X), np.asarray(pipe.features().X))
+
+
+def test_parallel_folds_give_the_same_numbers_as_serial(tiny_run):
+    pipe, _ = tiny_run
+    X, dataset, params = np.asarray(pipe.features().X), pipe.download(), pipe.config.estimator_params()
+    serial = cross_validate(X, dataset, params, n_jobs=1, progress=False)
+    parallel = cross_validate(X, dataset, params, n_jobs=2, progress=False)
+    assert serial.fold_accuracy == parallel.fold_accuracy
+    for a, b in zip(serial.folds, parallel.folds):
+        np.testing.assert_allclose(a.proba, b.proba, rtol=1e-4, atol=1e-5)
+
+
+def test_normalisation_is_fit_on_training_rows_only(tiny_run):
+    """Shifting the test fold's features must not change what the model learned."""
+    pipe, _ = tiny_run
+    X, dataset, params = np.array(pipe.features().X), pipe.download(), pipe.config.estimator_params()
+    base = cross_validate(X, dataset, params, folds=[1], validation="none", progress=False)
+    shifted = X.copy()
+    shifted[dataset.meta["fold"].to_numpy() == 1] += 100.0
+    moved = cross_validate(shifted, dataset, params, folds=[1], validation="none", progress=False)
+    train_rows = X[dataset.meta["fold"].to_numpy() != 1]
+    np.testing.assert_array_equal(base.folds[0].model.predict_proba(train_rows),
+                                  moved.folds[0].model.predict_proba(train_rows))
+
+
+def test_empty_class_in_training_split_is_a_clear_error(tiny_run):
+    pipe, _ = tiny_run
+    dataset = pipe.download()
+    meta = dataset.meta
+    # "dog" only in fold 1: testing on fold 1 leaves no dog clip to train on
+    keep = ~((meta["category"] == "dog") & (meta["fold"] != 1))
+    lonely = Dataset(dataset.root, meta[keep].reset_index(drop=True))
+    X = np.asarray(pipe.features().X)[keep.to_numpy()]
+    with pytest.raises(DatasetError, match="test fold 1.*'dog'"):
+        cross_validate(X, lonely, pipe.config.estimator_params(), progress=False)
+
+
+def test_unknown_fold_is_a_clear_error(tiny_run):
+    pipe, _ = tiny_run
+    with pytest.raises(DatasetError, match="7"):
+        pipe.cross_validate(folds=[1, 7])
+
+
+def test_metrics_record_the_resolved_config(tiny_run):
+    pipe, run = tiny_run
+    assert run.metrics["pipeline"]["features"] == pipe.config.features.to_dict()
+    assert run.metrics["pipeline"]["model"]["hidden_layer_sizes"] == [16]
