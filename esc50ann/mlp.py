@@ -1,0 +1,358 @@
+"""The network: a multilayer perceptron written by hand in NumPy, with exact backpropagation.
+
+    x_in = x + b0                         learnable input bias, shape (n_in,)   (optional)
+    a1   = f(x_in W1 + b1)                hidden layers, f = tanh | sigmoid | relu
+    ...
+    s    = out(a_L W_{L+1} + b_{L+1})     output: softmax | sigmoid
+    L    = mean over the batch of  sum_k (s - y)^2        (squared error, the write-ups' loss)
+        or mean over the batch of  -sum_k y log s          (cross-entropy; binary form for sigmoid)
+
+Rows are samples throughout: ``X`` has shape (n, n_in), weights ``W_l`` shape (fan_in, fan_out),
+so a whole mini-batch goes through one BLAS matmul per layer.
+
+Exact gradients
+---------------
+The write-ups differentiate softmax as ``s (1 - s)``, i.e. they keep only the diagonal of its
+Jacobian ``J = diag(s) - s s^T``.  With squared error that gives a wrong gradient (the off-diagonal
+terms do not cancel).  Here the output-layer error ``delta = dL/dz`` uses the full Jacobian:
+
+* squared error through softmax, with ``g = dL/ds = 2 (s - y)``:
+  ``delta = J^T g = s * (g - <g, s>)``  (row-wise inner product);
+* cross-entropy through softmax: ``delta = s * sum_k y_k - y``, i.e. ``s - y`` for one-hot targets;
+* squared error through sigmoid: ``delta = g * s (1 - s)`` (the sigmoid Jacobian *is* diagonal);
+* binary cross-entropy through sigmoid: ``delta = s - y``.
+
+``tests/test_mlp.py`` checks every combination against finite differences.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "ACTIVATIONS", "OUTPUTS", "COSTS", "Tanh", "Sigmoid", "ReLU", "Softmax", "SigmoidOutput",
+    "SquaredError", "CrossEntropy", "MLP",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Hidden activations.  ``fn`` works in place when given ``out``; ``derivative`` is expressed
+# through the activation's *output* a = f(z), so the forward pass need not keep z.
+# ----------------------------------------------------------------------------------------------
+class Tanh:
+    name = "tanh"
+
+    @staticmethod
+    def fn(z, out=None):
+        return np.tanh(z, out=out)
+
+    @staticmethod
+    def derivative(a):
+        """f'(z) = 1 - tanh(z)^2 = 1 - a^2."""
+        return 1.0 - a * a
+
+    @staticmethod
+    def backprop(a, grad, tmp):
+        """``grad *= f'(z)`` in place; ``tmp`` is scratch of grad's shape."""
+        np.multiply(grad, a, out=tmp)
+        tmp *= a
+        grad -= tmp  # grad * (1 - a^2) without allocating
+
+
+class Sigmoid:
+    name = "sigmoid"
+
+    @staticmethod
+    def fn(z, out=None):
+        # 1 / (1 + e^-z) written as (1 + tanh(z/2)) / 2: same value, no overflow warnings.
+        out = np.multiply(z, 0.5, out=out)
+        np.tanh(out, out=out)
+        out += 1.0
+        out *= 0.5
+        return out
+
+    @staticmethod
+    def derivative(a):
+        """f'(z) = a (1 - a)."""
+        return a * (1.0 - a)
+
+    @staticmethod
+    def backprop(a, grad, tmp):
+        np.subtract(1.0, a, out=tmp)
+        tmp *= a
+        grad *= tmp
+
+
+class ReLU:
+    name = "relu"
+
+    @staticmethod
+    def fn(z, out=None):
+        return np.maximum(z, 0.0, out=out)
+
+    @staticmethod
+    def derivative(a):
+        """f'(z) = 1 where z > 0 (i.e. a > 0), else 0 (the subgradient 0 at z = 0)."""
+        return (a > 0).astype(a.dtype)
+
+    @staticmethod
+    def backprop(a, grad, tmp):
+        grad *= a > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Output layers.  ``vjp(s, g)`` returns J^T g: the gradient wrt z given g = dL/ds.
+# ----------------------------------------------------------------------------------------------
+class Softmax:
+    name = "softmax"
+
+    @staticmethod
+    def fn(z, out=None):
+        """Row-wise softmax, shifted by the row maximum so exp never overflows."""
+        out = np.subtract(z, z.max(axis=1, keepdims=True), out=out)
+        np.exp(out, out=out)
+        out /= out.sum(axis=1, keepdims=True)
+        return out
+
+    @staticmethod
+    def vjp(s, g):
+        """Full-Jacobian product: ``J = diag(s) - s s^T`` is symmetric, so ``J^T g = s * (g - <g, s>)``."""
+        inner = np.einsum("ij,ij->i", g, s)[:, None]
+        return s * (g - inner)
+
+
+class SigmoidOutput:
+    name = "sigmoid"
+    fn = staticmethod(Sigmoid.fn)
+
+    @staticmethod
+    def vjp(s, g):
+        """Each unit depends on its own z only: the Jacobian is ``diag(s (1 - s))``."""
+        return g * s * (1.0 - s)
+
+
+# ----------------------------------------------------------------------------------------------
+# Costs, as in Nielsen's network2.py: ``fn`` is the batch-mean loss, ``delta`` the per-sample
+# dL_i/dz at the output (the network divides by the batch size once).
+# ----------------------------------------------------------------------------------------------
+class SquaredError:
+    """``L_i = sum_k (s_k - y_k)^2`` (the write-ups' loss; no 1/2 in front)."""
+
+    name = "squared_error"
+
+    @staticmethod
+    def fn(s, y):
+        d = s - y
+        return float(np.einsum("ij,ij->", d, d, dtype=np.float64)) / len(s)
+
+    @staticmethod
+    def delta(s, y, output):
+        return output.vjp(s, 2.0 * (s - y))
+
+
+class CrossEntropy:
+    """Categorical ``-sum_k y log s`` for softmax; binary ``-sum_k [y log s + (1-y) log(1-s)]`` for sigmoid.
+
+    Both are the canonical pairing of their output, so ``delta`` needs no Jacobian:
+    softmax gives ``s * sum_k y - y`` (``s - y`` for one-hot rows), sigmoid gives ``s - y``.
+    """
+
+    name = "cross_entropy"
+
+    @staticmethod
+    def fn(s, y, output=Softmax):
+        # Clip so a saturated unit gives a large finite loss rather than inf * 0 = nan.
+        eps = np.finfo(s.dtype).tiny
+        ls = np.log(np.maximum(s, eps))
+        total = -np.einsum("ij,ij->", y, ls, dtype=np.float64)
+        if output.name == "sigmoid":
+            l1s = np.log(np.maximum(1.0 - s, eps))
+            total -= np.einsum("ij,ij->", 1.0 - y, l1s, dtype=np.float64)
+        return float(total) / len(s)
+
+    @staticmethod
+    def delta(s, y, output):
+        if output.name == "softmax":
+            return s * y.sum(axis=1, keepdims=True) - y
+        return s - y
+
+
+ACTIVATIONS = {c.name: c for c in (Tanh, Sigmoid, ReLU)}
+OUTPUTS = {c.name: c for c in (Softmax, SigmoidOutput)}
+COSTS = {c.name: c for c in (SquaredError, CrossEntropy)}
+
+
+class MLP:
+    """A fully connected network with an optional learnable input bias.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        Layer widths ``(n_in, hidden_1, ..., n_out)``; at least input and output.
+    activation : {"tanh", "sigmoid", "relu"}
+        Hidden-layer activation.
+    output : {"softmax", "sigmoid"}
+    loss : {"squared_error", "cross_entropy"}
+    input_bias : bool
+        Learn ``b0`` (shape (n_in,)) added to every input row before the first layer.
+    dtype : numpy float dtype
+        float32 for speed; float64 for gradient checks.
+    rng : numpy.random.Generator, int or None
+        Source of the Glorot-uniform initial weights.
+
+    Attributes
+    ----------
+    weights : list of arrays, ``weights[l]`` shape (sizes[l], sizes[l+1])
+    biases : list of arrays, ``biases[l]`` shape (sizes[l+1],)
+    b0 : array of shape (n_in,) or None
+    params, grads : lists of arrays in the order of ``names`` (``b0``, ``W1``, ``b1``, ``W2``, ...);
+        ``backprop`` writes into ``grads`` in place.
+    frozen : set of str
+        Names of parameters that are held fixed: no gradient is computed for them and the
+        optimizers skip them.
+    """
+
+    def __init__(self, sizes, activation="tanh", output="softmax", loss="squared_error",
+                 input_bias=True, dtype=np.float32, rng=None):
+        self.sizes = [int(n) for n in sizes]
+        self.activation = ACTIVATIONS[activation]
+        self.output = OUTPUTS[output]
+        self.cost = COSTS[loss]
+        self.dtype = np.dtype(dtype)
+        self.frozen = set()
+        rng = np.random.default_rng(rng)
+        self.weights, self.biases = [], []
+        for fan_in, fan_out in zip(self.sizes[:-1], self.sizes[1:]):
+            # Glorot & Bengio (2010): keeps activation variance roughly constant across layers.
+            # Drawn in float64 so float32 and float64 networks start from the same point.
+            limit = np.sqrt(6.0 / (fan_in + fan_out))
+            self.weights.append(rng.uniform(-limit, limit, (fan_in, fan_out)).astype(self.dtype))
+            self.biases.append(np.zeros(fan_out, self.dtype))
+        self.b0 = np.zeros(self.sizes[0], self.dtype) if input_bias else None
+        self._link()
+
+    def _link(self):
+        """(Re)build ``names``/``params``/``grads`` after the parameter arrays changed identity."""
+        self.names, self.params = [], []
+        if self.b0 is not None:
+            self.names.append("b0")
+            self.params.append(self.b0)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases), start=1):
+            self.names += [f"W{i}", f"b{i}"]
+            self.params += [w, b]
+        self.grads = [np.zeros_like(p) for p in self.params]
+        self._work = {}  # per-batch-size scratch buffers, rebuilt lazily
+
+    # Scratch buffers are not state: keep pickles (and sklearn clones) small.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_work"] = {}
+        state["grads"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.grads = [np.zeros_like(p) for p in self.params]
+
+    @property
+    def input_bias(self):
+        return self.b0 is not None
+
+    def set_params(self, arrays):
+        """Copy parameter values in, by name (``{"W1": ..., "b0": ...}``); shapes must match."""
+        for name, p in zip(self.names, self.params):
+            if name in arrays:
+                p[...] = arrays[name]
+
+    def get_params(self):
+        """A dict name -> copy of every parameter array (for saving or restoring best weights)."""
+        return {name: p.copy() for name, p in zip(self.names, self.params)}
+
+    # ------------------------------------------------------------------------------------------
+    def _workspace(self, n):
+        """Activation and delta buffers for a batch of ``n`` rows, allocated once per ``n``."""
+        work = self._work.get(n)
+        if work is None:
+            if len(self._work) > 2:  # training uses at most two sizes (full and last batch)
+                self._work.clear()
+            # acts[0] holds x + b0; without an input bias the first layer reads X directly.
+            acts = [np.empty((n, m), self.dtype) if (i > 0 or self.b0 is not None) else None
+                    for i, m in enumerate(self.sizes)]
+            deltas = [np.empty((n, m), self.dtype) for m in self.sizes[1:-1]]
+            tmps = [np.empty((n, m), self.dtype) for m in self.sizes[1:-1]]
+            work = self._work[n] = (acts, deltas, tmps)
+        return work
+
+    def forward(self, X, *, acts=None):
+        """Output probabilities ``s`` of shape (n, n_out) for inputs ``X`` of shape (n, n_in).
+
+        With ``acts`` (a list of preallocated arrays, one per layer) every layer's output is
+        written there and kept for ``backprop``; otherwise fresh arrays are allocated.
+        """
+        X = np.asarray(X, dtype=self.dtype)
+        if self.b0 is not None:
+            a = np.add(X, self.b0, out=None if acts is None else acts[0])
+        else:
+            a = X  # read only, never written: no copy needed
+        last = len(self.weights) - 1
+        for l, (w, b) in enumerate(zip(self.weights, self.biases)):
+            z = np.matmul(a, w, out=None if acts is None else acts[l + 1])
+            z += b
+            a = (self.output if l == last else self.activation).fn(z, out=z)
+        return a
+
+    def loss(self, X, Y):
+        """Batch-mean loss of the network on inputs ``X`` (n, n_in) and targets ``Y`` (n, n_out)."""
+        s = self.forward(X)
+        return self._cost(s, np.asarray(Y, dtype=self.dtype))
+
+    def _cost(self, s, Y):
+        if self.cost is CrossEntropy:
+            return CrossEntropy.fn(s, Y, self.output)
+        return self.cost.fn(s, Y)
+
+    def backprop(self, X, Y):
+        """Forward and backward pass on one mini-batch; fills ``self.grads``.
+
+        Parameters
+        ----------
+        X : array of shape (n, n_in)
+        Y : array of shape (n, n_out)
+            Targets (one-hot rows for classification; any values are allowed).
+
+        Returns
+        -------
+        loss : float
+            The batch-mean loss before the update.
+        s : array of shape (n, n_out)
+            The output probabilities (a view of a scratch buffer: valid until the next call).
+        """
+        X = np.asarray(X, dtype=self.dtype)
+        Y = np.asarray(Y, dtype=self.dtype)
+        n = len(X)
+        acts, deltas, tmps = self._workspace(n)
+        s = self.forward(X, acts=acts)
+        inputs = [X if self.b0 is None else acts[0]] + acts[1:-1]  # each layer's input
+        loss = self._cost(s, Y)
+
+        frozen = self.frozen
+        off = 0 if self.b0 is None else 1
+        # dL/dz at the output, already divided by n because L is the batch mean.
+        delta = self.cost.delta(s, Y, self.output)
+        delta *= 1.0 / n
+        for l in range(len(self.weights) - 1, -1, -1):
+            gw, gb = self.grads[off + 2 * l], self.grads[off + 2 * l + 1]
+            if f"W{l + 1}" not in frozen:
+                np.matmul(inputs[l].T, delta, out=gw)  # (fan_in, n) @ (n, fan_out): BLAS, no copy
+            # db is needed for b0 too (below), so compute it unless both are frozen.
+            if f"b{l + 1}" not in frozen or (l == 0 and self.b0 is not None):
+                np.sum(delta, axis=0, out=gb)
+            if l > 0:
+                nxt = np.matmul(delta, self.weights[l].T, out=deltas[l - 1])
+                self.activation.backprop(inputs[l], nxt, tmps[l - 1])
+                delta = nxt
+        if self.b0 is not None and "b0" not in frozen:
+            # b0 is shared by all rows: dL/db0 = sum_rows(delta1) W1^T = W1 @ db1, one matvec.
+            np.matmul(self.weights[0], self.grads[off + 1], out=self.grads[0])
+        if "b1" in frozen and self.b0 is not None:
+            self.grads[off + 1].fill(0.0)  # it was only scratch for db0
+        return loss, s
