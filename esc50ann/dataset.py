@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 
 from esc50ann.download import DEFAULT_SOURCE, extract, fetch
 from esc50ann.errors import DatasetError
+from esc50ann.fileio import write_text
 
 # The official clips: 5 s, 44.1 kHz, mono.
 SAMPLE_RATE = 44100
@@ -620,24 +620,7 @@ def write_record(data_dir: Path, source: str, dataset: Dataset) -> Path:
         "n_clips": len(dataset),
         "files": dict(dataset.manifest or {}),
     }
-    return _atomic_write_text(Path(data_dir) / RECORD, json.dumps(record, indent=1) + "\n")
-
-
-def _atomic_write_text(path: Path, text: str) -> Path:
-    """Write to a temporary file beside ``path``, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes it private; the record is not secret
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(Path(data_dir) / RECORD, json.dumps(record, indent=1) + "\n")
 
 
 def _recorded(data_dir: Path, source: str) -> Dataset | None:

@@ -1,0 +1,316 @@
+"""fetch and extract against a local HTTP server (127.0.0.1 only) and synthetic archives."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import stat
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+import synth
+from esc50ann import dataset as ds
+from esc50ann.download import DEFAULT_SOURCE, extract, fetch, sha256_file
+from esc50ann.errors import DatasetError, DownloadError
+
+PAYLOAD = os.urandom(300_000)  # several reads' worth, so a cut lands mid-transfer
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Serves ``server.files``; behaviour switches live on the server (see ``http_server``)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def do_GET(self):
+        srv = self.server
+        srv.requests.append({"path": self.path, "range": self.headers.get("Range")})
+        if srv.status:
+            self.send_error(srv.status)
+            return
+        data = srv.files.get(self.path)
+        if data is None:
+            self.send_error(404)
+            return
+        start, wanted = 0, self.headers.get("Range")
+        if wanted and not srv.ignore_range:
+            start = int(re.fullmatch(r"bytes=(\d+)-", wanted)[1])
+            if start >= len(data):
+                self.send_error(416)
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if srv.cut_after is not None:
+            # Promise the whole body, send part of it, hang up: a dropped connection.
+            n, srv.cut_after = srv.cut_after, None
+            self.wfile.write(body[:n])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture
+def http_server(server):
+    """The shared server, reset: serves /data.bin = PAYLOAD; honours Range; no faults."""
+    server.files = {"/data.bin": PAYLOAD}
+    server.requests, server.status, server.ignore_range, server.cut_after = [], None, False, None
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    return server
+
+
+def quick(url, dest, **kw):
+    """fetch with test-friendly defaults: no sleeping, short timeout, no bar."""
+    return fetch(url, dest, **{"backoff": 0, "timeout": 5, "progress": False, **kw})
+
+
+# ----------------------------------------------------------------------------- fetch
+
+
+def test_default_source_is_the_official_archive():
+    assert DEFAULT_SOURCE == "https://github.com/karolpiczak/ESC-50/archive/master.zip"
+
+
+def test_full_download(http_server, tmp_path):
+    dest = quick(http_server.url + "/data.bin", tmp_path / "d" / "data.bin", progress=True)
+    assert dest.read_bytes() == PAYLOAD
+    assert not (tmp_path / "d" / "data.bin.part").exists()
+    assert [r["range"] for r in http_server.requests] == [None]
+
+
+def test_cut_download_is_resumed_with_range(http_server, tmp_path):
+    http_server.cut_after = 100_000
+    dest = quick(http_server.url + "/data.bin", tmp_path / "data.bin", retries=2)
+    assert dest.read_bytes() == PAYLOAD
+    assert [r["range"] for r in http_server.requests] == [None, "bytes=100000-"]
+
+
+def test_part_file_from_an_earlier_run_is_resumed(http_server, tmp_path):
+    (tmp_path / "data.bin.part").write_bytes(PAYLOAD[:12345])
+    dest = quick(http_server.url + "/data.bin", tmp_path / "data.bin")
+    assert dest.read_bytes() == PAYLOAD
+    assert http_server.requests[0]["range"] == "bytes=12345-"
+
+
+def test_server_ignoring_range_restarts_from_zero(http_server, tmp_path):
+    http_server.ignore_range = True
+    (tmp_path / "data.bin.part").write_bytes(b"stale bytes that are not a prefix")
+    dest = quick(http_server.url + "/data.bin", tmp_path / "data.bin")
+    assert dest.read_bytes() == PAYLOAD
+    assert http_server.requests[0]["range"] is not None  # asked, was ignored, file still right
+
+
+def test_cut_and_range_ignored_still_ends_correct(http_server, tmp_path):
+    http_server.ignore_range, http_server.cut_after = True, 50_000
+    dest = quick(http_server.url + "/data.bin", tmp_path / "data.bin", retries=1)
+    assert dest.read_bytes() == PAYLOAD
+    assert len(http_server.requests) == 2
+
+
+def test_overlong_part_gets_416_and_restarts(http_server, tmp_path):
+    (tmp_path / "data.bin.part").write_bytes(PAYLOAD + b"extra")
+    dest = quick(http_server.url + "/data.bin", tmp_path / "data.bin", retries=1)
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_404_fails_at_once_naming_the_url(http_server, tmp_path):
+    url = http_server.url + "/missing.zip"
+    with pytest.raises(DownloadError, match=re.escape(url) + r".*HTTP 404 Not Found") as e:
+        quick(url, tmp_path / "m.zip", retries=3)
+    assert "\n" not in str(e.value)
+    assert len(http_server.requests) == 1
+    assert not (tmp_path / "m.zip").exists()
+
+
+def test_500_is_retried_a_bounded_number_of_times(http_server, tmp_path):
+    http_server.status = 500
+    url = http_server.url + "/data.bin"
+    with pytest.raises(DownloadError, match=re.escape(url) + r".*HTTP 500.*3 attempts"):
+        quick(url, tmp_path / "data.bin", retries=2)
+    assert len(http_server.requests) == 3
+
+
+def test_unreachable_port(tmp_path):
+    with socket.socket() as s:  # a port that was free a moment ago: nobody listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/x.zip"
+    with pytest.raises(DownloadError, match=re.escape(url) + r".*cannot connect"):
+        quick(url, tmp_path / "x.zip", retries=1)
+
+
+def test_checksum(http_server, tmp_path):
+    url = http_server.url + "/data.bin"
+    good = hashlib.sha256(PAYLOAD).hexdigest()
+    assert quick(url, tmp_path / "ok.bin", sha256=good).read_bytes() == PAYLOAD
+    with pytest.raises(DownloadError, match=re.escape(url) + ".*checksum mismatch"):
+        quick(url, tmp_path / "bad.bin", sha256="0" * 64)
+    assert not (tmp_path / "bad.bin").exists() and not (tmp_path / "bad.bin.part").exists()
+
+
+def test_disk_full(http_server, tmp_path):
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    (tmp_path / "data.bin.part").symlink_to("/dev/full")  # every write fails with ENOSPC
+    with pytest.raises(DownloadError, match="disk full while writing .*data.bin.part"):
+        quick(http_server.url + "/data.bin", tmp_path / "data.bin")
+
+
+def test_file_url_is_not_copied(tmp_path):
+    f = tmp_path / "a.zip"
+    f.write_bytes(b"zip")
+    assert fetch(f.as_uri(), tmp_path / "elsewhere.zip", progress=False) == f
+    assert not (tmp_path / "elsewhere.zip").exists()
+    with pytest.raises(DownloadError, match="no such file"):
+        fetch((tmp_path / "nope.zip").as_uri(), tmp_path / "x.zip")
+
+
+def test_unsupported_scheme(tmp_path):
+    with pytest.raises(DownloadError, match="ftp://x/y.zip.*unsupported"):
+        fetch("ftp://x/y.zip", tmp_path / "y.zip")
+
+
+# ----------------------------------------------------------------------------- extract
+
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+def test_extract_official_layout(synth_archive, tmp_path):
+    root = extract(synth_archive, tmp_path / "data", progress=False)
+    assert root == tmp_path / "data" / "ESC-50-master"
+    assert (root / "meta" / "esc50.csv").is_file()
+    assert len(list((root / "audio").glob("*.wav"))) == 24
+    assert os.listdir(tmp_path / "data") == ["ESC-50-master"]  # no temporary folder left
+
+
+def test_extract_replaces_an_older_folder(synth_archive, tmp_path):
+    old = tmp_path / "ESC-50-master"
+    old.mkdir()
+    (old / "stale.txt").write_text("old")
+    root = extract(synth_archive, tmp_path, progress=False)
+    assert not (root / "stale.txt").exists()
+    assert os.listdir(tmp_path) == ["ESC-50-master"]
+
+
+def test_extract_finds_the_folder_holding_the_metadata(tmp_path):
+    zpath = tmp_path / "other.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        z.writestr("outer/inner/meta/esc50.csv", "x")
+        z.writestr("outer/inner/audio/a.wav", "y")
+        z.writestr("outer/README", "skipped")
+    root = extract(zpath, tmp_path / "out", progress=False)
+    assert _tree(root) == ["audio", "audio/a.wav", "meta", "meta/esc50.csv"]
+
+
+def test_corrupted_zip(tmp_path):
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"PK\x03\x04 this is not really a zip" * 100)
+    with pytest.raises(DatasetError, match=re.escape(str(bad)) + ".*not a readable zip"):
+        extract(bad, tmp_path / "out")
+
+
+def test_damaged_member_leaves_nothing_behind(synth_archive, tmp_path):
+    data = bytearray(synth_archive.read_bytes())
+    middle = len(data) // 2  # inside some WAV's deflated data
+    data[middle:middle + 200] = bytes(200)
+    damaged = tmp_path / "damaged.zip"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=re.escape(str(damaged)) + ".*damaged member"):
+        extract(damaged, tmp_path / "out", progress=False)
+    assert _tree(tmp_path / "out") == []
+
+
+def test_no_metadata_in_archive(tmp_path):
+    zpath = tmp_path / "x.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        z.writestr("something/else.txt", "x")
+    with pytest.raises(DatasetError, match="no meta/esc50.csv"):
+        extract(zpath, tmp_path / "out")
+
+
+@pytest.mark.parametrize("member", ["../evil", "ESC-50-master/../../evil", "/tmp/abs-evil",
+                                    "C:/evil", "ESC-50-master\\..\\..\\evil"])
+def test_path_traversal_refused(member, tmp_path):
+    zpath = synth.make_archive(tmp_path / "slip.zip", n_folds=1, clips_per_class=1,
+                               extra_members={member: b"pwned"})
+    out = tmp_path / "a" / "b"
+    with pytest.raises(DatasetError, match=re.escape(repr(member))):
+        extract(zpath, out, progress=False)
+    assert _tree(tmp_path / "a") == []
+    assert not (tmp_path / "a" / "evil").exists() and not (tmp_path / "evil").exists()
+    assert not Path("/tmp/abs-evil").exists()
+
+
+def test_symlink_member_refused(tmp_path):
+    zpath = synth.make_archive(tmp_path / "link.zip", n_folds=1, clips_per_class=1)
+    info = zipfile.ZipInfo("ESC-50-master/audio/link.wav")
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    with zipfile.ZipFile(zpath, "a") as z:
+        z.writestr(info, "/etc/passwd")
+    with pytest.raises(DatasetError, match="link.wav.*symbolic link"):
+        extract(zpath, tmp_path / "out", progress=False)
+    assert _tree(tmp_path / "out") == []
+
+
+def test_total_size_limit(synth_archive, tmp_path):
+    with pytest.raises(DatasetError, match="zip bomb"):
+        extract(synth_archive, tmp_path / "out", max_uncompressed=100_000, progress=False)
+    assert _tree(tmp_path / "out") == []
+
+
+def test_absurd_compression_ratio_refused(tmp_path):
+    zpath = synth.make_archive(tmp_path / "bomb.zip", n_folds=1, clips_per_class=1)
+    with zipfile.ZipFile(zpath, "a", compression=zipfile.ZIP_BZIP2) as z:
+        z.writestr("ESC-50-master/audio/zeros.wav", bytes(16 * 2**20))  # ~16 MiB -> ~50 bytes
+    with pytest.raises(DatasetError, match="zeros.wav.*compression ratio"):
+        extract(zpath, tmp_path / "out", progress=False)
+
+
+# ----------------------------------------------------------------------------- prepare over HTTP
+
+
+def test_prepare_downloads_extracts_and_verifies(http_server, synth_archive, tmp_path):
+    http_server.files["/ESC-50-master.zip"] = synth_archive.read_bytes()
+    url = http_server.url + "/ESC-50-master.zip"
+    data_dir = tmp_path / "data"
+    d = ds.prepare(url, data_dir, progress=False)
+    assert len(d) == 24 and d.folds == [1, 2, 3]
+    assert (data_dir / "downloads" / "ESC-50-master.zip").is_file()
+    assert d.root == data_dir / "ESC-50-master"
+    assert sha256_file(d.root / "audio" / d.meta.filename[0]) == d.manifest[d.meta.filename[0]]
+    n = len(http_server.requests)
+    again = ds.prepare(url, data_dir, progress=False)
+    assert len(http_server.requests) == n  # no-op: nothing fetched
+    assert again.manifest == d.manifest
+
+
+def test_prepare_drops_a_download_that_is_not_a_zip(http_server, tmp_path):
+    http_server.files["/broken.zip"] = b"<html>not a zip</html>"
+    with pytest.raises(DatasetError, match="not a readable zip.*removed the download"):
+        ds.prepare(http_server.url + "/broken.zip", tmp_path, progress=False)
+    assert not (tmp_path / "downloads" / "broken.zip").exists()
