@@ -343,7 +343,7 @@ def _check_filenames(meta: pd.DataFrame, csv_path: Path) -> None:
         parsed = {"fold": int(m[1]), "src_file": int(m[2]), "take": m[3], "target": int(m[4])}
         for column, value in parsed.items():
             if getattr(row, column) != value:
-                raise DatasetError(f"{csv_path}: {_row(i)}, column {column!r}: {getattr(row, column)!r} "
+                raise DatasetError(f"{csv_path}: {_row(i)}, column {column!r}: {_show(getattr(row, column))} "
                                    f"disagrees with filename {row.filename!r}")
 
 
@@ -354,8 +354,13 @@ def _check_categories(meta: pd.DataFrame, csv_path: Path) -> None:
         bad = np.flatnonzero((meta[other] != first).to_numpy())
         if bad.size:
             i = int(bad[0])
-            raise DatasetError(f"{csv_path}: {_row(i)}, column {other!r}: {key} {meta[key].iloc[i]!r} "
-                               f"has {other} {meta[other].iloc[i]!r} here but {first.iloc[i]!r} earlier")
+            raise DatasetError(f"{csv_path}: {_row(i)}, column {other!r}: {key} {_show(meta[key].iloc[i])} "
+                               f"has {other} {_show(meta[other].iloc[i])} here but {_show(first.iloc[i])} earlier")
+
+
+def _show(value) -> str:
+    """Numbers plain, text quoted (numpy scalars' repr would say np.int64(0))."""
+    return str(int(value)) if isinstance(value, (int, np.integer)) else repr(str(value))
 
 
 # ----------------------------------------------------------------------------- verification

@@ -1,0 +1,348 @@
+"""Metadata validation, audio verification, the prepare/load stage and fold splits."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import synth
+from esc50ann import dataset as ds
+from esc50ann.dataset import COLUMNS, Dataset, load, load_metadata, prepare, verify
+from esc50ann.errors import DatasetError
+
+
+@pytest.fixture
+def folder(synth_folder, tmp_path) -> Path:
+    """A private, writable copy of the synthetic ESC-50-master folder."""
+    return Path(shutil.copytree(synth_folder, tmp_path / "ESC-50-master"))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Dataset:
+    root = synth.make_dataset_folder(tmp_path_factory.mktemp("ds"))
+    return Dataset(root, load_metadata(root / "meta" / "esc50.csv"))
+
+
+def write_csv(tmp_path: Path, edit) -> Path:
+    """meta/esc50.csv of the synthetic layout, as strings, after ``edit(df)``."""
+    df = synth.metadata().astype(str)
+    df = edit(df) if edit else df
+    path = tmp_path / "esc50.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+def zip_with(path: Path, replace: dict[str, bytes | None]) -> Path:
+    """A synthetic archive whose listed clips are replaced (bytes) or left out (None)."""
+    meta = synth.metadata()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("ESC-50-master/meta/esc50.csv", meta.to_csv(index=False))
+        for name, data in synth.clips(meta):
+            data = replace.get(name, data)
+            if data is not None:
+                z.writestr("ESC-50-master/audio/" + name, data)
+    return path
+
+
+# ----------------------------------------------------------------------------- metadata
+
+
+def test_load_metadata_types_and_order(synth_folder):
+    meta = load_metadata(synth_folder / "meta" / "esc50.csv")
+    assert list(meta.columns) == COLUMNS
+    assert list(meta.index) == list(range(24))
+    for col in ("fold", "target", "src_file"):
+        assert meta[col].dtype == np.int64
+    assert meta["esc10"].dtype == bool and meta["esc10"].sum() == 12
+    assert sorted(meta["fold"].unique()) == [1, 2, 3]
+
+
+def test_missing_column(tmp_path):
+    path = write_csv(tmp_path, lambda df: df.drop(columns="take"))
+    with pytest.raises(DatasetError, match=re.escape(str(path)) + ".*missing column 'take'"):
+        load_metadata(path)
+
+
+def test_non_integer_fold_names_the_row(tmp_path):
+    def edit(df):
+        df.loc[2, "fold"] = "three"
+        return df
+    path = write_csv(tmp_path, edit)
+    with pytest.raises(DatasetError, match=r"esc50.csv: row 3 \(line 4\), column 'fold'.*'three'") as e:
+        load_metadata(path)
+    assert "\n" not in str(e.value)
+
+
+def test_filename_disagreeing_with_target(tmp_path):
+    def edit(df):
+        df.loc[4, "target"] = "36"  # row 5 is a chirping_birds (14) clip
+        df.loc[4, "category"] = "vacuum_cleaner"
+        return df
+    with pytest.raises(DatasetError, match=r"row 5 \(line 6\), column 'target'.*disagrees with filename"):
+        load_metadata(write_csv(tmp_path, edit))
+
+
+@pytest.mark.parametrize("column, value, message", [
+    ("esc10", "maybe", r"row 1 \(line 2\), column 'esc10': expected True or False, got 'maybe'"),
+    ("filename", "dog.wav", r"row 1 \(line 2\), column 'filename'.*not <fold>"),
+    ("src_file", "1.5", r"row 1 \(line 2\), column 'src_file': expected an integer"),
+    ("target", "-1", r"row 1 \(line 2\), column 'target': expected an integer >= 0"),
+])
+def test_bad_values(tmp_path, column, value, message):
+    def edit(df):
+        df.loc[0, column] = value
+        return df
+    with pytest.raises(DatasetError, match=message):
+        load_metadata(write_csv(tmp_path, edit))
+
+
+def test_two_categories_for_one_target(tmp_path):
+    def edit(df):
+        df.loc[1, "category"] = "cat"  # row 1 (line 2) still says dog for target 0
+        return df
+    with pytest.raises(DatasetError, match=r"row 2 \(line 3\), column 'category': target 0 has "
+                                           r"category 'cat' here but 'dog' earlier"):
+        load_metadata(write_csv(tmp_path, edit))
+
+
+def test_duplicate_filename(tmp_path):
+    path = write_csv(tmp_path, lambda df: pd.concat([df, df.iloc[[3]]], ignore_index=True))
+    with pytest.raises(DatasetError, match=r"row 25 \(line 26\).*duplicates row 4 \(line 5\)"):
+        load_metadata(path)
+
+
+def test_unreadable_or_absent_csv(tmp_path):
+    with pytest.raises(DatasetError, match="not found"):
+        load_metadata(tmp_path / "nope.csv")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DatasetError, match="empty.csv: not a readable CSV"):
+        load_metadata(tmp_path / "empty.csv")
+
+
+# ----------------------------------------------------------------------------- verify
+
+
+def test_verify_lists_every_bad_file(folder):
+    meta = load_metadata(folder / "meta" / "esc50.csv")
+    names = list(meta["filename"])
+    audio = folder / "audio"
+    (audio / names[0]).unlink()
+    wav = (audio / names[1]).read_bytes()
+    (audio / names[1]).write_bytes(wav[: len(wav) // 2])
+    (audio / names[2]).write_bytes(synth.wav_bytes(synth.tone(0, 1, channels=2)))
+    (audio / names[3]).write_bytes(synth.wav_bytes(synth.tone(0, 1, sample_rate=22050), 22050))
+    (audio / names[4]).write_bytes(b"RIFF nonsense")
+    manifest, problems = verify(folder, meta, n_jobs=2, progress=False)
+    reasons = dict(problems)
+    assert list(reasons) == names[:5]  # all of them, in metadata order
+    assert reasons[names[0]] == "missing"
+    assert re.fullmatch(r"1102\d\d frames, expected 220500", reasons[names[1]])
+    assert "2 channels, expected 1" in reasons[names[2]]
+    assert "sample rate 22050 Hz, expected 44100" in reasons[names[3]]
+    assert "unreadable by soundfile" in reasons[names[4]]
+    assert names[0] not in manifest and len(manifest) == 23
+
+
+def test_verify_detects_changed_files(folder):
+    meta = load_metadata(folder / "meta" / "esc50.csv")
+    manifest, problems = verify(folder, meta, progress=False)
+    assert problems == []
+    name = meta["filename"][7]
+    (folder / "audio" / name).write_bytes(synth.wav_bytes(synth.tone(36, seed=99)))
+    _, problems = verify(folder, meta, expected=manifest, progress=False)
+    assert problems == [(name, "changed since verification (sha256 mismatch)")]
+
+
+# ----------------------------------------------------------------------------- prepare / load
+
+
+def test_prepare_from_folder_in_place(synth_folder, tmp_path):
+    d = prepare(synth_folder, tmp_path / "data", progress=False)
+    assert d.root == synth_folder and len(d) == 24 and d.manifest is not None
+    record = json.loads((tmp_path / "data" / "dataset.json").read_text())
+    assert set(record) == {"source", "root", "verified_at", "n_clips", "files"}
+    assert record["n_clips"] == 24 and record["files"] == d.manifest
+    assert not (tmp_path / "data" / "ESC-50-master").exists()  # nothing copied
+
+
+def test_prepare_from_parent_of_the_folder(synth_folder, tmp_path):
+    assert prepare(synth_folder.parent, tmp_path, progress=False).root == synth_folder
+
+
+def test_prepare_from_zip_and_file_url(synth_archive, tmp_path):
+    d = prepare(synth_archive, tmp_path / "a", progress=False)
+    assert d.root == tmp_path / "a" / "ESC-50-master" and d.folds == [1, 2, 3]
+    assert not (tmp_path / "a" / "downloads").exists()  # extracted straight from the zip
+    d2 = prepare(synth_archive.as_uri(), tmp_path / "b", progress=False)
+    assert d2.manifest == d.manifest
+
+
+def test_second_prepare_is_a_no_op(synth_archive, tmp_path, monkeypatch):
+    first = prepare(synth_archive, tmp_path, progress=False)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("re-verified or re-extracted")
+    monkeypatch.setattr(ds, "verify", boom)
+    monkeypatch.setattr(ds, "extract", boom)
+    start = time.perf_counter()
+    again = prepare(synth_archive, tmp_path, progress=False)
+    assert time.perf_counter() - start < 0.5
+    assert again.manifest == first.manifest and again.root == first.root
+    assert again.meta.equals(first.meta)
+
+
+def test_prepare_again_when_the_folder_is_gone(synth_archive, tmp_path):
+    first = prepare(synth_archive, tmp_path, progress=False)
+    shutil.rmtree(first.root)
+    assert len(prepare(synth_archive, tmp_path, progress=False)) == 24
+
+
+def test_prepare_reads_the_environment(synth_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("ESC50ANN_SOURCE", str(synth_folder))
+    monkeypatch.setenv("ESC50ANN_DATA_DIR", str(tmp_path / "env-data"))
+    d = prepare(progress=False)
+    assert d.root == synth_folder
+    assert load().manifest == d.manifest  # load() finds the same data dir
+
+
+def test_bad_archive_names_all_bad_files_and_leaves_nothing(tmp_path):
+    names = list(synth.metadata()["filename"])
+    zpath = zip_with(tmp_path / "bad.zip", {
+        names[3]: None,
+        names[5]: synth.wav_bytes(synth.tone(0, 0, channels=2)),
+        names[9]: synth.wav_bytes(synth.tone(0, 0, sample_rate=22050), 22050),
+    })
+    data_dir = tmp_path / "data"
+    with pytest.raises(DatasetError) as e:
+        prepare(zpath, data_dir, progress=False)
+    msg = str(e.value)
+    assert msg.startswith("3 of 24 audio files in ") and "\n" not in msg
+    for n in (names[3], names[5], names[9]):
+        assert n in msg
+    assert "removed the extracted folder" in msg
+    assert not (data_dir / "ESC-50-master").exists() and not (data_dir / "dataset.json").exists()
+    assert [p.name for p in data_dir.iterdir()] == []
+
+
+def test_bad_folder_is_left_alone(folder, tmp_path):
+    name = sorted((folder / "audio").iterdir())[0]
+    name.unlink()
+    with pytest.raises(DatasetError, match=rf"1 of 24 audio files.*{name.name}: missing"):
+        prepare(folder, tmp_path / "data", progress=False)
+    assert (folder / "meta" / "esc50.csv").exists()
+
+
+def test_unknown_source(tmp_path):
+    with pytest.raises(DatasetError, match="no such file or folder"):
+        prepare(tmp_path / "nothing-here", tmp_path, progress=False)
+
+
+def test_load(synth_folder, tmp_path):
+    with pytest.raises(DatasetError, match=r"no dataset in .*: run `esc50ann download` first"):
+        load(tmp_path)
+    d = prepare(synth_folder, tmp_path, progress=False)
+    loaded = load(tmp_path)
+    assert loaded.root == d.root and loaded.manifest == d.manifest
+    (tmp_path / "dataset.json").write_text("{not json")
+    with pytest.raises(DatasetError, match="dataset.json: damaged"):
+        load(tmp_path)
+
+
+def test_dataset_verify_against_manifest(folder, tmp_path):
+    d = prepare(folder, tmp_path, progress=False)
+    assert d.verify(progress=False) == []
+    name = d.meta["filename"][0]
+    (folder / "audio" / name).write_bytes(synth.wav_bytes(synth.tone(36, seed=5)))
+    assert load(tmp_path).verify(progress=False) == [(name, "changed since verification (sha256 mismatch)")]
+
+
+# ----------------------------------------------------------------------------- Dataset
+
+
+def test_summary_is_json(dataset):
+    s = dataset.summary()
+    assert json.loads(json.dumps(s)) == s
+    assert s["n_clips"] == 24 and s["n_classes"] == 4 and s["folds"] == [1, 2, 3]
+    assert s["clips_per_fold"] == {"1": 8, "2": 8, "3": 8} and s["n_esc10"] == 12
+    assert s["verified"] is False
+
+
+def test_folds_come_from_the_csv(tmp_path):
+    root = synth.make_dataset_folder(tmp_path, n_folds=4, clips_per_class=1)
+    d = Dataset(root, load_metadata(root / "meta" / "esc50.csv"))
+    assert d.folds == [1, 2, 3, 4] and len(d.splits()) == 4
+
+
+def test_esc10_subset(dataset):
+    sub = dataset.subset("esc10")
+    assert len(sub) == 12 and set(sub.class_names.values()) == {"dog", "rooster"}
+    assert [s.test_fold for s in sub.splits()] == [1, 2, 3]
+
+
+def test_splits_never_leak_and_cover_everything(dataset):
+    src = dataset.meta["src_file"].to_numpy()
+    fold = dataset.meta["fold"].to_numpy()
+    for split in dataset.splits():
+        parts = [split.train, split.val, split.test]
+        assert sorted(np.concatenate(parts).tolist()) == list(range(len(dataset)))
+        for a in range(3):
+            for b in range(a + 1, 3):
+                assert not set(src[parts[a]]) & set(src[parts[b]])
+        assert set(fold[split.test]) == {split.test_fold}
+        assert set(fold[split.val]) == {split.val_fold}
+
+
+def test_auto_validation_fold_is_the_next_one_cyclically(dataset):
+    assert [(s.test_fold, s.val_fold) for s in dataset.splits()] == [(1, 2), (2, 3), (3, 1)]
+
+
+def test_explicit_and_no_validation_fold(dataset):
+    s = dataset.split(2, 1)
+    assert (s.test_fold, s.val_fold) == (2, 1) and len(s.train) == 8
+    s = dataset.split(2)
+    assert s.val_fold is None and len(s.val) == 0 and len(s.train) == 16
+    assert [len(s.test) for s in dataset.splits([3, 1], val_fold=None)] == [8, 8]
+
+
+@pytest.mark.parametrize("test_fold, val_fold, message", [
+    (5, None, r"test fold 5 is not in the metadata \(folds: 1, 2, 3\)"),
+    (1, 4, r"validation fold 4 is not in the metadata \(folds: 1, 2, 3\)"),
+    (1, 1, "validation fold 1 is also the test fold"),
+    (1, "next", "expected a fold number, None or 'auto'"),
+])
+def test_split_errors(dataset, test_fold, val_fold, message):
+    with pytest.raises(DatasetError, match=message):
+        dataset.split(test_fold, val_fold)
+
+
+def test_too_few_folds(dataset):
+    one = Dataset(dataset.root, dataset.meta[dataset.meta["fold"] == 1].reset_index(drop=True))
+    with pytest.raises(DatasetError, match="at least 2 folds"):
+        one.split(1)
+    two = Dataset(dataset.root, dataset.meta[dataset.meta["fold"] < 3].reset_index(drop=True))
+    assert len(two.split(1).train) == 8
+    with pytest.raises(DatasetError, match="no fold left for training"):
+        two.split(1, "auto")
+
+
+def test_split_refuses_a_leaking_source_recording(dataset):
+    meta = dataset.meta.copy()
+    meta.loc[meta.index[-1], "src_file"] = meta["src_file"].iloc[0]  # fold 3 clip from a fold 1 recording
+    with pytest.raises(DatasetError, match="leaks: src_file"):
+        Dataset(dataset.root, meta).split(1, 2)
+
+
+def test_select_keeps_the_given_order(dataset):
+    names = list(dataset.meta["filename"][[5, 0, 17]])
+    sub = dataset.select(names)
+    assert list(sub.meta["filename"]) == names and list(sub.meta.index) == [0, 1, 2]
+    assert sub.audio_paths[0].name == names[0]
+    with pytest.raises(DatasetError, match="'nope.wav'"):
+        dataset.select(["nope.wav"])
