@@ -230,6 +230,25 @@ class MLP:
         self.b0 = np.zeros(self.sizes[0], self.dtype) if input_bias else None
         self._link()
 
+    @classmethod
+    def from_arrays(cls, weights, biases, b0=None, activation="tanh", output="softmax",
+                    loss="squared_error"):
+        """A network holding the given arrays (e.g. read from a model file); no random init.
+
+        ``weights[l]`` has shape (fan_in, fan_out), ``biases[l]`` shape (fan_out,), ``b0`` shape
+        (n_in,) or None; the dtype is that of ``weights[0]``.
+        """
+        net = cls.__new__(cls)
+        net.dtype = np.dtype(weights[0].dtype)
+        net.sizes = [weights[0].shape[0]] + [w.shape[1] for w in weights]
+        net.activation, net.output, net.cost = ACTIVATIONS[activation], OUTPUTS[output], COSTS[loss]
+        net.frozen = set()
+        net.weights = [np.array(w, dtype=net.dtype, order="C") for w in weights]
+        net.biases = [np.array(b, dtype=net.dtype) for b in biases]
+        net.b0 = None if b0 is None else np.array(b0, dtype=net.dtype)
+        net._link()
+        return net
+
     def _link(self):
         """(Re)build ``names``/``params``/``grads`` after the parameter arrays changed identity."""
         self.names, self.params = [], []
