@@ -217,51 +217,53 @@ def train(net, X, Y, *, optimizer, batch_size=32, max_epochs=100, rng=None,
     # Shuffled batches are gathered into these, not into fresh arrays every step.
     xbuf = np.empty((batch_size,) + X.shape[1:], net.dtype)
     ybuf = np.empty((batch_size, Y.shape[1]), net.dtype)
+
     history, best, best_epoch, best_params, stale = [], math.inf, 0, None, 0
+    # Overflow on the way to a NaN loss is reported once, as a ModelError, not as warnings.
+    with np.errstate(over="ignore", invalid="ignore"):
+        for epoch in range(1, int(max_epochs) + 1):
+            start = time.perf_counter()
+            order = rng.permutation(n)
+            loss_sum, correct = 0.0, 0
+            for lo in range(0, n, batch_size):
+                idx = order[lo:lo + batch_size]
+                xb, yb = xbuf[:len(idx)], ybuf[:len(idx)]
+                np.take(X, idx, axis=0, out=xb)
+                np.take(Y, idx, axis=0, out=yb)
+                loss, s = net.backprop(xb, yb)
+                if not math.isfinite(loss):
+                    raise _diverged(epoch, loss, optimizer)
+                loss_sum += loss * len(idx)
+                correct += int(np.count_nonzero(s.argmax(axis=1) == labels[idx]))
+                optimizer.step(net)
+            row = {"epoch": epoch, "loss": loss_sum / n, "accuracy": correct / n,
+                   "val_loss": None, "val_accuracy": None}
+            if has_val:
+                val_loss, val_acc = evaluate(net, X_val, Y_val)
+                if not math.isfinite(val_loss):
+                    raise _diverged(epoch, val_loss, optimizer, "val_loss")
+                row["val_loss"], row["val_accuracy"] = val_loss, val_acc
+            row["seconds"] = time.perf_counter() - start
+            history.append(row)
+            if verbose:
+                extra = (f", val_loss = {row['val_loss']:.6f}, val_accuracy = {row['val_accuracy']:.4f}"
+                         if has_val else "")
+                print(f"epoch {epoch}: loss = {row['loss']:.6f}, accuracy = {row['accuracy']:.4f}{extra}",
+                      flush=True)
+            if callback is not None:
+                callback(row)
 
-    for epoch in range(1, int(max_epochs) + 1):
-        start = time.perf_counter()
-        order = rng.permutation(n)
-        loss_sum, correct = 0.0, 0
-        for lo in range(0, n, batch_size):
-            idx = order[lo:lo + batch_size]
-            xb, yb = xbuf[:len(idx)], ybuf[:len(idx)]
-            np.take(X, idx, axis=0, out=xb)
-            np.take(Y, idx, axis=0, out=yb)
-            loss, s = net.backprop(xb, yb)
-            if not math.isfinite(loss):
-                raise _diverged(epoch, loss, optimizer)
-            loss_sum += loss * len(idx)
-            correct += int(np.count_nonzero(s.argmax(axis=1) == labels[idx]))
-            optimizer.step(net)
-        row = {"epoch": epoch, "loss": loss_sum / n, "accuracy": correct / n,
-               "val_loss": None, "val_accuracy": None}
-        if has_val:
-            val_loss, val_acc = evaluate(net, X_val, Y_val)
-            if not math.isfinite(val_loss):
-                raise _diverged(epoch, val_loss, optimizer, "val_loss")
-            row["val_loss"], row["val_accuracy"] = val_loss, val_acc
-        row["seconds"] = time.perf_counter() - start
-        history.append(row)
-        if verbose:
-            extra = (f", val_loss = {row['val_loss']:.6f}, val_accuracy = {row['val_accuracy']:.4f}"
-                     if has_val else "")
-            print(f"epoch {epoch}: loss = {row['loss']:.6f}, accuracy = {row['accuracy']:.4f}{extra}",
-                  flush=True)
-        if callback is not None:
-            callback(row)
-
-        if has_val and patience is not None:
-            if row["val_loss"] < best:
-                best, best_epoch, stale = row["val_loss"], epoch, 0
-                best_params = net.get_params()
+            if has_val and patience is not None:
+                if row["val_loss"] < best:
+                    best, best_epoch, stale = row["val_loss"], epoch, 0
+                    best_params = net.get_params()
+                else:
+                    stale += 1
+                    if stale >= patience:
+                        break
             else:
-                stale += 1
-                if stale >= patience:
-                    break
-        else:
-            best_epoch = epoch
+                best_epoch = epoch
 
-    if best_params is not None and best_epoch != len(history):
-        net.set_params(best_params)
-    return history, best_epoch
+        if best_params is not None and best_epoch != len(history):
+            net.set_params(best_params)
+        return history, best_epoch

@@ -1,0 +1,189 @@
+"""The network and its training loop: exact gradients, the write-ups' worked example, optimizers."""
+import itertools
+
+import numpy as np
+import pytest
+
+from esc50ann.errors import ConfigError, ModelError
+from esc50ann.mlp import MLP, Softmax
+from esc50ann.train import SGD, evaluate, make_optimizer, train
+
+
+def numeric_grads(net, X, Y, h=1e-6):
+    """Central finite differences of the batch loss wrt every parameter (float64)."""
+    out = []
+    for p in net.params:
+        g = np.zeros_like(p)
+        for i in np.ndindex(p.shape):
+            keep = p[i]
+            p[i] = keep + h
+            up = net.loss(X, Y)
+            p[i] = keep - h
+            down = net.loss(X, Y)
+            p[i] = keep
+            g[i] = (up - down) / (2 * h)
+        out.append(g)
+    return out
+
+
+def rel_error(a, b):
+    return np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-12)
+
+
+def random_problem(sizes, activation, output, loss, input_bias, seed=1):
+    rng = np.random.default_rng(seed)
+    net = MLP(sizes, activation, output, loss, input_bias, np.float64, rng=seed)
+    # Non-zero biases so every term of the gradient is exercised.
+    for b in net.biases:
+        b[:] = rng.normal(0, 0.5, b.shape)
+    if net.b0 is not None:
+        net.b0[:] = rng.normal(0, 0.5, net.b0.shape)
+    X = rng.normal(size=(7, sizes[0]))
+    if output == "softmax":
+        Y = rng.dirichlet(np.ones(sizes[-1]), size=7)  # probability rows, not only one-hot
+    else:
+        Y = rng.uniform(size=(7, sizes[-1]))
+    return net, X, Y
+
+
+@pytest.mark.parametrize("sizes", [[4, 6, 3], [4, 5, 3, 3]], ids=["1hidden", "2hidden"])
+@pytest.mark.parametrize("input_bias", [True, False], ids=["b0", "no_b0"])
+@pytest.mark.parametrize("activation,output,loss", list(itertools.product(
+    ["tanh", "sigmoid", "relu"], ["softmax", "sigmoid"], ["squared_error", "cross_entropy"])))
+def test_gradients_match_finite_differences(sizes, input_bias, activation, output, loss):
+    net, X, Y = random_problem(sizes, activation, output, loss, input_bias)
+    net.backprop(X, Y)
+    analytic = [g.copy() for g in net.grads]
+    assert net.names[0] == ("b0" if input_bias else "W1")  # b0 is checked like every other parameter
+    for name, a, n in zip(net.names, analytic, numeric_grads(net, X, Y)):
+        assert rel_error(a, n) < 1e-6, name
+
+
+def test_diagonal_softmax_derivative_of_the_writeups_is_wrong():
+    """The write-ups use d softmax = s (1 - s); with squared error that misses the off-diagonal terms."""
+    net, X, Y = random_problem([4, 6, 5], "tanh", "softmax", "squared_error", True)
+    Y = np.eye(5)[np.arange(7) % 5]
+    a1 = np.tanh((X + net.b0) @ net.weights[0] + net.biases[0])
+    s = Softmax.fn(a1 @ net.weights[1] + net.biases[1])
+    diag_delta = 2 * (s - Y) * s * (1 - s) / len(X)
+    diag_grad_w2 = a1.T @ diag_delta
+
+    net.backprop(X, Y)
+    ours = net.grads[net.names.index("W2")].copy()
+    numeric = numeric_grads(net, X, Y)[net.names.index("W2")]
+    assert rel_error(ours, numeric) < 1e-6
+    assert rel_error(diag_grad_w2, numeric) > 1e-2
+
+
+def worked_example_net():
+    """Section 1.2 of seeds/003: 2-2-2, sigmoid hidden and output, fixed biases 0.35 and 0.60."""
+    net = MLP([2, 2, 2], "sigmoid", "sigmoid", "squared_error", input_bias=False, dtype=np.float64)
+    # weights[l][i, j] connects unit i of layer l to unit j of layer l+1.
+    net.weights[0][:] = [[0.15, 0.25],   # w1 i1->h1, w3 i1->h2
+                         [0.20, 0.30]]   # w2 i2->h1, w4 i2->h2
+    net.weights[1][:] = [[0.40, 0.50],   # w5 h1->o1, w7 h1->o2
+                         [0.45, 0.55]]   # w6 h2->o1, w8 h2->o2
+    net.biases[0][:] = 0.35
+    net.biases[1][:] = 0.60
+    net.frozen = {"b1", "b2"}            # the example never updates its biases
+    return net
+
+
+def test_worked_example_of_the_writeup():
+    net = worked_example_net()
+    X, Y = np.array([[0.05, 0.10]]), np.array([[0.01, 0.99]])
+    np.testing.assert_allclose(net.forward(X), [[0.75136507, 0.772928465]], atol=1e-6)
+    # The write-up's error is sum 1/2 (t - o)^2, ours sum (t - o)^2: half of ours, and its
+    # gradient is half of ours, so its learning rate 0.5 is our 0.25 (powers of two: exact).
+    assert net.loss(X, Y) / 2 == pytest.approx(0.298371109, abs=1e-6)
+
+    net.backprop(X, Y)           # every gradient from the old weights first ...
+    SGD(learning_rate=0.25).step(net)  # ... then one update of all of them
+    w = net.weights
+    np.testing.assert_allclose([w[1][0, 0], w[1][1, 0], w[1][0, 1], w[1][1, 1]],
+                               [0.35891648, 0.408666186, 0.511301270, 0.561370121], atol=1e-6)
+    np.testing.assert_allclose([w[0][0, 0], w[0][1, 0], w[0][0, 1], w[0][1, 1]],
+                               [0.149780716, 0.19956143, 0.24975114, 0.29950229], atol=1e-6)
+    np.testing.assert_array_equal(net.biases[0], [0.35, 0.35])
+    np.testing.assert_array_equal(net.biases[1], [0.60, 0.60])
+    assert net.loss(X, Y) / 2 == pytest.approx(0.291027924, abs=1e-6)
+
+
+def test_batch_size_one_is_per_sample_sgd():
+    rng = np.random.default_rng(3)
+    X, Y = rng.normal(size=(9, 4)), np.eye(3)[rng.integers(0, 3, 9)]
+    a = MLP([4, 5, 3], dtype=np.float64, rng=0)
+    b = MLP([4, 5, 3], dtype=np.float64, rng=0)
+    train(a, X, Y, optimizer=SGD(0.1), batch_size=1, max_epochs=2, rng=7)
+    order = np.random.default_rng(7)
+    for _ in range(2):
+        for i in order.permutation(9):
+            b.backprop(X[i:i + 1], Y[i:i + 1])
+            SGD(0.1).step(b)
+    for p, q in zip(a.params, b.params):
+        np.testing.assert_allclose(p, q, rtol=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["sgd", "momentum", "adam"])
+def test_optimizers_reduce_the_loss_and_weight_decay_shrinks_weights(solver):
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(64, 6)), np.eye(3)[rng.integers(0, 3, 64)]
+    norms = {}
+    for wd in (0.0, 0.1):
+        net = MLP([6, 16, 3], loss="cross_entropy", rng=0)
+        before = net.loss(X, Y)
+        lr = 0.01 if solver == "adam" else 0.1
+        history, _ = train(net, X, Y, optimizer=make_optimizer(solver, lr, 0.9, wd), batch_size=16,
+                           max_epochs=20, rng=0)
+        assert history[-1]["loss"] < before
+        norms[wd] = sum(np.sum(w.astype(np.float64) ** 2) for w in net.weights)
+    assert norms[0.1] < norms[0.0]
+
+
+def test_float32_default_and_probabilities():
+    net = MLP([5, 8, 4], rng=0)
+    assert all(p.dtype == np.float32 for p in net.params)
+    s = net.forward(np.random.default_rng(0).normal(size=(10, 5)))
+    assert s.dtype == np.float32
+    np.testing.assert_allclose(s.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_divergence_is_one_clear_error():
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(50, 5)), np.eye(3)[rng.integers(0, 3, 50)]
+    net = MLP([5, 16, 3], activation="relu", loss="cross_entropy", rng=0)
+    with pytest.raises(ModelError, match=r"^training diverged at epoch 1 \(loss=nan\): "
+                                         r"lower the learning rate \(now 1e\+06\)$"):
+        train(net, X, Y, optimizer=SGD(1e6), batch_size=10, max_epochs=5, rng=0)
+
+
+def test_early_stopping_restores_the_best_weights():
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(60, 8)), np.eye(3)[rng.integers(0, 3, 60)]        # noise: overfits
+    Xv, Yv = rng.normal(size=(40, 8)), np.eye(3)[rng.integers(0, 3, 40)]
+    net = MLP([8, 64, 3], loss="cross_entropy", dtype=np.float64, rng=0)
+    history, best = train(net, X, Y, optimizer=make_optimizer("adam", 0.01), batch_size=10,
+                          max_epochs=200, rng=0, X_val=Xv, Y_val=Yv, patience=3)
+    assert len(history) < 200 and best == len(history) - 3
+    assert history[best - 1]["val_loss"] == min(h["val_loss"] for h in history)
+    assert evaluate(net, Xv, Yv)[0] == pytest.approx(history[best - 1]["val_loss"], rel=1e-12)
+
+
+def test_same_seed_same_run_and_callback():
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(40, 5)), np.eye(2)[rng.integers(0, 2, 40)]
+    runs, rows = [], []
+    for _ in range(2):
+        net = MLP([5, 7, 2], rng=np.random.default_rng(4))
+        h, _ = train(net, X, Y, optimizer=make_optimizer("momentum", 0.05), batch_size=8,
+                     max_epochs=3, rng=5, callback=rows.append)
+        runs.append((net.get_params(), [r["loss"] for r in h]))
+    assert runs[0][1] == runs[1][1]
+    for name in runs[0][0]:
+        np.testing.assert_array_equal(runs[0][0][name], runs[1][0][name])
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 1, 2, 3]
+
+
+def test_unknown_solver():
+    with pytest.raises(ConfigError, match="solver"):
+        make_optimizer("lbfgs", 0.1)
