@@ -1,0 +1,287 @@
+"""Feature stage: per-clip functions, shapes, the cached parallel ``extract``."""
+import json
+import multiprocessing as mp
+import os
+
+import librosa
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+import synth
+from esc50ann import cache
+from esc50ann import features as F
+from esc50ann.dataset import Dataset
+from esc50ann.errors import ConfigError, FeatureError
+
+SR = synth.SAMPLE_RATE
+
+
+def _dataset(root):
+    return Dataset(root, pd.read_csv(root / "meta" / "esc50.csv"))
+
+
+@pytest.fixture
+def small(tmp_path):
+    """A writable 8-clip dataset (1 fold x 4 classes x 2 clips)."""
+    return _dataset(synth.make_dataset_folder(tmp_path / "data", n_folds=1))
+
+
+def _wav(path, y, sr=SR, subtype="PCM_16"):
+    sf.write(path, y, sr, subtype=subtype)
+    return path
+
+
+# --------------------------------------------------------------------------- config
+
+@pytest.mark.parametrize("field,value", [
+    ("sample_rate", 0), ("duration", -1.0), ("n_fft", 1.5), ("hop_length", 0), ("n_mels", True),
+    ("fmax", -5.0), ("top_db", float("nan")), ("representation", "cnn"), ("time_pool", 0),
+    ("deltas", 1), ("n_mfcc", -1), ("on_error", "ignore")])
+def test_config_rejects_bad_field_by_name(field, value):
+    with pytest.raises(ConfigError, match=field):
+        F.FeatureConfig(**{field: value})
+
+
+def test_config_canonical_and_to_dict():
+    assert F.FeatureConfig(duration=5) == F.FeatureConfig(duration=5.0)
+    d = F.FeatureConfig(representation="flat", time_pool=4).to_dict()
+    assert d["time_pool"] == 4 and d["sample_rate"] is None and json.dumps(d)
+    with pytest.raises(ConfigError, match="time_pool"):
+        F.FeatureConfig(representation="stats", time_pool=2)
+    with pytest.raises(ConfigError, match="n_mfcc"):
+        F.FeatureConfig(n_mels=8, n_mfcc=13)
+
+
+# --------------------------------------------------------------------------- load_clip
+
+def test_load_clip_pads_crops_and_mixes(tmp_path):
+    short = _wav(tmp_path / "short.wav", synth.tone(0, 0, duration=1.0))
+    y, sr = F.load_clip(short, 5.0)
+    assert sr == SR and y.shape == (5 * SR,) and y.dtype == np.float32
+    np.testing.assert_array_equal(y[:SR], sf.read(short, dtype="float32")[0])
+    assert not y[SR:].any()
+
+    long = _wav(tmp_path / "long.wav", synth.tone(1, 1, duration=7.0))
+    y, _ = F.load_clip(long, 5.0)
+    np.testing.assert_array_equal(y, sf.read(long, dtype="float32")[0][:5 * SR])
+
+    stereo = np.stack([synth.tone(0, 2), 0.5 * synth.tone(14, 3)], axis=1)
+    path = _wav(tmp_path / "stereo.wav", stereo, subtype="FLOAT")
+    y, _ = F.load_clip(path, 5.0)
+    np.testing.assert_allclose(y, stereo.mean(axis=1), atol=1e-7)
+
+
+def test_load_clip_other_rate_native_and_resampled(tmp_path):
+    path = _wav(tmp_path / "22k.wav", synth.tone(0, 0, sample_rate=22050, duration=4.0), sr=22050)
+    y, sr = F.load_clip(path, 5.0)
+    assert sr == 22050 and y.shape == (5 * 22050,)
+    y, sr = F.load_clip(path, 5.0, sample_rate=16000)
+    assert sr == 16000 and y.shape == (80000,) and y.dtype == np.float32
+    ref = librosa.resample(sf.read(path, dtype="float32")[0], orig_sr=22050, target_sr=16000, res_type="soxr_hq")
+    np.testing.assert_allclose(y[:60000], ref[:60000], atol=1e-4)
+
+
+def test_load_clip_rejects_bad_files_by_name(tmp_path):
+    nan = synth.tone(0, 0)
+    nan[1000] = np.nan
+    cases = {
+        "nan.wav": lambda p: _wav(p, nan, subtype="FLOAT"),
+        "empty.wav": lambda p: _wav(p, np.zeros(0, np.float32)),
+        "text.wav": lambda p: p.write_text("not audio at all"),
+        "missing.wav": lambda p: None,
+    }
+    for name, make in cases.items():
+        make(tmp_path / name)
+        with pytest.raises(FeatureError, match=name) as info:
+            F.load_clip(tmp_path / name, 5.0)
+        assert "\n" not in str(info.value)
+    with pytest.raises(FeatureError, match="non-finite"):
+        F.load_clip(tmp_path / "nan.wav", 5.0)
+
+
+# --------------------------------------------------------------------------- spectra and pooling
+
+def test_log_mel_matches_librosa():
+    y = synth.tone(14, 5)
+    ours = F.log_mel(y, SR, n_fft=1024, hop_length=256, n_mels=64, fmin=50.0, fmax=16000.0, top_db=80.0)
+    ref = librosa.power_to_db(librosa.feature.melspectrogram(
+        y=y, sr=SR, n_fft=1024, hop_length=256, n_mels=64, fmin=50.0, fmax=16000.0), ref=np.max, top_db=80.0)
+    assert ours.shape == ref.shape == (64, 1 + len(y) // 256) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, ref, atol=2e-3)
+
+
+def test_band_stats_against_numpy():
+    a = np.array([[0.0, 1.0, 3.0, 2.0], [5.0, 5.0, 4.0, 8.0]], np.float32)
+    b = np.array([[1.0, -1.0, 1.0, -1.0]], np.float32)
+    got = F.band_stats([a, b])
+    expect = []
+    for c in (a, b):
+        d = c[:, 1:] - c[:, :-1]
+        expect += [c.mean(1), c.std(1), c.min(1), c.max(1), np.abs(d).mean(1), d.std(1)]
+    np.testing.assert_allclose(got, np.concatenate(expect), rtol=1e-6)
+    assert got.shape == (6 * 3,) and got.dtype == np.float32
+    assert got[:2].tolist() == [1.5, 5.5] and got[8:10].tolist() == pytest.approx([4 / 3, 5 / 3])
+
+
+def test_flatten_pools_time_keeping_the_tail():
+    a = np.arange(10, dtype=np.float32).reshape(2, 5)
+    np.testing.assert_array_equal(F.flatten([a], 1), a.ravel())
+    np.testing.assert_allclose(F.flatten([a, a[:1]], 2), [0.5, 2.5, 4, 5.5, 7.5, 9, 0.5, 2.5, 4])
+
+
+@pytest.mark.parametrize("kw,bands", [
+    ({}, 128), ({"deltas": True}, 256), ({"n_mfcc": 13}, 141), ({"deltas": True, "n_mfcc": 20, "n_mels": 40}, 100)])
+def test_stats_shapes(synth_folder, kw, bands):
+    config = F.FeatureConfig(**kw)
+    v = F.clip_features(_dataset(synth_folder).audio_paths[0], config)
+    assert v.shape == F.feature_shape(config) == (6 * bands,) and v.dtype == np.float32
+    assert np.isfinite(v).all()
+
+
+@pytest.mark.parametrize("kw,expect", [
+    ({"time_pool": 1, "n_mels": 64}, 64 * 431), ({"time_pool": 4, "n_mels": 64}, 64 * 108),
+    ({"time_pool": 8, "n_mels": 32, "deltas": True, "n_mfcc": 13}, (64 + 13) * 54),
+    ({"sample_rate": 22050, "n_mels": 40, "duration": 2.0}, 40 * 87)])
+def test_flat_shapes(synth_folder, kw, expect):
+    config = F.FeatureConfig(representation="flat", **kw)
+    v = F.clip_features(_dataset(synth_folder).audio_paths[0], config)
+    assert v.shape == F.feature_shape(config) == (expect,) and v.dtype == np.float32
+
+
+# --------------------------------------------------------------------------- extract and its cache
+
+def _no_audio(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("audio decoded on a cache hit")
+    monkeypatch.setattr(F, "load_clip", boom)
+    monkeypatch.setattr(sf, "read", boom)
+    monkeypatch.setattr(sf, "info", boom)
+
+
+def test_extract_then_hit_without_decoding(synth_folder, tmp_path, monkeypatch):
+    ds = _dataset(synth_folder)
+    config = F.FeatureConfig(n_mels=32)
+    first = F.extract(ds, config, tmp_path, n_jobs=1, progress=False)
+    assert not first.from_cache and first.X.shape == (24, 6 * 32) and first.X.dtype == np.float32
+    assert first.filenames == list(ds.meta["filename"]) and first.skipped == []
+    np.testing.assert_allclose(first.X[3], F.clip_features(ds.audio_paths[3], config), rtol=1e-6)
+    _no_audio(monkeypatch)
+    again = F.extract(ds, config, tmp_path, n_jobs=1, progress=False)
+    assert again.from_cache and again.key == first.key and isinstance(again.X, np.memmap)
+    np.testing.assert_array_equal(again.X, first.X)
+    m = json.loads((tmp_path / first.key / "manifest.json").read_text())
+    assert m["config"]["n_mels"] == 32 and m["versions"]["librosa"] == librosa.__version__
+
+
+def test_parallel_matches_serial(synth_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(F, "CHUNK_SIZE", 5)  # 5 tasks of <= 5 clips on 2 workers
+    ds = _dataset(synth_folder)
+    config = F.FeatureConfig(representation="flat", n_mels=16, time_pool=8)
+    par = F.extract(ds, config, tmp_path / "a", n_jobs=2, progress=True)
+    ser = F.extract(ds, config, tmp_path / "b", n_jobs=1, progress=False)
+    assert par.key == ser.key and par.X.shape == (24, 16 * 54)
+    np.testing.assert_array_equal(par.X, ser.X)
+
+
+def test_key_tracks_config_librosa_and_audio(small, monkeypatch):
+    base = F.cache_key(small, F.FeatureConfig())
+    assert F.cache_key(small, F.FeatureConfig(on_error="skip")) == base  # same numbers
+    assert F.cache_key(small, F.FeatureConfig(n_mels=64)) != base
+    assert F.cache_key(small, F.FeatureConfig(fmax=8000)) != base
+    path = small.audio_paths[2]
+    y = synth.tone(0, 99)
+    _wav(path, y)
+    os.utime(path, ns=(1, 1))
+    changed = F.cache_key(small, F.FeatureConfig())
+    assert changed != base
+    assert F.cache_key(Dataset(small.root, small.meta, {n: "0" * 64 for n in small.meta["filename"]}),
+                       F.FeatureConfig()) != changed  # the manifest's hashes replace size+mtime
+    monkeypatch.setattr(librosa, "__version__", "0.0.0")
+    assert F.cache_key(small, F.FeatureConfig()) != changed
+
+
+def test_killed_run_leaves_no_entry_and_resumes(small, tmp_path, monkeypatch):
+    monkeypatch.setattr(F, "CHUNK_SIZE", 3)  # chunks 0-3, 3-6, 6-8
+    config = F.FeatureConfig(n_mels=16)
+    real = F.clip_features
+    calls = []
+
+    def dies_on_fifth(path, cfg):
+        calls.append(path)
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # as if killed halfway through the second chunk
+        return real(path, cfg)
+
+    monkeypatch.setattr(F, "clip_features", dies_on_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        F.extract(small, config, tmp_path, n_jobs=1, progress=False)
+    key = F.cache_key(small, config)
+    assert not (tmp_path / key).exists() and cache.load(tmp_path, key) is None
+    assert [p.name for p in (tmp_path / f"{key}.partial").glob("*.npz")] == ["0000000-0000003.npz"]
+
+    calls.clear()
+    monkeypatch.setattr(F, "clip_features", lambda p, c: calls.append(p) or real(p, c))
+    out = F.extract(small, config, tmp_path, n_jobs=1, progress=False)
+    assert len(calls) == 5 and not out.from_cache  # only the 5 unfinished clips
+    assert out.X.shape == (8, 96) and not (tmp_path / f"{key}.partial").exists()
+    np.testing.assert_allclose(out.X[0], real(small.audio_paths[0], config), rtol=1e-6)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_entry_is_warned_and_recomputed(small, tmp_path, damage):
+    config = F.FeatureConfig(n_mels=16)
+    good = np.array(F.extract(small, config, tmp_path, n_jobs=1, progress=False).X)
+    path = next(tmp_path.glob("*/features.npy"))
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[-10] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match=path.parent.name):
+        again = F.extract(small, config, tmp_path, n_jobs=1, progress=False)
+    assert not again.from_cache
+    np.testing.assert_array_equal(again.X, good)
+
+
+def test_nan_clip_raises_or_is_skipped(small, tmp_path):
+    bad = small.audio_paths[5]
+    y = synth.tone(1, 5)
+    y[100:200] = np.nan
+    _wav(bad, y, subtype="FLOAT")
+    with pytest.raises(FeatureError, match=bad.name) as info:
+        F.extract(small, F.FeatureConfig(n_mels=16), tmp_path, n_jobs=1, progress=False)
+    assert "\n" not in str(info.value)
+    key = F.cache_key(small, F.FeatureConfig(n_mels=16))
+    assert not (tmp_path / key).exists()
+
+    out = F.extract(small, F.FeatureConfig(n_mels=16, on_error="skip"), tmp_path, n_jobs=1, progress=False)
+    assert out.X.shape == (7, 96) and np.isfinite(out.X).all()
+    assert bad.name not in out.filenames and [s[0] for s in out.skipped] == [bad.name]
+    assert "non-finite" in out.skipped[0][1]
+    with pytest.raises(FeatureError, match=bad.name):  # a raise-mode hit on that entry still raises
+        F.extract(small, F.FeatureConfig(n_mels=16), tmp_path, n_jobs=1, progress=False)
+
+
+def _extract_in_child(root, cache_dir, queue):
+    out = F.extract(_dataset(root), F.FeatureConfig(n_mels=16), cache_dir, n_jobs=1, progress=False)
+    queue.put((out.from_cache, out.key, np.asarray(out.X).sum()))
+
+
+def test_concurrent_writers_make_one_valid_entry(small, tmp_path):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_extract_in_child, args=(small.root, tmp_path / "c", queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    assert sorted(r[0] for r in results) == [False, True]  # one computed, one waited and reused
+    assert results[0][1:] == results[1][1:]
+    entries = cache.list_entries(tmp_path / "c")
+    assert [e["status"] for e in entries] == ["complete"] and entries[0]["count"] == 8
+    assert cache.load(tmp_path / "c", results[0][1]) is not None
