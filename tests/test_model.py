@@ -1,0 +1,181 @@
+"""The ANNClassifier estimator: sklearn conventions, learning, model files."""
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from esc50ann.errors import ConfigError, ModelError
+from esc50ann.model import ANNClassifier, load_model
+
+
+# Small, fast instances (the estimator checks fit dozens of tiny data sets).
+@parametrize_with_checks([
+    ANNClassifier(hidden_layer_sizes=(16,), loss="cross_entropy", solver="adam",
+                  learning_rate=0.01, max_epochs=30, patience=None),
+    ANNClassifier(hidden_layer_sizes=(8, 4), output="sigmoid", solver="momentum", max_epochs=20,
+                  dtype="float64", standardize=False, input_bias=False),
+])
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def blobs(n_classes=10, per_class=20, dim=20, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 5, (n_classes, dim))
+    y = np.repeat(np.arange(n_classes), per_class)
+    return centres[y] + rng.normal(0, 0.5, (len(y), dim)), y
+
+
+def test_learns_xor():
+    X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]] * 5, float)
+    y = np.array(["no", "yes", "yes", "no"] * 5)
+    clf = ANNClassifier(hidden_layer_sizes=(8,), solver="adam", learning_rate=0.05, batch_size=4,
+                        max_epochs=200).fit(X, y)
+    assert clf.score(X, y) == 1.0
+    assert list(clf.classes_) == ["no", "yes"]
+
+
+def test_learns_separable_ten_classes_with_the_writeups_setup():
+    X, y = blobs()
+    labels = np.array([f"class{k}" for k in range(10)])[y]  # any labels, mapped via classes_
+    clf = ANNClassifier(hidden_layer_sizes=(64,), solver="sgd", learning_rate=0.1, max_epochs=50)
+    clf.fit(X, labels)
+    assert clf.score(X, labels) == 1.0
+    assert clf.history_[-1]["accuracy"] == 1.0 and clf.best_epoch_ == clf.n_iter_ == 50
+    proba = clf.predict_proba(X)
+    assert proba.shape == (200, 10) and np.allclose(proba.sum(axis=1), 1.0)
+
+
+def test_diverging_learning_rate_raises_model_error():
+    X, y = blobs(3)
+    clf = ANNClassifier(hidden_layer_sizes=(16,), activation="relu", loss="cross_entropy",
+                        learning_rate=1e6, max_epochs=5)
+    with pytest.raises(ModelError, match=r"^training diverged at epoch \d+ \(loss=nan\): lower the learning rate \(now 1e\+06\)$"):
+        clf.fit(X, y)
+
+
+@pytest.mark.parametrize("name,value", [
+    ("hidden_layer_sizes", (0,)), ("hidden_layer_sizes", "1024"), ("activation", "softsign"),
+    ("output", "linear"), ("loss", "hinge"), ("solver", "lbfgs"), ("learning_rate", 0),
+    ("momentum", 1.0), ("batch_size", 0), ("max_epochs", 2.5), ("weight_decay", -1),
+    ("patience", 0), ("dtype", "float16"), ("input_bias", "yes"), ("random_state", -1),
+])
+def test_bad_params_raise_config_error_naming_them(name, value):
+    X, y = blobs(2, 5)
+    with pytest.raises(ConfigError, match=f"^{name} must be"):
+        ANNClassifier(**{name: value}).fit(X, y)
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_list_of_sizes_from_toml_is_accepted():
+    ANNClassifier(hidden_layer_sizes=[8, 4])._validate_params()
+
+
+def test_validation_set_and_callback():
+    X, y = blobs(4, 10)
+    rows = []
+    clf = ANNClassifier(hidden_layer_sizes=(8,), max_epochs=4, patience=None)
+    clf.fit(X, y, X_val=X[:8], y_val=y[:8], callback=rows.append)
+    assert rows == clf.history_ and len(rows) == 4
+    assert set(rows[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"}
+    with pytest.raises(ConfigError, match="y_val has labels not seen"):
+        clf.fit(X, y, X_val=X[:2], y_val=[0, 99])
+
+
+def test_early_stopping_restores_best_weights():
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(60, 8)), rng.integers(0, 3, 60)   # pure noise: it must overfit
+    Xv, yv = rng.normal(size=(40, 8)), rng.integers(0, 3, 40)
+    clf = ANNClassifier(hidden_layer_sizes=(64,), loss="cross_entropy", solver="adam",
+                        learning_rate=0.01, batch_size=10, max_epochs=200, patience=3,
+                        dtype="float64").fit(X, y, X_val=Xv, y_val=yv)
+    assert clf.n_iter_ == clf.best_epoch_ + 3 < 200
+    p = clf.predict_proba(Xv)
+    val_loss = -np.mean(np.log(p[np.arange(40), np.searchsorted(clf.classes_, yv)]))
+    assert val_loss == pytest.approx(clf.history_[clf.best_epoch_ - 1]["val_loss"], rel=1e-9)
+
+
+def test_same_seed_identical_results():
+    X, y = blobs(3, 10)
+    make = lambda seed: ANNClassifier(hidden_layer_sizes=(8,), max_epochs=3, random_state=seed).fit(X, y)
+    a, b, c = make(5), make(5), make(6)
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    assert [h["loss"] for h in a.history_] == [h["loss"] for h in b.history_]
+    assert not np.array_equal(a.predict_proba(X), c.predict_proba(X))
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    X, y = blobs(4, 10, dim=6)
+    clf = ANNClassifier(hidden_layer_sizes=(8, 5), max_epochs=3).fit(X, np.array(list("abcd"))[y])
+    clf.class_names_ = {0: "dog", 1: "rooster"}
+    clf.metadata_ = {"features": {"n_mels": 64}, "test_fold": 1}
+    return clf, X
+
+
+def test_save_load_roundtrip(fitted, tmp_path):
+    clf, X = fitted
+    path = clf.save(tmp_path / "model.npz")
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]  # no temp file left behind
+    for loaded in (ANNClassifier.load(path), load_model(str(path))):
+        np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+        assert list(loaded.classes_) == list(clf.classes_)
+        assert loaded.get_params() == clf.get_params()
+        assert loaded.class_names_ == clf.class_names_ and loaded.metadata_ == clf.metadata_
+        assert loaded.history_ == clf.history_ and loaded.best_epoch_ == clf.best_epoch_
+    with np.load(path, allow_pickle=False) as npz:
+        header = json.loads(npz["header"].tobytes().decode())
+        assert {"W1", "b1", "W2", "b2", "W3", "b3", "b0", "mean", "scale", "classes"} <= set(npz.files)
+    assert header["format_version"] == 1 and header["architecture"]["sizes"] == [6, 8, 5, 4]
+
+
+def rewrite(path, out, drop=(), **replace):
+    """Copy a model file, dropping or replacing arrays (the header too, as a dict)."""
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files if k not in drop}
+    if "header" in replace:
+        replace["header"] = np.frombuffer(json.dumps(replace["header"]).encode(), np.uint8)
+    arrays.update(replace)
+    with open(out, "wb") as fh:
+        np.savez(fh, **arrays)
+    return out
+
+
+def test_damaged_model_files_fail_cleanly(fitted, tmp_path):
+    clf, _ = fitted
+    good = clf.save(tmp_path / "good.npz")
+    data = good.read_bytes()
+    with np.load(good) as npz:
+        header = json.loads(npz["header"].tobytes().decode())
+    cases = {
+        "truncated": (tmp_path / "truncated.npz", None),
+        "not an npz": (tmp_path / "text.npz", None),
+        "a bare .npy": (tmp_path / "bare.npz", None),
+        "flipped byte": (tmp_path / "flipped.npz", None),
+    }
+    cases["truncated"][0].write_bytes(data[: len(data) // 2])
+    cases["not an npz"][0].write_text("hello")
+    np.save(open(cases["a bare .npy"][0], "wb"), np.zeros(3))
+    flipped = bytearray(data)
+    pos = data.index(b"W1.npy") + 200  # inside W1's stored bytes: the zip CRC must catch it
+    flipped[pos] ^= 0xFF
+    cases["flipped byte"][0].write_bytes(bytes(flipped))
+    paths = [p for p, _ in cases.values()]
+    paths.append(rewrite(good, tmp_path / "missing.npz", drop=("W2",)))
+    paths.append(rewrite(good, tmp_path / "shape.npz", b1=np.zeros(3, np.float32)))
+    paths.append(rewrite(good, tmp_path / "noheader.npz", drop=("header",)))
+    paths.append(rewrite(good, tmp_path / "version.npz", header={**header, "format_version": 99}))
+    paths.append(rewrite(good, tmp_path / "badjson.npz", header="oops"))
+    paths.append(rewrite(good, tmp_path / "nan.npz", W1=np.full((6, 8), np.nan, np.float32)))
+    paths.append(tmp_path / "absent.npz")
+    for path in paths:
+        with pytest.raises(ModelError) as info:
+            ANNClassifier.load(path)
+        message = str(info.value)
+        assert message.startswith(str(path) + ": ") and "\n" not in message, message
+    assert "'W2' is missing" in str(pytest.raises(ModelError, ANNClassifier.load, paths[4]).value)
+    assert "version 99" in str(pytest.raises(ModelError, ANNClassifier.load, paths[7]).value)
+    assert zipfile.is_zipfile(good)  # the good file still loads
+    ANNClassifier.load(good)
