@@ -469,7 +469,7 @@ def prepare(source: str | Path | None = None, data_dir: Path | str | None = None
         An http(s) URL (downloaded into ``data_dir/downloads/``), a ``file://`` URL or a local
         ``.zip`` (extracted straight from where it is), or an extracted folder holding
         ``meta/esc50.csv`` and ``audio/`` (used in place). Default: ``$ESC50ANN_SOURCE``,
-        else ``DEFAULT_SOURCE``.
+        else whatever dataset ``data_dir`` already holds, else ``DEFAULT_SOURCE``.
     data_dir : Path or str, optional
         Data root. Default: ``$ESC50ANN_DATA_DIR``, else ``./data``.
     sha256 : str, optional
@@ -493,9 +493,12 @@ def prepare(source: str | Path | None = None, data_dir: Path | str | None = None
         Bad archive, bad metadata, or bad audio files (all of them counted, the first few
         named); an archive extracted by this call is removed again in that case.
     """
+    unspecified = source in (None, "") and not os.environ.get(SOURCE_ENV)
     source = resolve_source(source)
     data_dir = resolve_data_dir(data_dir)
-    done = _recorded(data_dir, source)
+    # With no source named anywhere, a dataset already verified here (say the offline dev
+    # copy) is what the caller means, not a 600 MB download of the default.
+    done = _recorded(data_dir, None if unspecified else source)
     if done is not None:
         return done
     # Whatever was recorded before no longer describes what this call will leave behind.
@@ -635,8 +638,9 @@ def write_record(data_dir: Path, source: str, dataset: Dataset) -> Path:
     return write_text(Path(data_dir) / RECORD, json.dumps(record, indent=1) + "\n")
 
 
-def _recorded(data_dir: Path, source: str) -> Dataset | None:
-    """The recorded dataset if it came from ``source`` and still matches its metadata; else None.
+def _recorded(data_dir: Path, source: str | None) -> Dataset | None:
+    """The recorded dataset if it came from ``source`` (any, if None) and still matches its
+    metadata; else None.
 
     Costs one small JSON and one CSV read: no hashing, no audio decoding.
     """
@@ -644,7 +648,7 @@ def _recorded(data_dir: Path, source: str) -> Dataset | None:
         record = read_record(data_dir)
     except DatasetError:
         return None  # a damaged record is simply redone
-    if record is None or record["source"] != source:
+    if record is None or (source is not None and record["source"] != source):
         return None
     root = Path(record["root"])
     csv_path = root / "meta" / "esc50.csv"

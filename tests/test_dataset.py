@@ -198,6 +198,20 @@ def test_second_prepare_is_a_no_op(synth_archive, tmp_path, monkeypatch):
     assert again.meta.equals(first.meta)
 
 
+def test_prepare_without_a_source_reuses_the_recorded_dataset(synth_folder, tmp_path, monkeypatch):
+    monkeypatch.delenv("ESC50ANN_SOURCE", raising=False)
+    first = prepare(synth_folder, tmp_path, progress=False)
+    monkeypatch.setattr(ds, "fetch", lambda *a, **k: pytest.fail("tried to download the default"))
+    assert prepare(None, tmp_path, progress=False).manifest == first.manifest
+
+
+def test_a_different_source_is_prepared_anew(synth_folder, synth_archive, tmp_path):
+    prepare(synth_folder, tmp_path, progress=False)
+    d = prepare(synth_archive, tmp_path, progress=False)
+    assert d.root == tmp_path / "ESC-50-master"
+    assert json.loads((tmp_path / "dataset.json").read_text())["source"] == str(synth_archive.resolve())
+
+
 def test_prepare_again_when_the_folder_is_gone(synth_archive, tmp_path):
     first = prepare(synth_archive, tmp_path, progress=False)
     shutil.rmtree(first.root)
