@@ -8,8 +8,8 @@ config, the librosa version and the audio files' identity.
 
 Speed notes (measured on 2 cores, 5 s clips at 44.1 kHz): the log-mel here gives the same
 numbers as ``librosa.feature.melspectrogram`` + ``librosa.power_to_db(ref=np.max)`` (tested
-to float32 round-off) at about a third of the cost: the STFT is one batched float32
-``scipy.fft.rfft`` over strided frames, the mel filterbank (``librosa.filters.mel``) is
+to float32 round-off) at a fraction of the cost: the STFT is a float32 ``scipy.fft.rfft``
+over strided frames, done in cache-sized blocks of frames, the mel filterbank (``librosa.filters.mel``) is
 built once per config and applied as a sparse matrix (it is ~98% zeros), and 16-bit WAVs
 are read as int16 and scaled. Workers never import ``librosa.core`` for the default config
 (that import alone costs ~1.4 s per process).
@@ -39,6 +39,7 @@ FEATURE_VERSION = 1
 # rerun with another n_jobs still reuses the chunks a killed run finished.
 CHUNK_SIZE = 32
 AMIN = 1e-10  # floor of power_to_db, as librosa
+MEL_BLOCK = 128  # frames per STFT block, see mel_power
 STATS = ("mean", "std", "min", "max", "mean_abs_diff", "std_diff")
 
 
@@ -214,6 +215,20 @@ def _hann(n_fft: int) -> np.ndarray:
     return _WINDOWS[n_fft]
 
 
+def _frames(y: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
+    # Centred, zero-padded frames as a strided view: (n_frames, n_fft), no copy.
+    padded = np.pad(np.asarray(y, dtype=np.float32), n_fft // 2)
+    return np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length]
+
+
+def _block_power(frames: np.ndarray, n_fft: int) -> np.ndarray:
+    # Transposed (frames in columns, Fortran order): scipy's pocketfft batches these faster.
+    spec = scipy.fft.rfft((frames * _hann(n_fft)).T, axis=0)
+    power = spec.real ** 2
+    power += spec.imag ** 2
+    return power
+
+
 def power_spectrogram(y: np.ndarray, *, n_fft: int, hop_length: int) -> np.ndarray:
     """|STFT|^2 as ``librosa.stft(y, center=True, pad_mode="constant", window="hann")``.
 
@@ -221,12 +236,27 @@ def power_spectrogram(y: np.ndarray, *, n_fft: int, hop_length: int) -> np.ndarr
     -------
     np.ndarray, shape (1 + n_fft // 2, 1 + len(y) // hop_length), float32
     """
-    y = np.asarray(y, dtype=np.float32)
-    padded = np.pad(y, n_fft // 2)
-    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length]
-    # Transposed (frames in columns, Fortran order): scipy's pocketfft batches these ~30% faster.
-    spec = scipy.fft.rfft((frames * _hann(n_fft)).T, axis=0)
-    return spec.real ** 2 + spec.imag ** 2
+    return _block_power(_frames(y, n_fft, hop_length), n_fft)
+
+
+def mel_power(y: np.ndarray, sr: int, *, n_fft: int, hop_length: int, n_mels: int, fmin: float,
+              fmax: float | None) -> np.ndarray:
+    """Mel power spectrogram, ``mel_basis @ power_spectrogram(y)``, computed in time blocks.
+
+    Blocks of ``MEL_BLOCK`` frames keep the frames, the spectrum and the power in the CPU
+    cache (~1 MB each for n_fft 2048) instead of ~3.5 MB arrays: 3-4x faster, same numbers.
+
+    Returns
+    -------
+    np.ndarray, shape (n_mels, 1 + len(y) // hop_length), float32
+    """
+    basis = mel_basis(sr, n_fft, n_mels, fmin, fmax)
+    frames = _frames(y, n_fft, hop_length)
+    out = np.empty((n_mels, frames.shape[0]), np.float32)
+    for start in range(0, frames.shape[0], MEL_BLOCK):
+        stop = start + MEL_BLOCK
+        out[:, start:stop] = basis @ _block_power(frames[start:stop], n_fft)
+    return out
 
 
 def _power_to_db(S: np.ndarray, top_db: float | None) -> np.ndarray:
@@ -254,9 +284,8 @@ def log_mel(y: np.ndarray, sr: int, *, n_fft: int = 2048, hop_length: int = 512,
     -------
     np.ndarray, shape (n_mels, 1 + n_samples // hop_length), float32
     """
-    power = power_spectrogram(y, n_fft=n_fft, hop_length=hop_length)
-    mel = mel_basis(sr, n_fft, n_mels, fmin, fmax) @ power
-    return _power_to_db(np.ascontiguousarray(mel, dtype=np.float32), top_db)
+    mel = mel_power(y, sr, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    return _power_to_db(mel, top_db)
 
 
 def channels(S_db: np.ndarray, *, deltas: bool = False, n_mfcc: int = 0) -> list[np.ndarray]:

@@ -112,6 +112,16 @@ def test_log_mel_matches_librosa():
     np.testing.assert_allclose(ours, ref, atol=2e-3)
 
 
+def test_power_spectrogram_and_blocked_mel_match_librosa():
+    y = synth.tone(1, 6, duration=2.0)  # 173 frames: two blocks of MEL_BLOCK
+    P = F.power_spectrogram(y, n_fft=2048, hop_length=512)
+    ref = np.abs(librosa.stft(y, n_fft=2048, hop_length=512)) ** 2
+    assert P.shape == ref.shape and P.dtype == np.float32
+    np.testing.assert_allclose(P, ref, rtol=1e-3, atol=1e-3 * ref.max())
+    M = F.mel_power(y, SR, n_fft=2048, hop_length=512, n_mels=40, fmin=0.0, fmax=None)  # > 1 block
+    np.testing.assert_allclose(M, F.mel_basis(SR, 2048, 40, 0.0, None) @ P, rtol=1e-5, atol=1e-6 * M.max())
+
+
 def test_band_stats_against_numpy():
     a = np.array([[0.0, 1.0, 3.0, 2.0], [5.0, 5.0, 4.0, 8.0]], np.float32)
     b = np.array([[1.0, -1.0, 1.0, -1.0]], np.float32)
