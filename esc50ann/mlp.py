@@ -276,13 +276,13 @@ class MLP:
     def input_bias(self):
         return self.b0 is not None
 
-    def set_params(self, arrays):
+    def set_state(self, arrays):
         """Copy parameter values in, by name (``{"W1": ..., "b0": ...}``); shapes must match."""
         for name, p in zip(self.names, self.params):
             if name in arrays:
                 p[...] = arrays[name]
 
-    def get_params(self):
+    def get_state(self):
         """A dict name -> copy of every parameter array (for saving or restoring best weights)."""
         return {name: p.copy() for name, p in zip(self.names, self.params)}
 

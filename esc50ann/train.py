@@ -31,6 +31,11 @@ def _slices(size):
         yield slice(lo, min(lo + _CHUNK, size))
 
 
+def _unfrozen(net, buffers):
+    """The optimizer-state buffers (one per parameter, flat) of the parameters not frozen."""
+    return (b for name, b in zip(net.names, buffers) if name not in net.frozen)
+
+
 def _is_weight(name):
     return name.startswith("W")  # weight decay applies to weights, not to biases or b0
 
@@ -75,7 +80,7 @@ class Momentum(SGD):
         if self.velocity is None:
             self.velocity = [np.zeros(p.size, p.dtype) for p in net.params]
         lr, wd, mu = self.learning_rate, self.weight_decay, self.momentum
-        for (name, p, g), v in zip(self._pairs(net), self._state(net, self.velocity)):
+        for (name, p, g), v in zip(self._pairs(net), _unfrozen(net, self.velocity)):
             decay = wd if _is_weight(name) else 0.0
             for s in _slices(p.size):
                 gs, ps, vs = g[s], p[s], v[s]
@@ -85,10 +90,6 @@ class Momentum(SGD):
                 vs *= mu
                 vs -= gs
                 ps += vs
-
-    @staticmethod
-    def _state(net, buffers):
-        return (b for name, b in zip(net.names, buffers) if name not in net.frozen)
 
 
 class Adam(SGD):
@@ -109,7 +110,7 @@ class Adam(SGD):
             self._tmp = np.empty(min(_CHUNK, max(p.size for p in net.params)), net.dtype)
         b1, b2, wd = self.beta1, self.beta2, self.weight_decay
         lr_t = self.learning_rate * math.sqrt(1.0 - b2 ** self.t) / (1.0 - b1 ** self.t)
-        states = zip(Momentum._state(net, self.m), Momentum._state(net, self.v))
+        states = zip(_unfrozen(net, self.m), _unfrozen(net, self.v))
         for (name, p, g), (m, v) in zip(self._pairs(net), states):
             decay = wd if _is_weight(name) else 0.0
             for s in _slices(p.size):
@@ -254,7 +255,7 @@ def train(net, X, Y, *, optimizer, batch_size=32, max_epochs=100, rng=None,
             if has_val and patience is not None:
                 if row["val_loss"] < best:
                     best, best_epoch, stale = row["val_loss"], epoch, 0
-                    best_params = net.get_params()
+                    best_params = net.get_state()
                 else:
                     stale += 1
                     if stale >= patience:
@@ -263,5 +264,5 @@ def train(net, X, Y, *, optimizer, batch_size=32, max_epochs=100, rng=None,
                 best_epoch = epoch
 
         if best_params is not None and best_epoch != len(history):
-            net.set_params(best_params)
+            net.set_state(best_params)
         return history, best_epoch

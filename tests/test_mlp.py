@@ -177,7 +177,7 @@ def test_same_seed_same_run_and_callback():
         net = MLP([5, 7, 2], rng=np.random.default_rng(4))
         h, _ = train(net, X, Y, optimizer=make_optimizer("momentum", 0.05), batch_size=8,
                      max_epochs=3, rng=5, callback=rows.append)
-        runs.append((net.get_params(), [r["loss"] for r in h]))
+        runs.append((net.get_state(), [r["loss"] for r in h]))
     assert runs[0][1] == runs[1][1]
     for name in runs[0][0]:
         np.testing.assert_array_equal(runs[0][0][name], runs[1][0][name])
