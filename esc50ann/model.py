@@ -136,9 +136,11 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
                               ("solver", OPTIMIZERS)):
             if not isinstance(getattr(self, name), str) or getattr(self, name) not in choices:
                 raise bad(name, "one of " + ", ".join(repr(c) for c in choices))
-        for name in ("input_bias", "standardize", "verbose"):
+        for name in ("input_bias", "standardize"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise bad(name, "true or false")
+        if not (isinstance(self.verbose, (bool, np.bool_)) or (_is_int(self.verbose) and self.verbose >= 0)):
+            raise bad("verbose", "true, false or a non-negative integer")
         if not (_is_real(self.learning_rate) and 0 < self.learning_rate < math.inf):
             raise bad("learning_rate", "a positive number")
         if not (_is_real(self.momentum) and 0 <= self.momentum < 1):
