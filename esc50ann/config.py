@@ -144,7 +144,7 @@ def from_dict(doc: dict[str, Any], where: str = "<config>") -> PipelineConfig:
 def _reject_unknown(table: dict, allowed: set[str], where: str, prefix: str) -> None:
     for key in table:
         if key not in allowed:
-            raise ConfigError(f"{where}: unknown key {prefix}{key!r} (expected one of: {', '.join(sorted(allowed))})")
+            raise ConfigError(f"{where}: unknown key '{prefix}{key}' (expected one of: {', '.join(sorted(allowed))})")
 
 
 def _check_type(value: Any, types: tuple[type, ...], where: str, key: str) -> None:

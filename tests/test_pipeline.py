@@ -8,7 +8,7 @@ import pytest
 from esc50ann.dataset import Dataset
 from esc50ann.errors import DatasetError
 from esc50ann.evaluate import cross_validate
-from esc50ann.pipeline import Pipeline
+from esc50ann.pipeline import Pipeline, predict_files
 
 TINY = """
 name = "tiny"
@@ -134,3 +134,20 @@ def test_metrics_record_the_resolved_config(tiny_run):
     pipe, run = tiny_run
     assert run.metrics["pipeline"]["features"] == pipe.config.features.to_dict()
     assert run.metrics["pipeline"]["model"]["hidden_layer_sizes"] == [16]
+
+
+def test_saved_model_predicts_a_wav_as_the_pipeline_did(tiny_run, tmp_path):
+    """predict on a file recomputes the features exactly as the cached training features."""
+    pipe, _ = tiny_run
+    model = pipe.train(test_fold=2)
+    path = tmp_path / "model.npz"
+    model.save(path)
+    dataset = pipe.download()
+    rows = np.flatnonzero(dataset.meta["fold"].to_numpy() == 2)[:3]
+    expected = model.predict_proba(np.asarray(pipe.features().X)[rows])
+    got = predict_files(path, [dataset.audio_paths[i] for i in rows], top=len(model.classes_))
+    names = dataset.class_names
+    for want, prediction in zip(expected, got):
+        by_name = dict(prediction.top)
+        for target, p in zip(model.classes_, want):
+            assert by_name[names[int(target)]] == pytest.approx(float(p), abs=1e-5)
