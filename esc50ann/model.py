@@ -250,7 +250,7 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         for lo in range(0, len(X), _PREDICT_CHUNK):
             proba[lo:lo + _PREDICT_CHUNK] = net.forward(self._transform(X[lo:lo + _PREDICT_CHUNK],
                                                                         net.dtype))
-        if self.output != "softmax":
+        if net.output.name != "softmax":
             # Independent sigmoid units do not sum to one: normalise (uniform if all are 0).
             total = proba.sum(axis=1, keepdims=True)
             np.divide(proba, total, out=proba, where=total > 0)
@@ -269,14 +269,12 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "network_")
         path = Path(path)
         net = self.network_
-        arrays = {}
-        for name, p in zip(net.names, net.params):
-            arrays[name] = p
+        arrays = dict(zip(net.names, net.params))
         if self.mean_ is not None:
             arrays["mean"], arrays["scale"] = self.mean_, self.scale_
         classes = self.classes_
         arrays["classes"] = classes.astype(str) if classes.dtype == object else classes
-        params = {k: v for k, v in self.get_params().items()}
+        params = dict(self.get_params())
         params["hidden_layer_sizes"] = [int(h) for h in self.hidden_layer_sizes]
         params["dtype"] = str(self.dtype)
         if not (params["random_state"] is None or _is_int(params["random_state"])):
@@ -286,8 +284,9 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "esc50ann_version": __version__,
-            "architecture": {"sizes": [int(s) for s in net.sizes], "activation": self.activation,
-                             "output": self.output, "loss": self.loss, "input_bias": net.input_bias,
+            # From the network itself, not the params, which may have been set since fit.
+            "architecture": {"sizes": [int(s) for s in net.sizes], "activation": net.activation.name,
+                             "output": net.output.name, "loss": net.cost.name, "input_bias": net.input_bias,
                              "standardize": self.mean_ is not None, "dtype": str(net.dtype)},
             "params": params,
             "classes": classes.tolist(),
