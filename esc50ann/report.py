@@ -131,7 +131,7 @@ def plot_confusion(confusion: pd.DataFrame, path: Path) -> None:
 
 
 def plot_learning_curves(cv: CVResult, path: Path) -> None:
-    """Loss and accuracy per epoch, one line per fold (dashed: validation)."""
+    """Loss and accuracy per epoch, one colour per fold; solid: training, dashed: validation."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 4), layout="constrained")
@@ -140,17 +140,17 @@ def plot_learning_curves(cv: CVResult, path: Path) -> None:
         history = pd.DataFrame(fold.history)
         if history.empty:
             continue
-        line, = loss_ax.plot(history["epoch"], history["loss"], label=f"fold {fold.test_fold} train")
-        for col, ax in (("val_loss", loss_ax), ("train_accuracy", acc_ax), ("val_accuracy", acc_ax)):
-            if col in history and history[col].notna().any():
-                ax.plot(history["epoch"], history[col], color=line.get_color(),
-                        linestyle="--" if col.startswith("val") else "-",
-                        label=f"fold {fold.test_fold} {col.split('_')[0]}" if ax is acc_ax or col == "val_loss" else None)
+        for ax, train_col, val_col in ((loss_ax, "loss", "val_loss"), (acc_ax, "accuracy", "val_accuracy")):
+            line, = ax.plot(history["epoch"], history[train_col], label=f"fold {fold.test_fold} train")
+            if val_col in history and history[val_col].notna().any():
+                ax.plot(history["epoch"], history[val_col], color=line.get_color(), linestyle="--",
+                        label=f"fold {fold.test_fold} validation (fold {fold.val_fold})")
     for ax, label in ((loss_ax, "loss"), (acc_ax, "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    fig.suptitle("Learning curves (before refit on training + validation folds)")
     _save(fig, path)
 
 
