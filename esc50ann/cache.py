@@ -41,6 +41,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from esc50ann.errors import FeatureError
+from esc50ann.fileio import atomic_path, write_text
 
 ARRAY_FILE = "features.npy"
 MANIFEST_FILE = "manifest.json"
@@ -187,13 +188,6 @@ def load(cache_dir: Path, key: str, *, discard_damaged: bool = True) -> Entry | 
 
 # --------------------------------------------------------------------------- writing
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def partial_dir(cache_dir: Path, key: str) -> Path:
     _check_key(key)
     return Path(cache_dir) / f"{key}.partial"
@@ -204,10 +198,8 @@ def save_chunk(cache_dir: Path, key: str, name: str, array: np.ndarray, info: di
     folder = partial_dir(cache_dir, key)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.npz"
-    tmp = folder / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, array=np.asarray(array, dtype=np.float32), info=np.array(json.dumps(info)))
-    os.replace(tmp, path)
     return path
 
 
@@ -285,7 +277,7 @@ def commit(cache_dir: Path, key: str, parts: Iterable[np.ndarray], *, n_cols: in
 
 
 def _write_manifest(folder: Path, manifest: dict) -> None:
-    _atomic_write_bytes(folder / MANIFEST_FILE, (json.dumps(manifest, indent=1) + "\n").encode())
+    write_text(folder / MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")
 
 
 def _remove_dir(path: Path) -> None:

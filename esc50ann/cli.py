@@ -5,7 +5,6 @@ Expected failures print one line, ``esc50ann: error: ...``, and exit with status
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -73,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.progress = not getattr(args, "quiet", False)
-    args.data_dir = Path(getattr(args, "data_dir", None) or os.environ.get("ESC50ANN_DATA_DIR") or "data")
+    args.data_dir = getattr(args, "data_dir", None)
     args.source = getattr(args, "source", None)
     try:
         return COMMANDS[args.command](args) or 0
@@ -132,8 +131,10 @@ def cmd_features(args) -> None:
 
 def cmd_cache(args) -> None:
     from esc50ann import cache
+    from esc50ann.dataset import resolve_data_dir
+    from esc50ann.pipeline import feature_cache_dir
 
-    cache_dir = args.data_dir / "cache" / "features"
+    cache_dir = feature_cache_dir(resolve_data_dir(args.data_dir))
     if args.action == "clear":
         removed = cache.clear(cache_dir, key=args.key)
         print(f"removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'}: {' '.join(removed)}")

@@ -48,6 +48,11 @@ def resolve_pipeline(name_or_path: str | Path | None) -> Path:
     raise Esc50Error(f"{name_or_path}: pipeline file not found (looked in . and {PIPELINES_DIR})")
 
 
+def feature_cache_dir(data_dir: Path) -> Path:
+    """Where the feature stage keeps its cache entries under a data root."""
+    return Path(data_dir) / "cache" / "features"
+
+
 @dataclass
 class RunResult:
     """A finished run: its folder, its metrics (as in metrics.json) and the CV result behind them."""
@@ -77,8 +82,9 @@ class Pipeline:
     def __init__(self, config: PipelineConfig, *, data_dir=None, source=None, n_jobs: int = -1,
                  progress: bool = True):
         self.config = config
-        self.data_dir = Path(data_dir or os.environ.get("ESC50ANN_DATA_DIR") or "data")
-        self.source = source or os.environ.get("ESC50ANN_SOURCE") or config.dataset.source
+        self.data_dir = dataset_mod.resolve_data_dir(data_dir)
+        # Precedence: argument (--source), then $ESC50ANN_SOURCE, then the pipeline file.
+        self.source = source or os.environ.get(dataset_mod.SOURCE_ENV) or config.dataset.source
         self.n_jobs = n_jobs
         self.progress = progress
         self.timings: dict[str, float] = {}
@@ -156,7 +162,7 @@ class Pipeline:
 
     @property
     def cache_dir(self) -> Path:
-        return self.data_dir / "cache" / "features"
+        return feature_cache_dir(self.data_dir)
 
     def model_metadata(self) -> dict[str, Any]:
         """What a saved model needs to classify a new WAV: the feature config and the class names."""

@@ -20,6 +20,22 @@ SAMPLE_RATE = 44100
 DURATION = 5.0
 COLUMNS = ["filename", "fold", "target", "category", "esc10", "src_file", "take"]
 
+# A pipeline small enough to cross-validate the synthetic dataset in seconds.
+TINY_PIPELINE = """
+name = "tiny"
+[features]
+n_mels = 32
+[model]
+hidden_layer_sizes = [16]
+loss = "cross_entropy"
+[training]
+solver = "adam"
+learning_rate = 0.01
+batch_size = 8
+max_epochs = 30
+patience = 5
+"""
+
 # (target, category, esc10): real ESC-50 ids, so the ESC-10 subset is exercised too.
 CLASSES = [(0, "dog", True), (1, "rooster", True), (14, "chirping_birds", False), (36, "vacuum_cleaner", False)]
 

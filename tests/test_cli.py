@@ -3,26 +3,11 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import soundfile as sf
 
 import synth
 
-TINY = """
-name = "tiny"
-[features]
-n_mels = 32
-[model]
-hidden_layer_sizes = [16]
-loss = "cross_entropy"
-[training]
-solver = "adam"
-learning_rate = 0.01
-batch_size = 8
-max_epochs = 20
-patience = 5
-"""
 
 
 def esc50ann(*args, cwd=None):
@@ -34,7 +19,7 @@ def esc50ann(*args, cwd=None):
 def workdir(synth_archive, tmp_path_factory):
     """A data root with the synthetic dataset downloaded, and a tiny pipeline file."""
     root = tmp_path_factory.mktemp("cli")
-    (root / "tiny.toml").write_text(TINY)
+    (root / "tiny.toml").write_text(synth.TINY_PIPELINE)
     done = esc50ann("--quiet", "download", "--source", synth_archive, "--data-dir", root / "data")
     assert done.returncode == 0, done.stderr
     return root

@@ -8,23 +8,9 @@ import pytest
 from esc50ann.dataset import Dataset
 from esc50ann.errors import DatasetError
 from esc50ann.evaluate import cross_validate
+import synth
 from esc50ann.pipeline import Pipeline, predict_files
 
-TINY = """
-name = "tiny"
-[features]
-representation = "stats"
-n_mels = 32
-[model]
-hidden_layer_sizes = [16]
-loss = "cross_entropy"
-[training]
-solver = "adam"
-learning_rate = 0.01
-batch_size = 8
-max_epochs = 30
-patience = 5
-"""
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +18,7 @@ def tiny_run(synth_archive, tmp_path_factory):
     """One full pipeline run on the synthetic archive, shared by the report checks below."""
     root = tmp_path_factory.mktemp("run")
     path = root / "tiny.toml"
-    path.write_text(TINY)
+    path.write_text(synth.TINY_PIPELINE)
     pipe = Pipeline.from_toml(path, data_dir=root / "data", source=str(synth_archive), n_jobs=1, progress=False)
     return pipe, pipe.run(out=root / "out")
 
