@@ -4,12 +4,12 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -505,16 +505,17 @@ def prepare(source: str | Path | None = None, data_dir: Path | str | None = None
     (data_dir / RECORD).unlink(missing_ok=True)
     local = _obtain(source, data_dir, sha256=sha256, progress=progress)
     if local.is_dir():
-        root, extracted = _dataset_folder(local, source), False
+        dataset = _validate(_dataset_folder(local, source), n_jobs=n_jobs, progress=progress)
     else:
-        root, extracted = _extract(local, data_dir, downloaded=_is_url(source), progress=progress), True
-    try:
-        dataset = _validate(root, n_jobs=n_jobs, progress=progress)
-    except DatasetError as e:
-        if extracted:
-            shutil.rmtree(root, ignore_errors=True)
-            raise DatasetError(f"{e} (removed the extracted folder)") from None
-        raise
+        # Validate the freshly extracted folder before it replaces an older dataset, so a bad
+        # archive leaves the previous one untouched.
+        checked = {}
+
+        def check(folder: Path) -> None:
+            checked["dataset"] = _validate(folder, n_jobs=n_jobs, progress=progress)
+
+        root = _extract(local, data_dir, downloaded=_is_url(source), progress=progress, check=check)
+        dataset = dataclasses.replace(checked["dataset"], root=root)
     write_record(data_dir, source, dataset)
     return dataset
 
@@ -574,10 +575,10 @@ def _is_url(source: str) -> bool:
     return urlparse(source).scheme.lower() in ("http", "https")
 
 
-def _extract(archive: Path, data_dir: Path, *, downloaded: bool, progress: bool) -> Path:
+def _extract(archive: Path, data_dir: Path, *, downloaded: bool, progress: bool, check=None) -> Path:
     """``extract``, dropping a downloaded archive that turns out bad so a rerun fetches it anew."""
     try:
-        return extract(archive, data_dir, progress=progress)
+        return extract(archive, data_dir, progress=progress, check=check)
     except DatasetError as e:
         if not downloaded:
             raise

@@ -20,6 +20,7 @@ import urllib.request
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -264,7 +265,7 @@ def _reason(e) -> str:
 
 
 def extract(archive: Path, dest_parent: Path, *, max_uncompressed: int = 4 * 2**30,
-            progress: bool = True) -> Path:
+            progress: bool = True, check: Callable[[Path], object] | None = None) -> Path:
     """Unpack the dataset folder of a zip archive into ``dest_parent/ESC-50-master``.
 
     Every member is checked first; the archive is refused as a whole if any member is
@@ -284,6 +285,9 @@ def extract(archive: Path, dest_parent: Path, *, max_uncompressed: int = 4 * 2**
         Refuse archives whose declared uncompressed size exceeds this many bytes.
     progress : bool
         Show a tqdm progress bar.
+    check : callable, optional
+        Called with the complete temporary folder before it replaces anything; if it raises,
+        the temporary folder is removed and an older ``ESC-50-master`` stays as it was.
 
     Returns
     -------
@@ -311,6 +315,8 @@ def extract(archive: Path, dest_parent: Path, *, max_uncompressed: int = 4 * 2**
         tmp.chmod(0o755)  # mkdtemp makes it private; the dataset folder should not be
         try:
             _extract_members(zf, members, prefix, tmp, archive, progress)
+            if check is not None:
+                check(tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -240,9 +240,19 @@ def test_bad_archive_names_all_bad_files_and_leaves_nothing(tmp_path):
     assert msg.startswith("3 of 24 audio files in ") and "\n" not in msg
     for n in (names[3], names[5], names[9]):
         assert n in msg
-    assert "removed the extracted folder" in msg
     assert not (data_dir / "ESC-50-master").exists() and not (data_dir / "dataset.json").exists()
     assert [p.name for p in data_dir.iterdir()] == []
+
+
+def test_bad_archive_keeps_the_previous_dataset(synth_archive, tmp_path):
+    data_dir = tmp_path / "data"
+    good = prepare(synth_archive, data_dir, progress=False)
+    names = list(synth.metadata()["filename"])
+    bad = zip_with(tmp_path / "bad.zip", {names[3]: None})
+    with pytest.raises(DatasetError, match=names[3]):
+        prepare(bad, data_dir, progress=False)
+    assert sorted(p.name for p in (good.root / "audio").iterdir()) == sorted(names)
+    assert [p.name for p in data_dir.iterdir() if p.name.startswith(".")] == []
 
 
 def test_bad_folder_is_left_alone(folder, tmp_path):
