@@ -26,12 +26,9 @@ import time
 import zipfile
 from pathlib import Path
 
-import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from esc50ann import features as F  # noqa: E402
-from esc50ann.dataset import Dataset  # noqa: E402
+from esc50ann import features as F
+from esc50ann.dataset import Dataset, load_metadata
 
 
 def find_root(source: Path, scratch: Path) -> Path:
@@ -44,15 +41,6 @@ def find_root(source: Path, scratch: Path) -> Path:
         if (cand / "meta" / "esc50.csv").is_file():
             return cand
     sys.exit(f"no meta/esc50.csv under {source}")
-
-
-def read_meta(root: Path) -> pd.DataFrame:
-    csv = root / "meta" / "esc50.csv"
-    try:
-        from esc50ann.dataset import load_metadata
-        return load_metadata(csv)
-    except ImportError:
-        return pd.read_csv(csv)
 
 
 def prewarm(paths) -> None:
@@ -111,7 +99,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         root = find_root(a.source, scratch / "src")
-        meta = read_meta(root)
+        meta = load_metadata(root / "meta" / "esc50.csv")
         if a.limit:
             meta = meta.iloc[: a.limit].reset_index(drop=True)
         ds = Dataset(root, meta)
