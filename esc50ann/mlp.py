@@ -35,8 +35,9 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------------------
-# Hidden activations.  ``fn`` works in place when given ``out``; ``derivative`` is expressed
-# through the activation's *output* a = f(z), so the forward pass need not keep z.
+# Hidden activations.  ``fn`` works in place when given ``out``; ``backprop(a, grad, tmp)`` does
+# ``grad *= f'(z)`` in place, with f'(z) expressed through the activation's *output* a = f(z), so
+# the forward pass need not keep z.  ``tmp`` is scratch of grad's shape.
 # ----------------------------------------------------------------------------------------------
 class Tanh:
     name = "tanh"
@@ -46,13 +47,8 @@ class Tanh:
         return np.tanh(z, out=out)
 
     @staticmethod
-    def derivative(a):
-        """f'(z) = 1 - tanh(z)^2 = 1 - a^2."""
-        return 1.0 - a * a
-
-    @staticmethod
     def backprop(a, grad, tmp):
-        """``grad *= f'(z)`` in place; ``tmp`` is scratch of grad's shape."""
+        """f'(z) = 1 - tanh(z)^2 = 1 - a^2."""
         np.multiply(grad, a, out=tmp)
         tmp *= a
         grad -= tmp  # grad * (1 - a^2) without allocating
@@ -71,12 +67,8 @@ class Sigmoid:
         return out
 
     @staticmethod
-    def derivative(a):
-        """f'(z) = a (1 - a)."""
-        return a * (1.0 - a)
-
-    @staticmethod
     def backprop(a, grad, tmp):
+        """f'(z) = a (1 - a)."""
         np.subtract(1.0, a, out=tmp)
         tmp *= a
         grad *= tmp
@@ -90,12 +82,8 @@ class ReLU:
         return np.maximum(z, 0.0, out=out)
 
     @staticmethod
-    def derivative(a):
-        """f'(z) = 1 where z > 0 (i.e. a > 0), else 0 (the subgradient 0 at z = 0)."""
-        return (a > 0).astype(a.dtype)
-
-    @staticmethod
     def backprop(a, grad, tmp):
+        """f'(z) = 1 where z > 0 (i.e. a > 0), else 0 (the subgradient 0 at z = 0)."""
         grad *= a > 0
 
 
