@@ -140,6 +140,43 @@ def test_optimizers_reduce_the_loss_and_weight_decay_shrinks_weights(solver):
     assert norms[0.1] < norms[0.0]
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 0.3], ids=["no_decay", "decay"])
+@pytest.mark.parametrize("solver", ["sgd", "momentum", "adam"])
+def test_optimizer_steps_match_the_documented_updates(solver, weight_decay):
+    """Two steps of each optimizer against its documented rule, computed here from ``net.grads``.
+
+    ``weight_decay`` is an L2 penalty ``(wd / 2) ||W||^2`` on the weight matrices only: it adds
+    ``wd * W`` to the gradient of W1, W2 and nothing to the biases b1, b2 or the input bias b0.
+    Adam uses the step-size form of bias correction (eps added to sqrt(v), not to sqrt(v_hat)).
+    """
+    net, X, Y = random_problem([4, 5, 3], "tanh", "softmax", "cross_entropy", True, seed=2)
+    assert net.names == ["b0", "W1", "b1", "W2", "b2"]
+    assert all(np.abs(p).min() > 1e-3 for p in net.params)  # decaying any of them would show
+    decayed = {"W1", "W2"}
+    lr, mu, beta1, beta2, eps = 0.1, 0.9, 0.9, 0.999, 1e-8
+    opt = make_optimizer(solver, lr, mu, weight_decay)
+    expected = [p.copy() for p in net.params]
+    m = [np.zeros_like(p) for p in net.params]  # velocity for momentum, first moment for Adam
+    v = [np.zeros_like(p) for p in net.params]
+    for t in (1, 2):
+        net.backprop(X, Y)
+        for i, (name, g) in enumerate(zip(net.names, net.grads)):
+            p = expected[i]
+            g = g + weight_decay * p if name in decayed else g.copy()
+            if solver == "sgd":
+                p -= lr * g
+            elif solver == "momentum":
+                m[i] = mu * m[i] - lr * g
+                p += m[i]
+            else:
+                m[i] = beta1 * m[i] + (1 - beta1) * g
+                v[i] = beta2 * v[i] + (1 - beta2) * g * g
+                p -= lr * np.sqrt(1 - beta2 ** t) / (1 - beta1 ** t) * m[i] / (np.sqrt(v[i]) + eps)
+        opt.step(net)
+        for name, p, e in zip(net.names, net.params, expected):
+            np.testing.assert_allclose(p, e, rtol=1e-12, atol=1e-15, err_msg=f"{name} after step {t}")
+
+
 def test_float32_default_and_probabilities():
     net = MLP([5, 8, 4], rng=0)
     assert all(p.dtype == np.float32 for p in net.params)
