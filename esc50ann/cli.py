@@ -15,7 +15,7 @@ from esc50ann.errors import Esc50Error
 
 def _folds(text: str) -> list[int]:
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        return list(dict.fromkeys(int(part) for part in text.split(",") if part.strip()))  # unique, in order
     except ValueError:
         raise argparse.ArgumentTypeError(f"--folds takes fold numbers separated by commas, not {text!r}") from None
 
@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="pipeline file or name under pipelines/" + (" (default: default)" if name == "run" else ""))
         p.add_argument("--folds", type=_folds, help="test folds, e.g. 1,2 (default: every fold listed)")
         p.add_argument("--out", type=Path, help="run folder (default: <data-dir>/runs/<name>-<timestamp>)")
-        p.add_argument("--jobs", type=int, help="folds trained in parallel (default: the pipeline's n_jobs)")
+        p.add_argument("--jobs", type=int,
+                       help="worker processes for feature extraction and for folds trained in parallel "
+                            "(default: all cores for features, the pipeline's n_jobs for folds)")
     p = command("train", "train one model with a test fold held out and save it")
     p.add_argument("pipeline")
     p.add_argument("--test-fold", type=int, required=True)
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args.source = getattr(args, "source", None)
     try:
         return COMMANDS[args.command](args) or 0
-    except Esc50Error as exc:
+    except (Esc50Error, OSError) as exc:  # OSError: unwritable --out, disk full, ... (names the path)
         print(f"esc50ann: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -143,14 +145,11 @@ def cmd_cache(args) -> None:
     if not entries:
         print(f"no cached features in {cache_dir}")
     for entry in entries:
-        shape = "x".join(map(str, entry["shape"]))
+        shape = "x".join(map(str, entry["shape"])) if entry["shape"] else entry["status"]
         print(f"{entry['key']}  {shape:>12}  {entry['size'] / 2**20:8.1f} MiB  {entry['created']}  {entry.get('summary', '')}")
 
 
 def cmd_cv(args) -> None:
-    if args.folds is not None and len(args.folds) < 2:
-        raise Esc50Error(f"--folds {','.join(map(str, args.folds))}: cross-validation needs at least two test "
-                         "folds (train one model with `esc50ann train --test-fold K`)")
     pipe = _pipeline(args, args.pipeline, n_jobs=args.jobs or -1)
     run = pipe.run(folds=args.folds, out=args.out, n_jobs=args.jobs)
     print((run.run_dir / "report.md").read_text(encoding="utf-8"))

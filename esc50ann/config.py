@@ -111,6 +111,8 @@ def load(path: str | Path) -> PipelineConfig:
             doc = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"{path}: pipeline file not found") from None
+    except OSError as exc:  # a folder, no permission, ...
+        raise ConfigError(f"{path}: cannot read pipeline file ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     return from_dict(doc, where=str(path))
@@ -132,6 +134,9 @@ def from_dict(doc: dict[str, Any], where: str = "<config>") -> PipelineConfig:
     evaluation = _dataclass_section(EvaluationSection, doc.get("evaluation", {}), where, "evaluation")
     if evaluation.validation not in ("auto", "none"):
         raise ConfigError(f"{where}: evaluation.validation must be 'auto' or 'none', not {evaluation.validation!r}")
+    if evaluation.n_jobs == 0 or evaluation.n_jobs < -1:
+        raise ConfigError(f"{where}: evaluation.n_jobs must be a positive number of processes or -1 (all cores), "
+                          f"not {evaluation.n_jobs}")
     features = _dataclass_section(FeatureConfig, doc.get("features", {}), where, "features")
     model = _keyed_section(MODEL_KEYS, doc.get("model", {}), where, "model")
     training = _keyed_section(TRAINING_KEYS, doc.get("training", {}), where, "training")

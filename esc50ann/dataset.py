@@ -5,14 +5,17 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import io
 import json
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -22,7 +25,7 @@ import soundfile as sf
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
-from esc50ann.download import DEFAULT_SOURCE, extract, fetch
+from esc50ann.download import DATASET_FOLDER, DEFAULT_SOURCE, check_sha256, extract, fetch, one_line
 from esc50ann.errors import DatasetError
 from esc50ann.fileio import write_text
 
@@ -36,6 +39,8 @@ SOURCE_ENV = "ESC50ANN_SOURCE"
 DATA_DIR_ENV = "ESC50ANN_DATA_DIR"
 DEFAULT_DATA_DIR = "data"
 RECORD = "dataset.json"
+# fcntl.flock lock serialising prepare() calls on one data_dir; removed when released.
+LOCK = ".dataset.lock"
 # How many bad files a one-line error message lists before "and N more".
 SHOWN_PROBLEMS = 5
 
@@ -308,8 +313,7 @@ def _read_csv(csv_path: Path) -> pd.DataFrame:
     except FileNotFoundError:
         raise DatasetError(f"{csv_path}: metadata file not found") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
-        reason = " ".join(str(e).split())
-        raise DatasetError(f"{csv_path}: not a readable CSV ({reason})") from None
+        raise DatasetError(f"{csv_path}: not a readable CSV ({one_line(e)})") from None
 
 
 def _ints(cells: list[str], column: str, csv_path: Path, minimum: int | None = None) -> np.ndarray:
@@ -431,7 +435,7 @@ def check_clip(path: Path, expected_sha256: str | None = None) -> tuple[str | No
     except FileNotFoundError:
         return None, ["missing"]
     except OSError as e:
-        return None, [f"unreadable ({e.strerror or e})"]
+        return None, [f"unreadable ({one_line(e)})"]
     digest = hashlib.sha256(data).hexdigest()
     reasons = []
     if expected_sha256 is not None and digest != expected_sha256:
@@ -439,7 +443,7 @@ def check_clip(path: Path, expected_sha256: str | None = None) -> tuple[str | No
     try:
         info = sf.info(io.BytesIO(data))
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
-        return digest, reasons + [f"unreadable by soundfile ({' '.join(str(e).split())})"]
+        return digest, reasons + [f"unreadable by soundfile ({one_line(e)})"]
     if info.samplerate != SAMPLE_RATE:
         reasons.append(f"sample rate {info.samplerate} Hz, expected {SAMPLE_RATE}")
     if info.channels != CHANNELS:
@@ -485,6 +489,13 @@ def prepare(source: str | Path | None = None, data_dir: Path | str | None = None
         With ``manifest`` set. If ``dataset.json`` already records this source as verified
         and its folder still exists, that record is returned without re-hashing anything.
 
+    Notes
+    -----
+    Calls on one ``data_dir`` are serialised by a lock file (``data_dir/.dataset.lock``): a
+    second call waits, then finds the dataset the first one recorded. The previous record
+    is replaced only once the new dataset is validated, so after any failure ``load``
+    still opens the previous dataset.
+
     Raises
     ------
     DownloadError
@@ -498,25 +509,25 @@ def prepare(source: str | Path | None = None, data_dir: Path | str | None = None
     data_dir = resolve_data_dir(data_dir)
     # With no source named anywhere, a dataset already verified here (say the offline dev
     # copy) is what the caller means, not a 600 MB download of the default.
-    done = _recorded(data_dir, None if unspecified else source)
+    wanted = None if unspecified else source
+    done = _recorded(data_dir, wanted)
     if done is not None:
         return done
-    # Whatever was recorded before no longer describes what this call will leave behind.
-    (data_dir / RECORD).unlink(missing_ok=True)
-    local = _obtain(source, data_dir, sha256=sha256, progress=progress)
-    if local.is_dir():
-        dataset = _validate(_dataset_folder(local, source), n_jobs=n_jobs, progress=progress)
-    else:
-        # Validate the freshly extracted folder before it replaces an older dataset, so a bad
-        # archive leaves the previous one untouched.
-        checked = {}
-
-        def check(folder: Path) -> None:
-            checked["dataset"] = _validate(folder, n_jobs=n_jobs, progress=progress)
-
-        root = _extract(local, data_dir, downloaded=_is_url(source), progress=progress, check=check)
-        dataset = dataclasses.replace(checked["dataset"], root=root)
-    write_record(data_dir, source, dataset)
+    with _locked(data_dir):
+        # Another prepare() may have finished this while we waited for the lock.
+        done = _recorded(data_dir, wanted)
+        if done is not None:
+            return done
+        # The previous record stays until the new dataset is validated: if anything below
+        # fails, the previous dataset is still there and still loadable.
+        (data_dir / RECORD).unlink(missing_ok=True)
+        local = _obtain(source, data_dir, sha256=sha256, progress=progress)
+        if local.is_dir():
+            dataset = _validate(_dataset_folder(local, source), n_jobs=n_jobs, progress=progress)
+        else:
+            dataset = _extract_and_validate(local, data_dir, downloaded=_is_url(source),
+                                            n_jobs=n_jobs, progress=progress)
+        write_record(data_dir, source, dataset)  # atomic: replaces the previous record
     return dataset
 
 
@@ -566,13 +577,45 @@ def _obtain(source: str, data_dir: Path, *, sha256: str | None, progress: bool) 
     path = Path(source)
     if not path.exists():
         raise DatasetError(f"source {path}: no such file or folder")
-    if path.is_file() and sha256:
-        fetch(path.as_uri(), path, sha256=sha256, progress=progress)  # checksum check only
+    if path.is_file():
+        check_sha256(path, sha256)
     return path
 
 
 def _is_url(source: str) -> bool:
     return urlparse(source).scheme.lower() in ("http", "https")
+
+
+def _extract_and_validate(archive: Path, data_dir: Path, *, downloaded: bool, n_jobs: int,
+                          progress: bool) -> Dataset:
+    """Extract ``archive`` into ``data_dir/ESC-50-master``, validating it before it replaces
+    an older folder, so a bad archive leaves the previous dataset (and its record) untouched.
+    """
+    final = data_dir / DATASET_FOLDER
+    checked = {}
+
+    def check(folder: Path) -> None:
+        try:
+            checked["dataset"] = _validate(folder, n_jobs=n_jobs, progress=progress)
+        except DatasetError as e:
+            # The temporary folder is about to vanish: name the archive instead.
+            kept = "; kept the previous dataset" if final.exists() else ""
+            raise DatasetError(str(e).replace(str(folder), str(archive)) + kept) from None
+        # ``final`` is replaced next: a record describing it would then describe other files.
+        _forget_record_of(data_dir, final)
+
+    root = _extract(archive, data_dir, downloaded=downloaded, progress=progress, check=check)
+    return dataclasses.replace(checked["dataset"], root=root)
+
+
+def _forget_record_of(data_dir: Path, root: Path) -> None:
+    """Remove ``data_dir/dataset.json`` if it describes the folder ``root`` (or is damaged)."""
+    try:
+        record = read_record(data_dir)
+    except DatasetError:
+        record = {"root": str(root.resolve())}
+    if record is not None and Path(record["root"]) == root.resolve():
+        (data_dir / RECORD).unlink(missing_ok=True)
 
 
 def _extract(archive: Path, data_dir: Path, *, downloaded: bool, progress: bool, check=None) -> Path:
@@ -606,6 +649,35 @@ def _validate(root: Path, *, n_jobs: int, progress: bool) -> Dataset:
 # ----------------------------------------------------------------------------- dataset.json
 
 
+@contextmanager
+def _locked(data_dir: Path) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on ``data_dir/.dataset.lock`` for the block.
+
+    The lock file is removed on release; a waiter that then holds a lock on the removed
+    file notices (its inode is no longer the path's) and locks the current file instead.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / LOCK
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise DatasetError(f"{path}: cannot create the lock file ({one_line(e)})") from None
+        fcntl.flock(fd, fcntl.LOCK_EX)  # waits while another prepare() holds it
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still holding the lock
+        os.close(fd)
+
+
 def read_record(data_dir: Path) -> dict | None:
     """The parsed ``dataset.json``, or None if there is none.
 
@@ -620,7 +692,7 @@ def read_record(data_dir: Path) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        raise DatasetError(f"{path}: damaged ({' '.join(str(e).split())}); run `esc50ann download` again") from None
+        raise DatasetError(f"{path}: damaged ({one_line(e)}); run `esc50ann download` again") from None
     keys = ("source", "root", "verified_at", "n_clips", "files")
     if not isinstance(record, dict) or any(k not in record for k in keys) or not isinstance(record["files"], dict):
         raise DatasetError(f"{path}: damaged (expected keys {', '.join(keys)}); run `esc50ann download` again")

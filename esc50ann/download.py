@@ -22,7 +22,6 @@ import zlib
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 from tqdm.auto import tqdm
 
@@ -91,8 +90,8 @@ def fetch(url: str, dest: Path, *, sha256: str | None = None, retries: int = 4,
     Parameters
     ----------
     url : str
-        ``http://``, ``https://`` or ``file://`` URL. A ``file://`` URL is not copied: its
-        local path is returned as is.
+        ``http://`` or ``https://`` URL. (Local archives need no fetching: callers use their
+        path as is.)
     dest : Path
         Where the finished download goes. Its folder is created if needed.
     sha256 : str, optional
@@ -110,51 +109,54 @@ def fetch(url: str, dest: Path, *, sha256: str | None = None, retries: int = 4,
     Returns
     -------
     Path
-        ``dest``, or the local path of a ``file://`` URL.
+        ``dest``.
 
     Raises
     ------
     DownloadError
-        Offline, HTTP error, disk full, bad checksum; the message names the URL.
+        Offline, HTTP error, disk full, bad checksum, a scheme other than http(s); the
+        message names the URL.
     """
     scheme = urlparse(url).scheme.lower()
-    if scheme == "file":
-        return _local_file(url, sha256)
     if scheme not in ("http", "https"):
-        raise DownloadError(f"{url}: unsupported URL scheme {scheme!r} (use http, https or file)")
+        raise DownloadError(f"{url}: unsupported URL scheme {scheme!r} (only http and https "
+                            f"are downloaded; give a local archive as a path)")
     dest = Path(dest)
     if dest.is_file():
-        _check_sha256(dest, sha256, url, remove=False)
+        check_sha256(dest, sha256, name=url)
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     _download_with_retries(url, part, retries=retries, backoff=backoff, timeout=timeout,
                            progress=progress)
-    _check_sha256(part, sha256, url, remove=True)
+    check_sha256(part, sha256, name=url, remove=True)
     os.replace(part, dest)
     return dest
 
 
-def _local_file(url: str, sha256: str | None) -> Path:
-    """The path behind a ``file://`` URL (no copy), checked to exist."""
-    path = Path(url2pathname(urlparse(url).path))
-    if not path.exists():
-        raise DownloadError(f"{url}: no such file")
-    if sha256 and path.is_file():
-        _check_sha256(path, sha256, url, remove=False)
-    return path
+def check_sha256(path: Path, expected: str | None, *, name: str | None = None,
+                 remove: bool = False) -> None:
+    """Raise DownloadError if ``path`` does not hash to ``expected`` (no-op without one).
 
-
-def _check_sha256(path: Path, expected: str | None, url: str, *, remove: bool) -> None:
-    """Raise DownloadError if ``path`` does not hash to ``expected`` (no-op without one)."""
+    Parameters
+    ----------
+    path : Path
+        File to check.
+    expected : str or None
+        Expected SHA-256 (hex, any case); None or '' skips the check.
+    name : str, optional
+        What the message names first (say the URL the file came from); default ``path``.
+    remove : bool
+        Delete ``path`` on a mismatch (a complete but wrong download must not be resumed).
+    """
     if not expected:
         return
     actual = sha256_file(path)
     if actual.lower() != expected.strip().lower():
         if remove:
-            # A complete but wrong file must not be resumed next time: start over.
             path.unlink(missing_ok=True)
-        raise DownloadError(f"{url}: checksum mismatch for {path}: sha256 {actual}, expected {expected}")
+        where = f"{name}: checksum mismatch for {path}" if name else f"{path}: checksum mismatch"
+        raise DownloadError(f"{where}: sha256 {actual}, expected {expected}")
 
 
 def _download_with_retries(url: str, part: Path, *, retries: int, backoff: float,
@@ -217,9 +219,9 @@ def _open(url: str, offset: int, timeout: float):
             raise _Retryable(reason) from None
         raise DownloadError(f"{url}: {reason}") from None
     except urllib.error.URLError as e:
-        raise _Retryable(f"cannot connect ({_reason(e.reason)})") from None
+        raise _Retryable(f"cannot connect ({one_line(e.reason)})") from None
     except (TimeoutError, ConnectionError, http.client.HTTPException) as e:
-        raise _Retryable(f"connection failed ({_reason(e)})") from None
+        raise _Retryable(f"connection failed ({one_line(e)})") from None
 
 
 def _range_start(response) -> int | None:
@@ -240,7 +242,7 @@ def _stream(response, part: Path, mode: str, offset: int, total: int | None, url
                 try:
                     block = response.read(CHUNK)
                 except (TimeoutError, ConnectionError, http.client.HTTPException) as e:
-                    raise _Retryable(f"connection lost after {written} bytes ({_reason(e)})") from None
+                    raise _Retryable(f"connection lost after {written} bytes ({one_line(e)})") from None
                 if not block:
                     break
                 f.write(block)
@@ -249,14 +251,14 @@ def _stream(response, part: Path, mode: str, offset: int, total: int | None, url
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise DownloadError(f"{url}: disk full while writing {part}") from None
-        raise DownloadError(f"{url}: cannot write {part} ({_reason(e)})") from None
+        raise DownloadError(f"{url}: cannot write {part} ({one_line(e)})") from None
     if mode == "wb" and part.stat().st_size != written:  # pragma: no cover - paranoia
         raise _Retryable("local file size disagrees with bytes written")
     return written
 
 
-def _reason(e) -> str:
-    """A one-line description of an exception or reason object."""
+def one_line(e) -> str:
+    """A one-line description of an exception or reason object (its ``strerror`` if any)."""
     text = getattr(e, "strerror", None) or str(e) or type(e).__name__
     return " ".join(str(text).split())
 
@@ -304,7 +306,7 @@ def extract(archive: Path, dest_parent: Path, *, max_uncompressed: int = 4 * 2**
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise DatasetError(f"{archive}: not a readable zip archive ({_reason(e)})") from None
+        raise DatasetError(f"{archive}: not a readable zip archive ({one_line(e)})") from None
     with zf:
         infos = zf.infolist()
         check_members(infos, archive, max_uncompressed=max_uncompressed)
@@ -391,11 +393,11 @@ def _extract_one(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, archi
                     raise DatasetError(f"{archive}: member {info.filename!r} is larger than declared")
                 dst.write(block)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
-        raise DatasetError(f"{archive}: damaged member {info.filename!r} ({_reason(e)})") from None
+        raise DatasetError(f"{archive}: damaged member {info.filename!r} ({one_line(e)})") from None
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise DatasetError(f"{archive}: disk full while writing {target}") from None
-        raise DatasetError(f"{archive}: cannot write {target} ({_reason(e)})") from None
+        raise DatasetError(f"{archive}: cannot write {target} ({one_line(e)})") from None
 
 
 def _swap_in(new: Path, final: Path) -> None:

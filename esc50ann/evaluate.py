@@ -65,7 +65,9 @@ class CVResult:
 
     @property
     def accuracy_std(self) -> float:
-        return float(np.std(list(self.fold_accuracy.values())))
+        """Sample standard deviation (ddof=1) over test folds; 0 for a single fold."""
+        values = list(self.fold_accuracy.values())
+        return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def check_split(dataset: Dataset, split: Split) -> None:
@@ -76,6 +78,18 @@ def check_split(dataset: Dataset, split: Split) -> None:
         names = ", ".join(f"{dataset.class_names[t]!r}" for t in missing[:5])
         raise DatasetError(f"test fold {split.test_fold}: no training clips for class {names}; "
                            "every class needs clips in the training folds")
+
+
+def make_splits(dataset: Dataset, folds=None, validation: str = "auto") -> list[Split]:
+    """The checked splits for ``folds`` (default: every listed fold) under a validation policy.
+
+    ``validation="auto"`` holds out the next listed fold for early stopping; ``"none"`` trains
+    on every non-test fold.
+    """
+    splits = dataset.splits(folds=folds, val_fold="auto" if validation == "auto" else None)
+    for split in splits:
+        check_split(dataset, split)
+    return splits
 
 
 def fit_fold(X: np.ndarray, y: np.ndarray, split: Split, params: dict[str, Any], *, refit: bool = True,
@@ -95,16 +109,20 @@ def fit_fold(X: np.ndarray, y: np.ndarray, split: Split, params: dict[str, Any],
     refit : bool
         With a validation fold, retrain on train + validation for the epoch count early stopping
         chose, so the validation fold's clips are not lost to training.
+
+    Without early stopping (``patience`` None) a validation fold has nothing to choose, so it
+    simply joins the training rows.
     """
     start = time.perf_counter()
     model = ANNClassifier(**params)
-    use_val = split.val.size > 0
-    if use_val:
+    early_stopping = split.val.size > 0 and model.patience is not None
+    if early_stopping:
         model.fit(X[split.train], y[split.train], X_val=X[split.val], y_val=y[split.val], callback=callback)
     else:
-        model.fit(X[split.train], y[split.train], callback=callback)
+        train = np.concatenate([split.train, split.val])
+        model.fit(X[train], y[train], callback=callback)
     history, best_epoch = model.history_, model.best_epoch_
-    if use_val and refit:
+    if early_stopping and refit:
         train_val = np.concatenate([split.train, split.val])
         model = ANNClassifier(**{**params, "max_epochs": best_epoch, "patience": None})
         model.fit(X[train_val], y[train_val])
@@ -138,16 +156,18 @@ def cross_validate(X: np.ndarray, dataset: Dataset, params: dict[str, Any], *, f
     """
     if X.shape[0] != len(dataset):
         raise DatasetError(f"features have {X.shape[0]} rows but the dataset has {len(dataset)} clips")
-    splits = dataset.splits(folds=folds, val_fold="auto" if validation == "auto" else None)
-    for split in splits:
-        check_split(dataset, split)
+    splits = make_splits(dataset, folds, validation)
     y = dataset.targets
     if n_jobs == 1:
         results = []
         for split in tqdm(splits, desc="folds", unit="fold", disable=not progress):
-            results.append(fit_fold(X, y, split, params, refit=refit, callback=_epoch_bar(split, progress)))
+            with tqdm(desc=f"fold {split.test_fold} epochs", unit="epoch", leave=False,
+                      disable=not progress) as epochs:
+                results.append(fit_fold(X, y, split, params, refit=refit, callback=lambda row: epochs.update()))
     else:
-        results = Parallel(n_jobs=n_jobs)(delayed(_fit_fold_single_thread)(X, y, s, params, refit) for s in splits)
+        jobs = Parallel(n_jobs=n_jobs, return_as="generator")(
+            delayed(_fit_fold_single_thread)(X, y, s, params, refit) for s in splits)
+        results = list(tqdm(jobs, total=len(splits), desc="folds (parallel)", unit="fold", disable=not progress))
     return CVResult(folds=results, classes=results[0].model.classes_, class_names=dataset.class_names)
 
 
@@ -155,15 +175,3 @@ def _fit_fold_single_thread(X, y, split, params, refit):
     # Parallel folds share the cores; one BLAS thread each avoids oversubscription.
     with threadpool_limits(limits=1):
         return fit_fold(X, y, split, params, refit=refit)
-
-
-def _epoch_bar(split: Split, progress: bool):
-    if not progress:
-        return None
-    bar = tqdm(desc=f"fold {split.test_fold} epochs", unit="epoch", leave=False)
-
-    def update(row: dict) -> None:
-        bar.update(1)
-        bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k != "epoch" and isinstance(v, float)})
-
-    return update

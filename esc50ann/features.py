@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import scipy
 import scipy.fft
 import scipy.sparse
 import soundfile as sf
@@ -392,23 +393,28 @@ def _librosa_version() -> str:
 def cache_key(dataset: "Dataset", config: FeatureConfig) -> str:
     """Key of the features of ``dataset`` under ``config``.
 
-    Covers the config (except ``on_error``, which does not change any number), the librosa
-    version, ``FEATURE_VERSION`` and each clip in row order: filename plus its SHA-256 from
-    ``dataset.manifest`` when the dataset was verified, else file size and mtime (ns).
+    Covers the config (except ``on_error``, which does not change any number), the versions
+    of the libraries that compute the numbers, ``FEATURE_VERSION`` and each clip in row order:
+    filename, file size and mtime (ns) -- so a file replaced in place gets a new key -- plus
+    its SHA-256 from ``dataset.manifest`` when the dataset was verified.
     """
     settings = {k: v for k, v in config.to_dict().items() if k != "on_error"}
+    manifest = dataset.manifest or {}
     clips = []
     for name, path in zip(dataset.meta["filename"], dataset.audio_paths):
-        if dataset.manifest is not None and name in dataset.manifest:
-            clips.append([name, dataset.manifest[name]])
-        else:
-            try:
-                st = os.stat(path)
-                clips.append([name, st.st_size, st.st_mtime_ns])
-            except OSError:
-                clips.append([name, "missing"])
+        try:
+            st = os.stat(path)
+            clips.append([name, st.st_size, st.st_mtime_ns, manifest.get(name)])
+        except OSError:
+            clips.append([name, "missing"])
     return cache.make_key({"feature_version": FEATURE_VERSION, "config": settings,
-                           "librosa": _librosa_version(), "clips": clips})
+                           "versions": _numeric_versions(), "clips": clips})
+
+
+def _numeric_versions() -> dict:
+    """Versions of the libraries whose code produces the feature numbers."""
+    return {"librosa": _librosa_version(), "numpy": np.__version__, "scipy": scipy.__version__,
+            "soundfile": sf.__version__}
 
 
 def _chunk_worker(paths: list[str], names: list[str], config: FeatureConfig, bases: dict):
@@ -538,5 +544,4 @@ def _compute(dataset, config, cache_dir, key, n_jobs, progress) -> cache.Entry:
 def _versions() -> dict:
     import esc50ann
 
-    return {"esc50ann": esc50ann.__version__, "librosa": _librosa_version(),
-            "numpy": np.__version__, "soundfile": sf.__version__, "feature_version": FEATURE_VERSION}
+    return {"esc50ann": esc50ann.__version__, **_numeric_versions(), "feature_version": FEATURE_VERSION}

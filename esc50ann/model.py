@@ -343,23 +343,27 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
             if name != "classes" and (arrays[name].dtype.kind != "f" or not np.isfinite(arrays[name]).all()):
                 raise ModelError(f"{path}: array {name!r} is not finite floating point")
 
-        params = dict(header["params"])
-        params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
         model = cls()
+        params = dict(header["params"])
+        # Exactly the constructor's params, as save() writes them: no silent defaults.
+        for problem, keys in (("lack", set(model.get_params()) - set(params)),
+                              ("have unknown", set(params) - set(model.get_params()))):
+            if keys:
+                raise ModelError(f"{path}: the model header's params {problem} "
+                                 f"{', '.join(repr(k) for k in sorted(keys))}")
+        if isinstance(params["hidden_layer_sizes"], list):  # JSON has no tuples
+            params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
         try:
             model.set_params(**params)
             model._validate_params()
         except ValueError as exc:
             raise ModelError(f"{path}: bad params in header ({_one_line(exc)})") from None
         dtype = np.dtype(arch["dtype"])
-        try:
-            model.network_ = MLP.from_arrays(
-                [arrays[f"W{i}"].astype(dtype) for i in range(1, n_layers + 1)],
-                [arrays[f"b{i}"] for i in range(1, n_layers + 1)],
-                arrays.get("b0") if arch["input_bias"] else None,
-                arch["activation"], arch["output"], arch["loss"])
-        except KeyError as exc:
-            raise ModelError(f"{path}: unknown {exc} in the header's architecture") from None
+        model.network_ = MLP.from_arrays(
+            [arrays[f"W{i}"].astype(dtype) for i in range(1, n_layers + 1)],
+            [arrays[f"b{i}"] for i in range(1, n_layers + 1)],
+            arrays.get("b0") if arch["input_bias"] else None,
+            arch["activation"], arch["output"], arch["loss"])
         classes = arrays["classes"]
         model.classes_ = classes.astype(object) if header.get("classes_dtype") == "object" else classes
         model.n_features_in_ = sizes[0]
@@ -377,7 +381,29 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         return model
 
 
+# What each header field read by load() must hold (as JSON: lists, never tuples).
+_ARCHITECTURE = {
+    "sizes": lambda v: isinstance(v, list) and len(v) >= 2 and all(_is_int(s) and s >= 1 for s in v),
+    "activation": lambda v: isinstance(v, str) and v in ACTIVATIONS,
+    "output": lambda v: isinstance(v, str) and v in OUTPUTS,
+    "loss": lambda v: isinstance(v, str) and v in COSTS,
+    "input_bias": lambda v: isinstance(v, bool),
+    "standardize": lambda v: isinstance(v, bool),
+    "dtype": lambda v: v in ("float32", "float64"),
+}
+# Optional fields: absent or null is fine, anything else must look like this.
+_OPTIONAL = {
+    "classes_dtype": lambda v: isinstance(v, str),
+    "feature_names_in": lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v),
+    "class_names": lambda v: isinstance(v, list) and all(  # [[key, name], ...], keys hashable
+        isinstance(kv, list) and len(kv) == 2 and not isinstance(kv[0], (list, dict)) for kv in v),
+    "history": lambda v: isinstance(v, list) and all(isinstance(row, dict) for row in v),
+    "best_epoch": _is_int,
+}
+
+
 def _read_header(path, arrays):
+    """The parsed JSON header, with every field that :meth:`ANNClassifier.load` reads checked."""
     if "header" not in arrays:
         raise ModelError(f"{path}: not an esc50ann model file (no 'header' array)")
     raw = arrays["header"]
@@ -390,16 +416,20 @@ def _read_header(path, arrays):
     if header.get("format_version") != FORMAT_VERSION:
         raise ModelError(f"{path}: model format version {header.get('format_version')!r} "
                          f"is not supported (this esc50ann {__version__} reads {FORMAT_VERSION})")
-    try:
-        arch = header["architecture"]
-        sizes = arch["sizes"]
-        ok = (isinstance(sizes, list) and len(sizes) >= 2 and all(_is_int(s) and s >= 1 for s in sizes)
-              and all(k in arch for k in ("activation", "output", "loss", "input_bias", "standardize", "dtype"))
-              and arch["dtype"] in ("float32", "float64") and isinstance(header["params"], dict))
-    except (KeyError, TypeError):
-        ok = False
-    if not ok:
-        raise ModelError(f"{path}: the model header's architecture is incomplete or invalid")
+    arch = header.get("architecture")
+    if not isinstance(arch, dict):
+        raise ModelError(f"{path}: the model header has no architecture")
+    for key, ok in _ARCHITECTURE.items():
+        if not ok(arch.get(key)):
+            raise ModelError(f"{path}: the model header's architecture has no valid {key!r}")
+    if not isinstance(header.get("params"), dict):
+        raise ModelError(f"{path}: the model header has no params")
+    for key, ok in _OPTIONAL.items():
+        if header.get(key) is not None and not ok(header[key]):
+            raise ModelError(f"{path}: the model header's {key!r} is invalid")
+    if header.get("feature_names_in") and len(header["feature_names_in"]) != arch["sizes"][0]:
+        raise ModelError(f"{path}: the model header has {len(header['feature_names_in'])} feature "
+                         f"names for {arch['sizes'][0]} inputs")
     return header
 
 

@@ -27,7 +27,7 @@ from esc50ann import features as features_mod
 from esc50ann.config import PipelineConfig
 from esc50ann.dataset import Dataset
 from esc50ann.errors import Esc50Error
-from esc50ann.evaluate import CVResult, cross_validate, check_split, fit_fold
+from esc50ann.evaluate import CVResult, cross_validate, fit_fold, make_splits
 from esc50ann.features import FeatureConfig, FeatureSet
 from esc50ann.model import ANNClassifier
 from esc50ann.report import write_run
@@ -40,12 +40,13 @@ def resolve_pipeline(name_or_path: str | Path | None) -> Path:
     if name_or_path is None:
         name_or_path = "default"
     path = Path(name_or_path)
-    if path.exists():
+    if path.is_file():
         return path
-    candidate = PIPELINES_DIR / (path.name if path.suffix == ".toml" else f"{path.name}.toml")
-    if candidate.exists():
-        return candidate
-    raise Esc50Error(f"{name_or_path}: pipeline file not found (looked in . and {PIPELINES_DIR})")
+    name = path.name if path.suffix == ".toml" else f"{path.name}.toml"
+    for folder in (Path("pipelines"), PIPELINES_DIR):
+        if (folder / name).is_file():
+            return folder / name
+    raise Esc50Error(f"{name_or_path}: pipeline file not found (looked in ., ./pipelines and {PIPELINES_DIR})")
 
 
 def feature_cache_dir(data_dir: Path) -> Path:
@@ -120,13 +121,17 @@ class Pipeline:
 
     def cross_validate(self, folds=None, n_jobs: int | None = None) -> CVResult:
         """Train and test the model once per test fold (``folds`` default: the config's, else all)."""
+        folds = folds or self.config.dataset.folds or None
+        if folds is not None and len(set(folds)) < 2:
+            raise Esc50Error(f"folds {','.join(map(str, folds))}: cross-validation needs at least two test "
+                             "folds (train one model with `esc50ann train --test-fold K`)")
         feats = self.features()
         evaluation = self.config.evaluation
         with self._timed("cross_validation"):
             return cross_validate(
-                np.asarray(feats.X), self.download(), self.config.estimator_params(),
-                folds=folds or self.config.dataset.folds or None, validation=evaluation.validation,
-                refit=evaluation.refit, n_jobs=n_jobs or evaluation.n_jobs, progress=self.progress)
+                np.asarray(feats.X), self.download(), self.config.estimator_params(), folds=folds,
+                validation=evaluation.validation, refit=evaluation.refit,
+                n_jobs=n_jobs or evaluation.n_jobs, progress=self.progress)
 
     def report(self, cv: CVResult, out=None) -> RunResult:
         """Write the run folder (``out``, default ``<data_dir>/runs/<name>-<timestamp>``)."""
@@ -138,7 +143,7 @@ class Pipeline:
                      "skipped_clips": [list(s) for s in feats.skipped],
                      "fold_train_seconds": {str(f.test_fold): f.seconds for f in cv.folds}}
             metrics = write_run(run_dir, cv, self.download(), pipeline=self.config.to_dict(),
-                                timings=self.timings, extra=extra, model_metadata=self.model_metadata())
+                                timings=dict(self.timings), extra=extra, model_metadata=self.model_metadata())
         return RunResult(run_dir, metrics, cv)
 
     def run(self, folds=None, out=None, n_jobs: int | None = None) -> RunResult:
@@ -149,8 +154,7 @@ class Pipeline:
         """Train one model with ``test_fold`` held out (validation and refit as in cross-validation)."""
         feats, dataset = self.features(), self.download()
         evaluation = self.config.evaluation
-        split = dataset.split(test_fold, "auto" if evaluation.validation == "auto" else None)
-        check_split(dataset, split)
+        split, = make_splits(dataset, [test_fold], evaluation.validation)
         with self._timed("train"):
             result = fit_fold(np.asarray(feats.X), dataset.targets, split, self.config.estimator_params(),
                               refit=evaluation.refit)
@@ -165,18 +169,28 @@ class Pipeline:
         return feature_cache_dir(self.data_dir)
 
     def model_metadata(self) -> dict[str, Any]:
-        """What a saved model needs to classify a new WAV: the feature config and the class names."""
-        return {"pipeline": self.config.name, "features": self.config.features.to_dict(),
+        """What a saved model needs to classify a new WAV: the feature config and the class names.
+
+        The sample rate is pinned to the dataset's, so ``predict`` resamples a WAV of another
+        rate instead of analysing it at its own (other mel bands, another feature size).
+        """
+        features = self.config.features.to_dict()
+        features["sample_rate"] = features["sample_rate"] or dataset_mod.SAMPLE_RATE
+        return {"pipeline": self.config.name, "features": features,
                 "class_names": {str(k): v for k, v in self.download().class_names.items()}}
 
     def _new_run_dir(self) -> Path:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         base = self.data_dir / "runs" / f"{self.config.name}-{stamp}"
-        run_dir, k = base, 1
-        while run_dir.exists():
-            k += 1
-            run_dir = base.with_name(f"{base.name}-{k}")
-        return run_dir
+        base.parent.mkdir(parents=True, exist_ok=True)
+        for k in range(1, 1000):
+            run_dir = base if k == 1 else base.with_name(f"{base.name}-{k}")
+            try:
+                run_dir.mkdir()  # claims the name: two runs started in the same second get two folders
+                return run_dir
+            except FileExistsError:
+                continue
+        raise Esc50Error(f"{base}: too many runs with this name and time stamp")
 
     @contextlib.contextmanager
     def _timed(self, stage: str):
@@ -206,11 +220,17 @@ def predict_files(model_path, paths, top: int = 5) -> list[Prediction]:
     meta = getattr(model, "metadata_", None) or {}
     if "features" not in meta:
         raise Esc50Error(f"{model_path}: model has no feature configuration (not saved by an esc50ann pipeline)")
-    feature_config = FeatureConfig(**meta["features"])
+    try:
+        feature_config = FeatureConfig(**meta["features"])
+    except TypeError as exc:
+        raise Esc50Error(f"{model_path}: feature configuration not understood ({exc})") from None
     names = {int(k): v for k, v in meta.get("class_names", {}).items()}
     results = []
     for path in paths:
         x = features_mod.clip_features(Path(path), feature_config)
+        if x.shape[0] != model.n_features_in_:
+            raise Esc50Error(f"{path}: gives {x.shape[0]} features, the model {model_path} expects "
+                             f"{model.n_features_in_}")
         proba = model.predict_proba(x[None, :])[0]
         order = np.argsort(proba)[::-1][:top]
         results.append(Prediction(Path(path), [(names.get(int(model.classes_[i]), str(model.classes_[i])),

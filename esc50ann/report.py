@@ -97,8 +97,9 @@ def metrics(cv: CVResult, per_class: pd.DataFrame, *, pipeline: dict[str, Any],
 def summary(metrics: dict[str, Any], per_class: pd.DataFrame, confused: list[tuple[str, str, int]] = ()) -> str:
     """The text printed at the end of a run and kept as ``report.md``: folds, mean ± std, per class."""
     name = metrics["pipeline"].get("name", "run")
-    lines = [f"# {name}: {len(metrics['folds'])}-fold cross-validation, {metrics['n_clips']} clips", "",
-             f"**Accuracy: {100 * metrics['accuracy_mean']:.1f} % ± {100 * metrics['accuracy_std']:.1f}** (mean ± std over folds)",
+    lines = [f"# {name}: cross-validation over {len(metrics['folds'])} test folds, {metrics['n_clips']} test clips", "",
+             f"**Accuracy: {100 * metrics['accuracy_mean']:.1f} % ± {100 * metrics['accuracy_std']:.1f}** "
+             "(mean ± sample standard deviation over test folds)",
              "", "| fold | " + " | ".join(metrics["fold_accuracy"]) + " |",
              "|---|" + "---|" * len(metrics["fold_accuracy"]),
              "| accuracy | " + " | ".join(f"{100 * v:.1f} %" for v in metrics["fold_accuracy"].values()) + " |",
@@ -165,6 +166,8 @@ def write_run(run_dir: Path, cv: CVResult, dataset: Dataset, *, pipeline: dict[s
     """Write every report file of a run into ``run_dir``; ``metrics.json`` last. Returns the metrics."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # Reusing a folder: until the new metrics.json lands, it must not look like a finished run.
+    (run_dir / "metrics.json").unlink(missing_ok=True)
     predictions = predictions_table(cv, dataset)
     per_class = per_class_table(predictions, cv)
     confusion = confusion_table(predictions, cv)

@@ -84,7 +84,9 @@ def test_cv_then_report_then_train_then_predict(workdir, tmp_path):
 @pytest.mark.parametrize("args, words", [
     (["cv", "{dir}/typo.toml"], ["typo.toml", "n_mel"]),
     (["cv", "{dir}/tiny.toml", "--folds", "1,7"], ["7"]),
-    (["cv", "{dir}/tiny.toml", "--folds", "2"], ["--folds 2", "two"]),
+    (["cv", "{dir}/tiny.toml", "--folds", "2"], ["folds 2", "two"]),
+    (["cv", "{dir}/tiny.toml", "--folds", "1,1"], ["folds 1", "two"]),
+    (["cv", "{dir}"], ["pipeline file not found"]),
     (["report", "{dir}"], ["metrics.json"]),
     (["predict", "{dir}/missing.npz", "{dir}/tiny.toml"], ["missing.npz"]),
 ])
@@ -104,6 +106,10 @@ def test_cache_list_and_clear(workdir):
     listed = esc50ann("cache", "list", "--data-dir", data)
     assert listed.returncode == 0
     key = listed.stdout.split()[0]
+    # chunks left by a killed extraction are listed, not a crash
+    (data / "cache" / "features" / ("f" * len(key) + ".partial")).mkdir()
+    with_partial = esc50ann("cache", "list", "--data-dir", data)
+    assert with_partial.returncode == 0 and "partial" in with_partial.stdout, with_partial.stderr
     assert_one_line_error(esc50ann("cache", "clear", "--key", "nonexistent", "--data-dir", data), "nonexistent")
     cleared = esc50ann("cache", "clear", "--key", key, "--data-dir", data)
     assert cleared.returncode == 0 and key in cleared.stdout

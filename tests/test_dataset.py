@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -15,7 +16,8 @@ import pytest
 import synth
 from esc50ann import dataset as ds
 from esc50ann.dataset import COLUMNS, Dataset, load, load_metadata, prepare, verify
-from esc50ann.errors import DatasetError
+from esc50ann.download import sha256_file
+from esc50ann.errors import DatasetError, DownloadError
 
 
 @pytest.fixture
@@ -244,15 +246,84 @@ def test_bad_archive_names_all_bad_files_and_leaves_nothing(tmp_path):
     assert [p.name for p in data_dir.iterdir()] == []
 
 
-def test_bad_archive_keeps_the_previous_dataset(synth_archive, tmp_path):
+def test_bad_archive_keeps_the_previous_dataset(synth_archive, tmp_path, monkeypatch):
     data_dir = tmp_path / "data"
     good = prepare(synth_archive, data_dir, progress=False)
     names = list(synth.metadata()["filename"])
     bad = zip_with(tmp_path / "bad.zip", {names[3]: None})
-    with pytest.raises(DatasetError, match=names[3]):
+    with pytest.raises(DatasetError, match=names[3]) as e:
         prepare(bad, data_dir, progress=False)
+    # Named after the archive, not the temporary folder it was extracted into (now gone).
+    assert str(e.value).startswith(f"1 of 24 audio files in {bad} are bad: {names[3]}: missing")
+    assert ".extract-" not in str(e.value) and "kept the previous dataset" in str(e.value)
     assert sorted(p.name for p in (good.root / "audio").iterdir()) == sorted(names)
     assert [p.name for p in data_dir.iterdir() if p.name.startswith(".")] == []
+    # ... and still recorded: load() opens it, a run without a source does not download.
+    kept = load(data_dir)
+    assert kept.root == good.root and kept.manifest == good.manifest
+    monkeypatch.delenv("ESC50ANN_SOURCE", raising=False)
+    monkeypatch.setattr(ds, "fetch", lambda *a, **k: pytest.fail("tried to download the default"))
+    assert prepare(None, data_dir, progress=False).manifest == good.manifest
+
+
+def test_bad_metadata_in_archive_names_the_archive(tmp_path):
+    zpath = tmp_path / "badmeta.zip"
+    meta = synth.metadata().astype(str)
+    meta.loc[2, "fold"] = "three"
+    with zipfile.ZipFile(zpath, "w") as z:
+        z.writestr("ESC-50-master/meta/esc50.csv", meta.to_csv(index=False))
+        z.writestr("ESC-50-master/audio/", "")
+    with pytest.raises(DatasetError, match=re.escape(f"{zpath}/meta/esc50.csv: row 3 (line 4), column 'fold'")) as e:
+        prepare(zpath, tmp_path / "data", progress=False)
+    assert "kept" not in str(e.value)  # there was nothing to keep
+    assert not (tmp_path / "data" / "ESC-50-master").exists()
+
+
+def test_bad_folder_keeps_the_previous_dataset(synth_archive, folder, tmp_path):
+    data_dir = tmp_path / "data"
+    good = prepare(synth_archive, data_dir, progress=False)
+    sorted((folder / "audio").iterdir())[0].unlink()
+    with pytest.raises(DatasetError, match="1 of 24 audio files"):
+        prepare(folder, data_dir, progress=False)
+    kept = load(data_dir)
+    assert kept.root == good.root and kept.manifest == good.manifest
+
+
+def test_local_archive_checksum(synth_archive, tmp_path):
+    with pytest.raises(DownloadError, match=re.escape(f"{synth_archive}: checksum mismatch")):
+        prepare(synth_archive, tmp_path / "a", sha256="0" * 64, progress=False)
+    assert not (tmp_path / "a" / "ESC-50-master").exists()
+    d = prepare(synth_archive, tmp_path / "b", sha256=sha256_file(synth_archive), progress=False)
+    assert len(d) == 24
+
+
+def test_concurrent_prepares_extract_once(synth_archive, tmp_path, monkeypatch):
+    inside, calls, results, errors = threading.Event(), [], {}, []
+    real_extract = ds.extract
+
+    def slow_extract(*args, **kwargs):
+        calls.append(1)
+        inside.set()
+        time.sleep(0.3)  # the second prepare() arrives while this one is busy
+        return real_extract(*args, **kwargs)
+
+    def run(i):
+        try:
+            results[i] = prepare(synth_archive, tmp_path, n_jobs=1, progress=False)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    monkeypatch.setattr(ds, "extract", slow_extract)
+    first = threading.Thread(target=run, args=(1,))
+    first.start()
+    assert inside.wait(30)
+    second = threading.Thread(target=run, args=(2,))
+    second.start()
+    first.join(60)
+    second.join(60)
+    assert errors == [] and len(calls) == 1  # the second waited, then found the record
+    assert results[1].manifest == results[2].manifest and results[1].root == results[2].root
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ESC-50-master", "dataset.json"]
 
 
 def test_bad_folder_is_left_alone(folder, tmp_path):

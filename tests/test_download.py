@@ -15,7 +15,7 @@ import pytest
 
 import synth
 from esc50ann import dataset as ds
-from esc50ann.download import DEFAULT_SOURCE, extract, fetch, sha256_file
+from esc50ann.download import DEFAULT_SOURCE, check_sha256, extract, fetch, sha256_file
 from esc50ann.errors import DatasetError, DownloadError
 
 PAYLOAD = os.urandom(300_000)  # several reads' worth, so a cut lands mid-transfer
@@ -179,18 +179,29 @@ def test_disk_full(http_server, tmp_path):
         quick(http_server.url + "/data.bin", tmp_path / "data.bin")
 
 
-def test_file_url_is_not_copied(tmp_path):
+@pytest.mark.parametrize("scheme", ["ftp", "file"])
+def test_unsupported_scheme(tmp_path, scheme):
+    # file:// sources never reach fetch: dataset.resolve_source turns them into paths.
     f = tmp_path / "a.zip"
     f.write_bytes(b"zip")
-    assert fetch(f.as_uri(), tmp_path / "elsewhere.zip", progress=False) == f
-    assert not (tmp_path / "elsewhere.zip").exists()
-    with pytest.raises(DownloadError, match="no such file"):
-        fetch((tmp_path / "nope.zip").as_uri(), tmp_path / "x.zip")
+    url = "ftp://x/y.zip" if scheme == "ftp" else f.as_uri()
+    with pytest.raises(DownloadError, match=re.escape(url) + ": unsupported URL scheme") as e:
+        fetch(url, tmp_path / "y.zip")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "y.zip").exists()
 
 
-def test_unsupported_scheme(tmp_path):
-    with pytest.raises(DownloadError, match="ftp://x/y.zip.*unsupported"):
-        fetch("ftp://x/y.zip", tmp_path / "y.zip")
+def test_check_sha256(tmp_path):
+    f = tmp_path / "a.zip"
+    f.write_bytes(b"zip")
+    check_sha256(f, None)
+    check_sha256(f, hashlib.sha256(b"zip").hexdigest().upper())
+    with pytest.raises(DownloadError, match=re.escape(f"{f}: checksum mismatch: sha256 ")):
+        check_sha256(f, "0" * 64)
+    assert f.exists()
+    with pytest.raises(DownloadError, match=re.escape(f"http://h/a.zip: checksum mismatch for {f}")):
+        check_sha256(f, "0" * 64, name="http://h/a.zip", remove=True)
+    assert not f.exists()
 
 
 # ----------------------------------------------------------------------------- extract

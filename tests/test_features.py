@@ -206,8 +206,13 @@ def test_key_tracks_config_librosa_and_audio(small, monkeypatch):
     os.utime(path, ns=(1, 1))
     changed = F.cache_key(small, F.FeatureConfig())
     assert changed != base
-    assert F.cache_key(Dataset(small.root, small.meta, {n: "0" * 64 for n in small.meta["filename"]}),
-                       F.FeatureConfig()) != changed  # the manifest's hashes replace size+mtime
+    verified = Dataset(small.root, small.meta, {n: "0" * 64 for n in small.meta["filename"]})
+    assert F.cache_key(verified, F.FeatureConfig()) != changed  # the manifest's hashes count too
+    # a file replaced in place under a stale manifest still changes the key (size and mtime)
+    before = F.cache_key(verified, F.FeatureConfig())
+    _wav(path, synth.tone(1, 98))
+    os.utime(path, ns=(2, 2))
+    assert F.cache_key(verified, F.FeatureConfig()) != before
     monkeypatch.setattr(librosa, "__version__", "0.0.0")
     assert F.cache_key(small, F.FeatureConfig()) != changed
 

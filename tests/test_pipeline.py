@@ -4,11 +4,14 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import soundfile as sf
 
+import synth
+from esc50ann import evaluate
 from esc50ann.dataset import Dataset
 from esc50ann.errors import DatasetError
 from esc50ann.evaluate import cross_validate
-import synth
+from esc50ann.features import FeatureConfig, clip_features
 from esc50ann.pipeline import Pipeline, predict_files
 
 
@@ -65,6 +68,28 @@ def test_validation_fold_is_a_training_fold_never_the_test_fold(tiny_run):
     _, run = tiny_run
     for fold in run.cv.folds:
         assert fold.val_fold is not None and fold.val_fold != fold.test_fold
+
+
+def test_no_test_row_reaches_training_or_early_stopping(tiny_run, monkeypatch):
+    """Spy on every fit: neither its training rows nor its validation rows come from the test fold."""
+    pipe, _ = tiny_run
+    dataset = pipe.download()
+    fold_of = dataset.meta["fold"].to_numpy()
+    X = np.column_stack([fold_of, np.asarray(pipe.features().X)]).astype(np.float32)  # column 0 = fold
+    seen = []
+
+    class Spy(evaluate.ANNClassifier):
+        def fit(self, X, y, *, X_val=None, y_val=None, callback=None):
+            seen.append((set(X[:, 0]), set(X_val[:, 0]) if X_val is not None else set()))
+            return super().fit(X, y, X_val=X_val, y_val=y_val, callback=callback)
+
+    monkeypatch.setattr(evaluate, "ANNClassifier", Spy)
+    cv = cross_validate(X, dataset, pipe.config.estimator_params(), progress=False)
+    assert len(seen) == 6  # per fold: early stopping fit, then refit on train + validation
+    for k, fold in enumerate(cv.folds):
+        (train, val), (refit, _) = seen[2 * k], seen[2 * k + 1]
+        assert fold.test_fold not in train | val | refit
+        assert val == {fold.val_fold} and refit == train | val
 
 
 def test_stages_reuse_cached_features(tiny_run, synth_archive, tmp_path):
@@ -137,3 +162,13 @@ def test_saved_model_predicts_a_wav_as_the_pipeline_did(tiny_run, tmp_path):
         by_name = dict(prediction.top)
         for target, p in zip(model.classes_, want):
             assert by_name[names[int(target)]] == pytest.approx(float(p), abs=1e-5)
+
+
+def test_models_pin_the_sample_rate_so_other_rates_are_resampled(tiny_run, tmp_path):
+    pipe, _ = tiny_run
+    meta = pipe.model_metadata()
+    assert meta["features"]["sample_rate"] == 44100
+    flat = FeatureConfig(**{**meta["features"], "representation": "flat", "time_pool": 8})
+    sf.write(tmp_path / "a.wav", synth.tone(0, 1), 44100)
+    sf.write(tmp_path / "b.wav", synth.tone(0, 1, sample_rate=22050), 22050)
+    assert clip_features(tmp_path / "a.wav", flat).shape == clip_features(tmp_path / "b.wav", flat).shape

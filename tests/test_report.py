@@ -1,0 +1,72 @@
+"""Report tables on a hand-built result with asymmetric errors: orientation and counts are pinned."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from esc50ann.dataset import Dataset
+from esc50ann.evaluate import CVResult, FoldResult
+from esc50ann.report import confusion_table, most_confused, per_class_table, predictions_table, summary
+
+
+def fold(test_fold, index, y_true, y_pred):
+    proba = np.full((len(index), 2), 0.25)
+    proba[np.arange(len(index)), [0 if p == 3 else 1 for p in y_pred]] = 0.75
+    return FoldResult(test_fold=test_fold, val_fold=None, test_index=np.array(index), y_true=np.array(y_true),
+                      y_pred=np.array(y_pred), proba=proba, history=[], best_epoch=1, model=None)
+
+
+@pytest.fixture
+def result():
+    # class 3 "cat" and class 7 "dog"; fold 1: three cats, two called dogs; fold 2: two dogs, both right
+    meta = pd.DataFrame({"filename": [f"clip{i}.wav" for i in range(6)], "fold": [1, 1, 1, 1, 2, 2],
+                         "target": [3, 3, 3, 7, 7, 7], "category": ["cat"] * 3 + ["dog"] * 3})
+    dataset = Dataset(root=None, meta=meta)
+    cv = CVResult(folds=[fold(1, [0, 1, 2, 3], [3, 3, 3, 7], [3, 7, 7, 7]), fold(2, [4, 5], [7, 7], [7, 7])],
+                  classes=np.array([3, 7]), class_names={3: "cat", 7: "dog"})
+    return cv, dataset
+
+
+def test_predictions_name_clips_folds_and_classes(result):
+    cv, dataset = result
+    table = predictions_table(cv, dataset)
+    assert list(table["clip"]) == [f"clip{i}.wav" for i in range(6)]
+    assert list(table["fold"]) == [1, 1, 1, 1, 2, 2]
+    assert list(table["true"]) == ["cat"] * 3 + ["dog"] * 3
+    assert list(table["predicted"]) == ["cat", "dog", "dog", "dog", "dog", "dog"]
+    assert table["probability"].tolist() == [0.75] * 6
+
+
+def test_confusion_rows_are_true_columns_predicted(result):
+    cv, dataset = result
+    confusion = confusion_table(predictions_table(cv, dataset), cv)
+    assert confusion.loc["cat", "dog"] == 2 and confusion.loc["dog", "cat"] == 0
+    assert confusion.to_numpy().tolist() == [[1, 2], [0, 3]]
+    assert most_confused(confusion) == [("cat", "dog", 2)]
+
+
+def test_per_class_accuracy_is_recall_with_per_fold_columns(result):
+    cv, dataset = result
+    table = per_class_table(predictions_table(cv, dataset), cv).set_index("category")
+    assert table.loc["cat", ["correct", "total"]].tolist() == [1, 3]
+    assert table.loc["cat", "accuracy"] == pytest.approx(1 / 3)
+    assert table.loc["dog", "accuracy"] == 1.0
+    assert table.loc["dog", "fold_1"] == 1.0 and table.loc["dog", "fold_2"] == 1.0
+    assert np.isnan(table.loc["cat", "fold_2"])  # no cat in fold 2
+
+
+def test_fold_mean_and_sample_std(result):
+    cv, _ = result
+    assert cv.fold_accuracy == {1: 0.5, 2: 1.0}
+    assert cv.accuracy_mean == pytest.approx(0.75)
+    assert cv.accuracy_std == pytest.approx(np.std([0.5, 1.0], ddof=1))
+
+
+def test_summary_lists_worst_class_first(result):
+    cv, dataset = result
+    predictions = predictions_table(cv, dataset)
+    per_class = per_class_table(predictions, cv)
+    metrics = {"pipeline": {"name": "t"}, "folds": [1, 2], "n_clips": 6, "accuracy_mean": cv.accuracy_mean,
+               "accuracy_std": cv.accuracy_std, "fold_accuracy": {"1": 0.5, "2": 1.0}}
+    text = summary(metrics, per_class, most_confused(confusion_table(predictions, cv)))
+    assert text.index("| cat | 1 / 3 |") < text.index("| dog | 3 / 3 |")
+    assert "| cat | dog | 2 |" in text and "75.0 %" in text
