@@ -520,7 +520,6 @@ def prepare(source: str | Path | None = None, data_dir: Path | str | None = None
             return done
         # The previous record stays until the new dataset is validated: if anything below
         # fails, the previous dataset is still there and still loadable.
-        (data_dir / RECORD).unlink(missing_ok=True)
         local = _obtain(source, data_dir, sha256=sha256, progress=progress)
         if local.is_dir():
             dataset = _validate(_dataset_folder(local, source), n_jobs=n_jobs, progress=progress)
