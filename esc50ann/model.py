@@ -344,10 +344,9 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
                 raise ModelError(f"{path}: array {name!r} is not finite floating point")
 
         model = cls()
-        params = dict(header["params"])
+        params, known = dict(header["params"]), set(model.get_params())
         # Exactly the constructor's params, as save() writes them: no silent defaults.
-        for problem, keys in (("lack", set(model.get_params()) - set(params)),
-                              ("have unknown", set(params) - set(model.get_params()))):
+        for problem, keys in (("lack", known - set(params)), ("have unknown", set(params) - known)):
             if keys:
                 raise ModelError(f"{path}: the model header's params {problem} "
                                  f"{', '.join(repr(k) for k in sorted(keys))}")

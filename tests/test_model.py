@@ -179,3 +179,40 @@ def test_damaged_model_files_fail_cleanly(fitted, tmp_path):
     assert "version 99" in str(pytest.raises(ModelError, ANNClassifier.load, paths[7]).value)
     assert zipfile.is_zipfile(good)  # the good file still loads
     ANNClassifier.load(good)
+
+
+DROP = object()
+
+
+@pytest.mark.parametrize("where,key,value,says", [
+    ("params", "hidden_layer_sizes", DROP, "the model header's params lack 'hidden_layer_sizes'"),
+    ("params", "solver", DROP, "the model header's params lack 'solver'"),
+    ("params", "loss__x", 1, "the model header's params have unknown 'loss__x'"),
+    ("params", "hidden_layer_sizes", 5, "bad params in header (hidden_layer_sizes must be"),
+    ("architecture", "activation", DROP, "the model header's architecture has no valid 'activation'"),
+    ("architecture", "activation", ["tanh"], "the model header's architecture has no valid 'activation'"),
+    ("architecture", "input_bias", "yes", "the model header's architecture has no valid 'input_bias'"),
+    (None, "architecture", DROP, "the model header has no architecture"),
+    (None, "params", ["solver"], "the model header has no params"),
+    (None, "history", 5, "the model header's 'history' is invalid"),
+    (None, "best_epoch", "3", "the model header's 'best_epoch' is invalid"),
+    (None, "class_names", [[0]], "the model header's 'class_names' is invalid"),
+    (None, "class_names", [[[0], "dog"]], "the model header's 'class_names' is invalid"),
+    (None, "feature_names_in", ["a"], "the model header has 1 feature names for 6 inputs"),
+])
+def test_damaged_header_fields_fail_cleanly(fitted, tmp_path, where, key, value, says):
+    """Every header field load() reads is checked: one line naming the file, never a KeyError."""
+    clf, _ = fitted
+    good = clf.save(tmp_path / "good.npz")
+    with np.load(good) as npz:
+        header = json.loads(npz["header"].tobytes().decode())
+    section = header if where is None else header[where]
+    if value is DROP:
+        del section[key]
+    else:
+        section[key] = value
+    path = rewrite(good, tmp_path / "damaged.npz", header=header)
+    with pytest.raises(ModelError) as info:
+        ANNClassifier.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {says}") and "\n" not in message, message
