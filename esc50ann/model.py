@@ -74,7 +74,9 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         L2 penalty ``(weight_decay / 2) ||W||^2`` on the weight matrices.
     patience : int or None, default=10
         With a validation set, stop after this many epochs without a lower validation loss and
-        restore the best weights.  None (or no validation set) runs all ``max_epochs``.
+        restore the best weights.  None (or no validation set) runs all ``max_epochs`` and keeps
+        the last weights; with None a validation set is still scored every epoch (``val_loss``,
+        ``val_accuracy`` in ``history_``) but never stops training or picks the weights.
     standardize : bool, default=True
         Scale every feature to zero mean and unit variance using the training X only.
     dtype : {"float32", "float64"}, default="float32"
@@ -174,8 +176,10 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         X : array-like of shape (n_samples, n_features)
         y : array-like of shape (n_samples,)
             Class labels: any ints or strings.
-        X_val, y_val : optional validation set, scored every epoch (and used for early stopping
-            when ``patience`` is set).  Its labels must all occur in ``y``.
+        X_val, y_val : optional validation set, scored after every epoch into ``history_``.  With
+            ``patience`` set it drives early stopping and the best epoch's weights are restored;
+            with ``patience=None`` it is only monitored: all ``max_epochs`` run, the last weights
+            are kept and ``best_epoch_ == n_iter_``.  Its labels must all occur in ``y``.
         callback : callable, optional
             Called after every epoch with that epoch's history row.
 
@@ -433,10 +437,9 @@ def _read_header(path, arrays):
 
 
 def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
+    """numpy scalars and arrays as Python values, paths as strings (e.g. in ``metadata_``)."""
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return obj.tolist()  # a numpy scalar's tolist() is its Python value
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
