@@ -183,7 +183,8 @@ def train(net, X, Y, *, optimizer, batch_size=32, max_epochs=100, rng=None,
     X_val, Y_val : arrays or None
         Scored after every epoch.  With ``patience`` set, training stops once the validation
         loss has not improved for ``patience`` epochs, and the best epoch's weights are restored.
-        Without a validation set all ``max_epochs`` run and the last weights are kept.
+        Without a validation set, or with ``patience=None`` (validation then only monitored),
+        all ``max_epochs`` run and the last weights are kept.
     callback : callable or None
         Called after every epoch with that epoch's history row (e.g. to drive a progress bar).
     verbose : bool
