@@ -34,6 +34,10 @@ from esc50ann.pipeline import Pipeline
 
 
 def peak_mib() -> dict[str, float]:
+    # Worker processes count in RUSAGE_CHILDREN only once they have exited and been waited for.
+    from joblib.externals.loky import get_reusable_executor
+
+    get_reusable_executor().shutdown(wait=True)
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {"self": round(own, 1), "workers": round(children, 1)}
@@ -58,7 +62,7 @@ def sklearn_cv(make_model, X, dataset, folds) -> dict:
         train, test = fold_of != k, fold_of == k
         model = make_model().fit(X[train], y[train])
         accuracies.append(float(np.mean(model.predict(X[test]) == y[test])))
-    return {"accuracy_mean": float(np.mean(accuracies)), "accuracy_std": float(np.std(accuracies)),
+    return {"accuracy_mean": float(np.mean(accuracies)), "accuracy_std": float(np.std(accuracies, ddof=1)),
             "cv_s": time.perf_counter() - start}
 
 

@@ -25,8 +25,8 @@ import soundfile as sf
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
-from esc50ann.download import DATASET_FOLDER, DEFAULT_SOURCE, check_sha256, extract, fetch, one_line
-from esc50ann.errors import DatasetError
+from esc50ann.download import DATASET_FOLDER, DEFAULT_SOURCE, check_sha256, extract, fetch
+from esc50ann.errors import DatasetError, one_line
 from esc50ann.fileio import write_text
 
 # The official clips: 5 s, 44.1 kHz, mono.

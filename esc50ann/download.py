@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 from tqdm.auto import tqdm
 
-from esc50ann.errors import DatasetError, DownloadError
+from esc50ann.errors import DatasetError, DownloadError, one_line
 
 # GitHub regenerates master.zip on demand, so its bytes (and checksum) are not stable:
 # never pin a default checksum for it.
@@ -255,12 +255,6 @@ def _stream(response, part: Path, mode: str, offset: int, total: int | None, url
     if mode == "wb" and part.stat().st_size != written:  # pragma: no cover - paranoia
         raise _Retryable("local file size disagrees with bytes written")
     return written
-
-
-def one_line(e) -> str:
-    """A one-line description of an exception or reason object (its ``strerror`` if any)."""
-    text = getattr(e, "strerror", None) or str(e) or type(e).__name__
-    return " ".join(str(text).split())
 
 
 # ----------------------------------------------------------------------------- extract

@@ -6,6 +6,13 @@ The command line prints that line and exits with status 1 instead of a traceback
 """
 
 
+def one_line(exc) -> str:
+    """``exc`` as one line of text: its ``strerror`` (OS errors) or message with whitespace folded,
+    else its type name. For embedding a library's exception in an ``Esc50Error`` message."""
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return " ".join(str(text).split())
+
+
 class Esc50Error(Exception):
     """A user-facing error whose message is one line naming what is wrong and where."""
 

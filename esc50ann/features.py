@@ -29,7 +29,7 @@ import scipy.sparse
 import soundfile as sf
 
 from esc50ann import cache
-from esc50ann.errors import ConfigError, FeatureError
+from esc50ann.errors import ConfigError, FeatureError, one_line
 
 if TYPE_CHECKING:  # importing dataset pulls in pandas; workers do not need it
     from esc50ann.dataset import Dataset
@@ -136,10 +136,6 @@ class FeatureConfig:
 
 # --------------------------------------------------------------------------- per clip
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-
 def load_clip(path, duration: float, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
     """Read a clip as mono float32, cut or zero-padded to ``round(duration * sr)`` samples.
 
@@ -172,7 +168,7 @@ def load_clip(path, duration: float, sample_rate: int | None = None) -> tuple[np
         pcm16 = info.subtype == "PCM_16"
         data, native = sf.read(path, frames=want, dtype="int16" if pcm16 else "float32", always_2d=True)
     except Exception as e:
-        raise FeatureError(f"cannot read audio file {path}: {_one_line(e)}") from None
+        raise FeatureError(f"cannot read audio file {path}: {one_line(e)}") from None
     if data.shape[0] == 0:
         raise FeatureError(f"empty audio file {path}")
     y = data.astype(np.float32)
@@ -430,7 +426,7 @@ def _chunk_worker(paths: list[str], names: list[str], config: FeatureConfig, bas
         except FeatureError as e:
             failures.append((name, str(e)))
         except Exception as e:  # anything else a bad clip triggers, still naming it
-            failures.append((name, f"{path}: {type(e).__name__}: {_one_line(e)}"))
+            failures.append((name, f"{path}: {type(e).__name__}: {one_line(e)}"))
     d = len(rows[0]) if rows else 0
     return (np.stack(rows) if rows else np.zeros((0, d), np.float32)), failures
 

@@ -23,7 +23,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from esc50ann import __version__
-from esc50ann.errors import ConfigError, ModelError
+from esc50ann.errors import ConfigError, ModelError, one_line
 from esc50ann.fileio import atomic_path
 from esc50ann.mlp import ACTIVATIONS, COSTS, MLP, OUTPUTS
 from esc50ann.train import OPTIMIZERS, make_optimizer, train
@@ -34,10 +34,6 @@ FORMAT = "esc50ann-model"
 FORMAT_VERSION = 1
 # Rows per forward pass at prediction time: bounds memory on large inputs.
 _PREDICT_CHUNK = 4096
-
-
-def _one_line(exc):
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _is_int(value):
@@ -304,13 +300,13 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         try:
             text = json.dumps(header, default=_json_default)
         except (TypeError, ValueError) as exc:
-            raise ModelError(f"{path}: cannot store the model header ({_one_line(exc)})") from None
+            raise ModelError(f"{path}: cannot store the model header ({one_line(exc)})") from None
         arrays["header"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
         try:
             with atomic_path(path) as tmp, open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)  # a file object, so numpy does not append ".npz"
         except OSError as exc:
-            raise ModelError(f"{path}: cannot write the model ({_one_line(exc)})") from None
+            raise ModelError(f"{path}: cannot write the model ({one_line(exc)})") from None
         return path
 
     @classmethod
@@ -325,7 +321,7 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         except AttributeError:  # np.load returned a bare array (a .npy), which has no .files
             raise ModelError(f"{path}: not an esc50ann model file (a .npy, not an .npz)") from None
         except Exception as exc:  # zip/npy/CRC/truncation errors all mean the same thing here
-            raise ModelError(f"{path}: not a readable model file ({_one_line(exc)})") from None
+            raise ModelError(f"{path}: not a readable model file ({one_line(exc)})") from None
 
         header = _read_header(path, arrays)
         arch = header["architecture"]
@@ -360,7 +356,7 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
             model.set_params(**params)
             model._validate_params()
         except ValueError as exc:
-            raise ModelError(f"{path}: bad params in header ({_one_line(exc)})") from None
+            raise ModelError(f"{path}: bad params in header ({one_line(exc)})") from None
         dtype = np.dtype(arch["dtype"])
         model.network_ = MLP.from_arrays(
             [arrays[f"W{i}"].astype(dtype) for i in range(1, n_layers + 1)],
@@ -413,7 +409,7 @@ def _read_header(path, arrays):
     try:
         header = json.loads(raw.tobytes().decode("utf-8") if raw.dtype == np.uint8 else str(raw))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise ModelError(f"{path}: the model header is not valid JSON ({_one_line(exc)})") from None
+        raise ModelError(f"{path}: the model header is not valid JSON ({one_line(exc)})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ModelError(f"{path}: not an esc50ann model file")
     if header.get("format_version") != FORMAT_VERSION:
