@@ -24,8 +24,6 @@ This module knows nothing about audio features; ``esc50ann.features`` builds on 
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -41,7 +39,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from esc50ann.errors import FeatureError
-from esc50ann.fileio import atomic_path, write_text
+from esc50ann.fileio import atomic_path, file_lock, write_text
 
 ARRAY_FILE = "features.npy"
 MANIFEST_FILE = "manifest.json"
@@ -84,31 +82,9 @@ def _check_key(key: str) -> None:
 def locked(cache_dir: Path, key: str, *, blocking: bool = True) -> Iterator[bool]:
     """Hold the exclusive ``<key>.lock`` for the block; yields False if non-blocking and busy."""
     _check_key(key)
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / f"{key}.lock"
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                yield False
-                return
-            raise
-        # clear() may have unlinked the file while we waited: then our lock guards nothing.
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    try:
-        yield True
-    finally:
-        os.close(fd)  # releases the flock
+    # clear() may unlink the lock file while someone waits on it; file_lock handles that.
+    with file_lock(Path(cache_dir) / f"{key}.lock", blocking=blocking) as acquired:
+        yield acquired
 
 
 # --------------------------------------------------------------------------- checksums

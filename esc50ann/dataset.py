@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import io
 import json
@@ -27,7 +26,7 @@ from tqdm.auto import tqdm
 
 from esc50ann.download import DATASET_FOLDER, DEFAULT_SOURCE, check_sha256, extract, fetch
 from esc50ann.errors import DatasetError, one_line
-from esc50ann.fileio import write_text
+from esc50ann.fileio import file_lock, write_text
 
 # The official clips: 5 s, 44.1 kHz, mono.
 SAMPLE_RATE = 44100
@@ -655,26 +654,8 @@ def _locked(data_dir: Path) -> Iterator[None]:
     The lock file is removed on release; a waiter that then holds a lock on the removed
     file notices (its inode is no longer the path's) and locks the current file instead.
     """
-    data_dir.mkdir(parents=True, exist_ok=True)
-    path = data_dir / LOCK
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise DatasetError(f"{path}: cannot create the lock file ({one_line(e)})") from None
-        fcntl.flock(fd, fcntl.LOCK_EX)  # waits while another prepare() holds it
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    try:
+    with file_lock(Path(data_dir) / LOCK, remove=True):  # waits while another prepare() holds it
         yield
-    finally:
-        path.unlink(missing_ok=True)  # while still holding the lock
-        os.close(fd)
 
 
 def read_record(data_dir: Path) -> dict | None:

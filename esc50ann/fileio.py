@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 from pathlib import Path
@@ -31,6 +32,40 @@ def write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path, *, blocking: bool = True, remove: bool = False):
+    """Hold an exclusive ``fcntl.flock`` on ``path`` (created if needed) for the block.
+
+    Yields True, or False at once when ``blocking`` is False and another process holds it.
+    With ``remove`` the lock file is deleted on release (while still held). A waiter whose
+    file was deleted meanwhile holds a lock that guards nothing: it notices (the inode is no
+    longer the path's) and locks the current file instead.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            yield False
+            return
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield True
+    finally:
+        if remove:
+            path.unlink(missing_ok=True)
+        os.close(fd)  # releases the lock
 
 
 def _umask() -> int:
