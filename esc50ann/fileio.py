@@ -27,6 +27,17 @@ def atomic_path(path: str | Path):
             os.unlink(tmp)
 
 
+def json_default(obj):
+    """``json.dumps(default=...)`` for numpy scalars and arrays (as Python values) and paths."""
+    import numpy as np
+
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return obj.tolist()  # a numpy scalar's tolist() is its Python value
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
 def write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (UTF-8)."""
     with atomic_path(path) as tmp:

@@ -24,7 +24,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from esc50ann import __version__
 from esc50ann.errors import ConfigError, ModelError, one_line
-from esc50ann.fileio import atomic_path
+from esc50ann.fileio import atomic_path, json_default
 from esc50ann.mlp import ACTIVATIONS, COSTS, MLP, OUTPUTS
 from esc50ann.train import OPTIMIZERS, make_optimizer, train
 
@@ -298,7 +298,7 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
             "best_epoch": self.best_epoch_,
         }
         try:
-            text = json.dumps(header, default=_json_default)
+            text = json.dumps(header, default=json_default)
         except (TypeError, ValueError) as exc:
             raise ModelError(f"{path}: cannot store the model header ({one_line(exc)})") from None
         arrays["header"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
@@ -430,15 +430,6 @@ def _read_header(path, arrays):
         raise ModelError(f"{path}: the model header has {len(header['feature_names_in'])} feature "
                          f"names for {arch['sizes'][0]} inputs")
     return header
-
-
-def _json_default(obj):
-    """numpy scalars and arrays as Python values, paths as strings (e.g. in ``metadata_``)."""
-    if isinstance(obj, (np.generic, np.ndarray)):
-        return obj.tolist()  # a numpy scalar's tolist() is its Python value
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
 def load_model(path):

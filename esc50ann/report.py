@@ -22,7 +22,7 @@ import esc50ann
 from esc50ann.dataset import Dataset
 from esc50ann.errors import Esc50Error
 from esc50ann.evaluate import CVResult
-from esc50ann.fileio import atomic_path, write_text
+from esc50ann.fileio import atomic_path, json_default, write_text
 
 
 def predictions_table(cv: CVResult, dataset: Dataset) -> pd.DataFrame:
@@ -182,7 +182,7 @@ def write_run(run_dir: Path, cv: CVResult, dataset: Dataset, *, pipeline: dict[s
             fold.model.save(run_dir / f"fold-{fold.test_fold}.npz")
     result = metrics(cv, per_class, pipeline=pipeline, timings=timings, extra=extra)
     write_text(run_dir / "report.md", summary(result, per_class, most_confused(confusion)))
-    write_text(run_dir / "metrics.json", json.dumps(result, indent=2, default=_json_default))
+    write_text(run_dir / "metrics.json", json.dumps(result, indent=2, default=json_default))
     return result
 
 
@@ -198,11 +198,3 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], str]:
         raise Esc50Error(f"{metrics_path}: damaged metrics file ({exc})") from None
     report_path = run_dir / "report.md"
     return result, report_path.read_text(encoding="utf-8") if report_path.is_file() else ""
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (np.ndarray, tuple)):
-        return list(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
