@@ -5,7 +5,7 @@ Layout under ``cache_dir``::
     <key>/features.npy        the array, float32, rows named by manifest["filenames"]
     <key>/manifest.json       human-readable: key, info (config, versions), shape, checksum, ...
     <key>.partial/*.npz       finished chunks of an entry being built (resumable)
-    <key>.lock                fcntl.flock lock file serialising writers of one key
+    .locks/<key>.lock         lock file serialising writers of one key (kept, never deleted)
     .<key>.tmp-*/             an entry being committed; renamed to <key>/ when complete
 
 An entry is only ever created by an atomic ``os.replace`` of a complete folder, so a
@@ -39,6 +39,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from esc50ann.errors import FeatureError
+from esc50ann import fileio
 from esc50ann.fileio import atomic_path, file_lock, write_text
 
 ARRAY_FILE = "features.npy"
@@ -82,25 +83,22 @@ def _check_key(key: str) -> None:
 def locked(cache_dir: Path, key: str, *, blocking: bool = True) -> Iterator[bool]:
     """Hold the exclusive ``<key>.lock`` for the block; yields False if non-blocking and busy."""
     _check_key(key)
-    # clear() may unlink the lock file while someone waits on it; file_lock handles that.
-    with file_lock(Path(cache_dir) / f"{key}.lock", blocking=blocking) as acquired:
+    with file_lock(Path(cache_dir) / ".locks" / f"{key}.lock", blocking=blocking) as acquired:
         yield acquired
 
 
 # --------------------------------------------------------------------------- checksums
 
 def _checksum(path: Path, size: int, scope: str) -> str:
-    h = hashlib.sha256()
+    if scope == "full":
+        return fileio.sha256(path)
+    h = hashlib.sha256()  # "sampled": size plus evenly spaced blocks, first and last included
+    h.update(str(size).encode())
+    last = max(size - BLOCK_SIZE, 0)
     with open(path, "rb") as f:
-        if scope == "full":
-            for block in iter(lambda: f.read(2**20), b""):
-                h.update(block)
-        else:  # "sampled": size plus evenly spaced blocks, first and last included
-            h.update(str(size).encode())
-            last = max(size - BLOCK_SIZE, 0)
-            for i in range(SAMPLE_BLOCKS):
-                f.seek(last * i // (SAMPLE_BLOCKS - 1))
-                h.update(f.read(BLOCK_SIZE))
+        for i in range(SAMPLE_BLOCKS):
+            f.seek(last * i // (SAMPLE_BLOCKS - 1))
+            h.update(f.read(BLOCK_SIZE))
     return h.hexdigest()
 
 
@@ -332,7 +330,6 @@ def clear(cache_dir: Path, key: str | None = None) -> list[str]:
             _remove_dir(partial_dir(cache_dir, k))
             for stale in cache_dir.glob(f".{k}.tmp-*"):
                 _remove_dir(stale)
-            (cache_dir / f"{k}.lock").unlink(missing_ok=True)  # safe: we hold it (see locked)
             removed.append(k)
     if key is None:
         for stale in cache_dir.glob(".*.del-*"):

@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"esc50ann {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name, help_text):
-        return sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+    def command(name, help_text, aliases=()):
+        return sub.add_parser(name, parents=[common], help=help_text, description=help_text, aliases=aliases)
 
     p = command("download", "download, verify and extract the dataset (a no-op when already done)")
     p.add_argument("--sha256", help="expected SHA-256 of the archive")
@@ -48,16 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("cache", "list or clear the feature cache")
     p.add_argument("action", choices=["list", "clear"])
     p.add_argument("--key", help="with clear: only this entry")
-    for name, help_text in (("run", "run a whole pipeline: download, features, cross-validation, report"),
-                            ("cv", "cross-validate a pipeline and write a run folder")):
-        p = command(name, help_text)
-        p.add_argument("pipeline", nargs="?" if name == "run" else None, default="default",
-                       help="pipeline file or name under pipelines/" + (" (default: default)" if name == "run" else ""))
-        p.add_argument("--folds", type=_folds, help="test folds, e.g. 1,2 (default: every fold listed)")
-        p.add_argument("--out", type=Path, help="run folder (default: <data-dir>/runs/<name>-<timestamp>)")
-        p.add_argument("--jobs", type=int,
-                       help="worker processes for feature extraction and for folds trained in parallel "
-                            "(default: all cores for features, the pipeline's n_jobs for folds)")
+    p = command("run", "run a whole pipeline: download, features, cross-validation, report", aliases=["cv"])
+    p.add_argument("pipeline", nargs="?", default="default",
+                   help="pipeline file or name under pipelines/ (default: default)")
+    p.add_argument("--folds", type=_folds, help="test folds, e.g. 1,2 (default: every fold listed)")
+    p.add_argument("--out", type=Path, help="run folder (default: <data-dir>/runs/<name>-<timestamp>)")
+    p.add_argument("--jobs", type=int,
+                   help="worker processes for feature extraction and for folds trained in parallel "
+                        "(default: all cores for features, the pipeline's n_jobs for folds)")
     p = command("train", "train one model with a test fold held out and save it")
     p.add_argument("pipeline")
     p.add_argument("--test-fold", type=int, required=True)
@@ -132,11 +130,9 @@ def cmd_features(args) -> None:
 
 
 def cmd_cache(args) -> None:
-    from esc50ann import cache
-    from esc50ann.dataset import resolve_data_dir
-    from esc50ann.pipeline import feature_cache_dir
+    from esc50ann import cache, paths
 
-    cache_dir = feature_cache_dir(resolve_data_dir(args.data_dir))
+    cache_dir = paths.feature_cache_dir(paths.data_dir(args.data_dir))
     if args.action == "clear":
         removed = cache.clear(cache_dir, key=args.key)
         print(f"removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'}: {' '.join(removed)}")
@@ -149,7 +145,7 @@ def cmd_cache(args) -> None:
         print(f"{entry['key']}  {shape:>12}  {entry['size'] / 2**20:8.1f} MiB  {entry['created']}  {entry.get('summary', '')}")
 
 
-def cmd_cv(args) -> None:
+def cmd_run(args) -> None:
     pipe = _pipeline(args, args.pipeline, n_jobs=args.jobs or -1)
     run = pipe.run(folds=args.folds, out=args.out, n_jobs=args.jobs)
     print((run.run_dir / "report.md").read_text(encoding="utf-8"))
@@ -180,4 +176,4 @@ def cmd_report(args) -> None:
 
 
 COMMANDS = {"download": cmd_download, "info": cmd_info, "features": cmd_features, "cache": cmd_cache,
-            "run": cmd_cv, "cv": cmd_cv, "train": cmd_train, "predict": cmd_predict, "report": cmd_report}
+            "run": cmd_run, "cv": cmd_run, "train": cmd_train, "predict": cmd_predict, "report": cmd_report}

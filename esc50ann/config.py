@@ -7,44 +7,30 @@ A pipeline file has a ``name`` and five tables::
     [features]    the fields of ``esc50ann.features.FeatureConfig``
     [model]       network shape: hidden_layer_sizes, activation, output, loss, input_bias
     [training]    solver, learning_rate, momentum, batch_size, max_epochs, weight_decay,
-                  patience, standardize, dtype, random_state
+                  patience (0: off), standardize, dtype, random_state
     [evaluation]  validation ("auto" | "none"), refit, n_jobs
 
-Every key is optional (a missing key takes its default), but an unknown key or a value of
-the wrong type is an error naming the key and the file: a typo never falls back silently.
+Every key is optional (a missing key takes its default), but an unknown key or a value of the
+wrong type is an error naming the key and the file: a typo never falls back silently. Values
+are checked by the same constraint tables the objects use themselves (``esc50ann.params``):
+``FeatureConfig``'s, ``ANNClassifier``'s and the two sections' below.
 """
 from __future__ import annotations
 
 import tomllib
-import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from esc50ann.errors import ConfigError
 from esc50ann.features import FeatureConfig
+from esc50ann.model import ANNClassifier
+from esc50ann.params import Boolean, InstanceOf, Integral, Interval, ListOf, Options, Pattern, reject_unknown, validate
 
-# Accepted TOML types per key, for the sections that feed the estimator.
-# (The estimator validates values; this layer only guarantees names and types.)
-MODEL_KEYS: dict[str, tuple[type, ...]] = {
-    "hidden_layer_sizes": (list,),
-    "activation": (str,),
-    "output": (str,),
-    "loss": (str,),
-    "input_bias": (bool,),
-}
-TRAINING_KEYS: dict[str, tuple[type, ...]] = {
-    "solver": (str,),
-    "learning_rate": (float, int),
-    "momentum": (float, int),
-    "batch_size": (int,),
-    "max_epochs": (int,),
-    "weight_decay": (float, int),
-    "patience": (int,),  # 0 disables early stopping
-    "standardize": (bool,),
-    "dtype": (str,),
-    "random_state": (int,),
-}
+# Which estimator parameters each section sets (ANNClassifier's constraint table checks them).
+MODEL_KEYS = ("hidden_layer_sizes", "activation", "output", "loss", "input_bias")
+TRAINING_KEYS = ("solver", "learning_rate", "momentum", "batch_size", "max_epochs", "weight_decay",
+                 "patience", "standardize", "dtype", "random_state")
 
 
 @dataclass(frozen=True)
@@ -54,12 +40,32 @@ class DatasetSection:
     folds: tuple[int, ...] = ()  # test folds to run; () = every fold the metadata lists
     sha256: str | None = None  # optional checksum of the downloaded archive
 
+    _constraints = {
+        "source": [InstanceOf(str), None],
+        "subset": [Options("esc50", "esc10")],
+        "folds": [ListOf(Interval(Integral, 1))],
+        "sha256": [Pattern(r"[0-9a-fA-F]{64}", "64 hexadecimal digits"), None],
+    }
+
+    def __post_init__(self):
+        validate(asdict(self), self._constraints)
+        object.__setattr__(self, "folds", tuple(self.folds))
+
 
 @dataclass(frozen=True)
 class EvaluationSection:
     validation: str = "auto"  # "auto": a whole training fold drives early stopping; "none"
     refit: bool = True  # after early stopping, retrain on train+validation for the best epoch count
-    n_jobs: int = 1  # folds trained in parallel
+    n_jobs: int = 1  # folds trained in parallel; -1: all cores
+
+    _constraints = {
+        "validation": [Options("auto", "none")],
+        "refit": [Boolean()],
+        "n_jobs": [Interval(Integral, 1), Options(-1)],
+    }
+
+    def __post_init__(self):
+        validate(asdict(self), self._constraints)
 
 
 @dataclass(frozen=True)
@@ -120,85 +126,37 @@ def load(path: str | Path) -> PipelineConfig:
 
 def from_dict(doc: dict[str, Any], where: str = "<config>") -> PipelineConfig:
     """Check a parsed pipeline document (see module docstring) and resolve it."""
-    sections = {"dataset", "features", "model", "training", "evaluation"}
-    _reject_unknown(doc, sections | {"name"}, where, "")
+    sections = ("dataset", "features", "model", "training", "evaluation")
+    reject_unknown(doc, {*sections, "name"}, where=f"{where}: ")
     for name in sections:
         if not isinstance(doc.get(name, {}), dict):
             raise ConfigError(f"{where}: [{name}] must be a table")
     name = doc.get("name", Path(where).stem if where != "<config>" else "pipeline")
-    _check_type(name, (str,), where, "name")
-
-    dataset = _dataclass_section(DatasetSection, doc.get("dataset", {}), where, "dataset")
-    if dataset.subset not in ("esc50", "esc10"):
-        raise ConfigError(f"{where}: dataset.subset must be 'esc50' or 'esc10', not {dataset.subset!r}")
-    evaluation = _dataclass_section(EvaluationSection, doc.get("evaluation", {}), where, "evaluation")
-    if evaluation.validation not in ("auto", "none"):
-        raise ConfigError(f"{where}: evaluation.validation must be 'auto' or 'none', not {evaluation.validation!r}")
-    if evaluation.n_jobs == 0 or evaluation.n_jobs < -1:
-        raise ConfigError(f"{where}: evaluation.n_jobs must be a positive number of processes or -1 (all cores), "
-                          f"not {evaluation.n_jobs}")
-    features = _dataclass_section(FeatureConfig, doc.get("features", {}), where, "features")
-    model = _keyed_section(MODEL_KEYS, doc.get("model", {}), where, "model")
-    training = _keyed_section(TRAINING_KEYS, doc.get("training", {}), where, "training")
-    config = PipelineConfig(name=name, dataset=dataset, features=features, model=model,
-                            training=training, evaluation=evaluation, source_file=where)
-    _check_estimator_params(config, where)
-    return config
+    validate({"name": name}, {"name": [InstanceOf(str)]}, where=f"{where}: ")
+    return PipelineConfig(
+        name=name,
+        dataset=_section(DatasetSection, doc.get("dataset", {}), where, "dataset"),
+        features=_section(FeatureConfig, doc.get("features", {}), where, "features"),
+        model=_estimator_section(MODEL_KEYS, doc.get("model", {}), where, "model"),
+        training=_estimator_section(TRAINING_KEYS, doc.get("training", {}), where, "training"),
+        evaluation=_section(EvaluationSection, doc.get("evaluation", {}), where, "evaluation"),
+        source_file=where,
+    )
 
 
-def _reject_unknown(table: dict, allowed: set[str], where: str, prefix: str) -> None:
-    for key in table:
-        if key not in allowed:
-            raise ConfigError(f"{where}: unknown key '{prefix}{key}' (expected one of: {', '.join(sorted(allowed))})")
-
-
-def _check_type(value: Any, types: tuple[type, ...], where: str, key: str) -> None:
-    # bool is an int in Python; a TOML `true` is never a valid number here.
-    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
-    if not ok:
-        expected = " or ".join(t.__name__ for t in types)
-        raise ConfigError(f"{where}: {key} must be {expected}, not {type(value).__name__} {value!r}")
-
-
-def _hint_types(hint) -> tuple[type, ...]:
-    """TOML types accepted for a dataclass field annotation (int | None -> (int,), float -> (float, int))."""
-    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, type(int | None)) else (hint,)
-    types: list[type] = []
-    for arg in args:
-        if arg is type(None):
-            continue
-        origin = typing.get_origin(arg) or arg
-        types.append(list if origin in (tuple, list) else origin)
-        if origin is float:
-            types.append(int)
-    return tuple(types)
-
-
-def _dataclass_section(cls, table: dict, where: str, section: str):
-    hints = typing.get_type_hints(cls)
-    _reject_unknown(table, {f.name for f in fields(cls)}, where, f"{section}.")
-    values = {}
-    for key, value in table.items():
-        _check_type(value, _hint_types(hints[key]), where, f"{section}.{key}")
-        values[key] = tuple(value) if isinstance(value, list) else value
+def _section(cls, table: dict, where: str, section: str):
+    """``cls(**table)``: unknown keys refused, values checked by ``cls``'s own constraints."""
+    reject_unknown(table, cls._constraints, where=f"{where}: ", prefix=f"{section}.")
     try:
-        return cls(**values)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{where}: [{section}] {exc}") from None
+        return cls(**table)
+    except ConfigError as exc:  # names the key; add the file and the section
+        raise ConfigError(f"{where}: {section}.{exc}") from None
 
 
-def _keyed_section(schema: dict[str, tuple[type, ...]], table: dict, where: str, section: str) -> dict:
-    _reject_unknown(table, set(schema), where, f"{section}.")
-    for key, value in table.items():
-        _check_type(value, schema[key], where, f"{section}.{key}")
+def _estimator_section(keys: tuple[str, ...], table: dict, where: str, section: str) -> dict:
+    """The table, checked against ``ANNClassifier``'s constraints (``patience = 0``: no early stopping)."""
+    reject_unknown(table, keys, where=f"{where}: ", prefix=f"{section}.")
+    off = type(table.get("patience")) is int and table["patience"] == 0  # TOML has no None
+    validate({**table, "patience": None} if off else table, ANNClassifier._parameter_constraints,
+             where=f"{where}: {section}.")
     return dict(table)
-
-
-def _check_estimator_params(config: PipelineConfig, where: str) -> None:
-    """Let the estimator's own up-front validation judge the values, naming the file."""
-    from esc50ann.model import ANNClassifier
-
-    try:
-        ANNClassifier(**config.estimator_params())._validate_params()
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None

@@ -1,20 +1,18 @@
-"""Dataset stage: the ESC-50 metadata, its audio files and its fold splits.
+"""Dataset stage: obtain ESC-50 (download or local copy), unpack it, validate and verify it.
 
-``Dataset`` is what the stage returns and what every later stage takes as input.
+``prepare`` is the stage; ``Dataset`` is what it returns and what every later stage takes as
+input: the validated metadata, the audio paths, the folds and the class names. The data root's
+``dataset.json`` records what was verified, so a second ``prepare`` costs one CSV read.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import os
-import re
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -24,38 +22,23 @@ import soundfile as sf
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
-from esc50ann.download import DATASET_FOLDER, DEFAULT_SOURCE, check_sha256, extract, fetch
+from esc50ann import fileio, paths
+from esc50ann.archive import DATASET_FOLDER, extract
+from esc50ann.download import DEFAULT_SOURCE, check_sha256, fetch
 from esc50ann.errors import DatasetError, one_line
 from esc50ann.fileio import file_lock, write_text
+from esc50ann.metadata import load_metadata
 
 # The official clips: 5 s, 44.1 kHz, mono.
 SAMPLE_RATE = 44100
 CHANNELS = 1
 N_SAMPLES = 5 * SAMPLE_RATE
-COLUMNS = ["filename", "fold", "target", "category", "esc10", "src_file", "take"]
 
 SOURCE_ENV = "ESC50ANN_SOURCE"
-DATA_DIR_ENV = "ESC50ANN_DATA_DIR"
-DEFAULT_DATA_DIR = "data"
 RECORD = "dataset.json"
-# fcntl.flock lock serialising prepare() calls on one data_dir; removed when released.
-LOCK = ".dataset.lock"
+LOCK = ".dataset.lock"  # serialises prepare() calls on one data root
 # How many bad files a one-line error message lists before "and N more".
 SHOWN_PROBLEMS = 5
-
-
-@dataclass(frozen=True)
-class Split:
-    """Row positions (into ``Dataset.meta``) of one cross-validation split.
-
-    ``train``, ``val`` and ``test`` are int arrays of shape (n,), disjoint, drawn from whole folds.
-    """
-
-    test_fold: int
-    val_fold: int | None
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -67,7 +50,7 @@ class Dataset:
     root : Path
         Folder holding ``meta/esc50.csv`` and ``audio/``.
     meta : pandas.DataFrame
-        Validated metadata, one row per clip, columns ``COLUMNS``, index 0..n-1.
+        Validated metadata, one row per clip, columns ``esc50ann.metadata.COLUMNS``, index 0..n-1.
     manifest : dict[str, str] or None
         filename -> SHA-256 of the audio file, recorded at verification; None if never verified.
     """
@@ -153,225 +136,6 @@ class Dataset:
             "verified": self.manifest is not None,
         }
 
-    def split(self, test_fold: int, val_fold: int | None | str = None) -> Split:
-        """Hold out whole folds: ``test_fold`` for testing, optionally ``val_fold`` for validation.
-
-        Parameters
-        ----------
-        test_fold : int
-            A fold listed in the metadata.
-        val_fold : int, None or "auto"
-            A different listed fold, None for no validation set, or ``"auto"`` for the next
-            listed fold after ``test_fold`` (cyclically).
-
-        Returns
-        -------
-        Split
-            Row positions; training gets every other fold.
-
-        Raises
-        ------
-        DatasetError
-            Unknown fold, fewer than 2 folds, no fold left for training, or clips of one
-            source recording (same ``src_file`` and ``target``) on two sides of the split.
-        """
-        folds = self.folds
-        if len(folds) < 2:
-            raise DatasetError(f"cannot split {self.root}: need at least 2 folds, the metadata lists {_listing(folds)}")
-        test_fold = _known_fold(test_fold, folds, "test")
-        val_fold = _pick_val_fold(val_fold, test_fold, folds)
-        train_folds = [f for f in folds if f not in (test_fold, val_fold)]
-        if not train_folds:
-            raise DatasetError(f"no fold left for training with test fold {test_fold} and validation "
-                               f"fold {val_fold} (folds: {_listing(folds)})")
-        fold = self.meta["fold"].to_numpy()
-        split = Split(
-            test_fold=test_fold,
-            val_fold=val_fold,
-            train=np.flatnonzero(np.isin(fold, train_folds)),
-            val=np.flatnonzero(fold == val_fold) if val_fold is not None else np.array([], dtype=np.int64),
-            test=np.flatnonzero(fold == test_fold),
-        )
-        _check_no_leak(self.meta, split)
-        return split
-
-    def splits(self, folds=None, val_fold: int | None | str = "auto") -> list[Split]:
-        """One ``split`` per test fold: every listed fold by default, or those in ``folds``."""
-        return [self.split(f, val_fold) for f in (self.folds if folds is None else folds)]
-
-
-# ----------------------------------------------------------------------------- splits helpers
-
-
-def _listing(folds) -> str:
-    return ", ".join(str(f) for f in folds) or "none"
-
-
-def _known_fold(fold, folds: list[int], role: str) -> int:
-    """``fold`` as an int, checked to be one of ``folds``."""
-    if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or int(fold) not in folds:
-        raise DatasetError(f"{role} fold {fold!r} is not in the metadata (folds: {_listing(folds)})")
-    return int(fold)
-
-
-def _pick_val_fold(val_fold, test_fold: int, folds: list[int]) -> int | None:
-    """Resolve None / "auto" / an explicit validation fold."""
-    if val_fold is None:
-        return None
-    if isinstance(val_fold, str):
-        if val_fold != "auto":
-            raise DatasetError(f"validation fold {val_fold!r}: expected a fold number, None or 'auto'")
-        return folds[(folds.index(test_fold) + 1) % len(folds)]
-    val_fold = _known_fold(val_fold, folds, "validation")
-    if val_fold == test_fold:
-        raise DatasetError(f"validation fold {val_fold} is also the test fold: choose another")
-    return val_fold
-
-
-def _check_no_leak(meta: pd.DataFrame, split: Split) -> None:
-    """Fragments of one source recording (same ``src_file`` and class) must stay on one side.
-
-    A ``src_file`` shared by two *classes* is allowed: the official metadata does that
-    across folds (freesound 131943: clock_tick in fold 2, clock_alarm in fold 3; 134049:
-    hen / rooster), and refusing it would make the official folds unusable.
-    """
-    recording = list(zip(meta["src_file"].to_numpy().tolist(), meta["target"].to_numpy().tolist()))
-    parts = {name: {recording[i] for i in rows}
-             for name, rows in (("train", split.train), ("val", split.val), ("test", split.test))}
-    names = list(parts)
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            shared = parts[a] & parts[b]
-            if shared:
-                src, target = min(shared)
-                raise DatasetError(f"split with test fold {split.test_fold} leaks: src_file {src} "
-                                   f"(target {target}) is in both {a} and {b} ({len(shared)} shared)")
-
-
-# ----------------------------------------------------------------------------- metadata
-
-_FILENAME = re.compile(r"^(\d+)-(\d+)-([A-Za-z0-9]+)-(\d+)\.wav$")
-_INT = re.compile(r"^[+-]?\d+$")
-_BOOL = {"true": True, "false": False}
-
-
-def load_metadata(csv_path: Path) -> pd.DataFrame:
-    """Read and validate ``meta/esc50.csv``.
-
-    Rows are named as "row i (line j)": i counts data rows from 1, j is the CSV line
-    (the header is line 1).
-
-    Parameters
-    ----------
-    csv_path : Path
-        The metadata file.
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``COLUMNS`` in that order, index 0..n-1; ``fold``, ``target``, ``src_file``
-        int64, ``esc10`` bool, the rest strings.
-
-    Raises
-    ------
-    DatasetError
-        Unreadable file, missing column, bad value, one target with two categories,
-        duplicate filename, or a filename disagreeing with its columns.
-    """
-    csv_path = Path(csv_path)
-    raw = _read_csv(csv_path)
-    missing = [c for c in COLUMNS if c not in raw.columns]
-    if missing:
-        raise DatasetError(f"{csv_path}: missing column {missing[0]!r} (has: {', '.join(map(str, raw.columns))})")
-    if raw.empty:
-        raise DatasetError(f"{csv_path}: no data rows")
-    values = {c: [v.strip() for v in raw[c].tolist()] for c in COLUMNS}
-    meta = pd.DataFrame({
-        "filename": values["filename"],
-        "fold": _ints(values["fold"], "fold", csv_path),
-        "target": _ints(values["target"], "target", csv_path, minimum=0),
-        "category": _nonempty(values["category"], "category", csv_path),
-        "esc10": _bools(values["esc10"], "esc10", csv_path),
-        "src_file": _ints(values["src_file"], "src_file", csv_path),
-        "take": _nonempty(values["take"], "take", csv_path),
-    }, columns=COLUMNS)
-    _check_filenames(meta, csv_path)
-    _check_categories(meta, csv_path)
-    return meta
-
-
-def _row(i: int) -> str:
-    """Name data row ``i`` (0-based) both ways, so nobody has to guess the convention."""
-    return f"row {i + 1} (line {i + 2})"
-
-
-def _read_csv(csv_path: Path) -> pd.DataFrame:
-    """All cells as stripped-later strings; empty cells stay '' instead of NaN."""
-    try:
-        return pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except FileNotFoundError:
-        raise DatasetError(f"{csv_path}: metadata file not found") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
-        raise DatasetError(f"{csv_path}: not a readable CSV ({one_line(e)})") from None
-
-
-def _ints(cells: list[str], column: str, csv_path: Path, minimum: int | None = None) -> np.ndarray:
-    for i, v in enumerate(cells):
-        if not _INT.match(v) or (minimum is not None and int(v) < minimum):
-            what = "an integer" if minimum is None else f"an integer >= {minimum}"
-            raise DatasetError(f"{csv_path}: {_row(i)}, column {column!r}: expected {what}, got {v!r}")
-    return np.array([int(v) for v in cells], dtype=np.int64)
-
-
-def _bools(cells: list[str], column: str, csv_path: Path) -> np.ndarray:
-    for i, v in enumerate(cells):
-        if v.lower() not in _BOOL:
-            raise DatasetError(f"{csv_path}: {_row(i)}, column {column!r}: expected True or False, got {v!r}")
-    return np.array([_BOOL[v.lower()] for v in cells], dtype=bool)
-
-
-def _nonempty(cells: list[str], column: str, csv_path: Path) -> list[str]:
-    for i, v in enumerate(cells):
-        if not v:
-            raise DatasetError(f"{csv_path}: {_row(i)}, column {column!r}: empty")
-    return cells
-
-
-def _check_filenames(meta: pd.DataFrame, csv_path: Path) -> None:
-    """Names are unique and spell out ``{fold}-{src_file}-{take}-{target}.wav``."""
-    dup = meta["filename"].duplicated()
-    if dup.any():
-        i = int(np.flatnonzero(dup.to_numpy())[0])
-        first = int(np.flatnonzero((meta["filename"] == meta["filename"].iloc[i]).to_numpy())[0])
-        raise DatasetError(f"{csv_path}: {_row(i)}, column 'filename': {meta['filename'].iloc[i]!r} "
-                           f"duplicates {_row(first)}")
-    for i, row in enumerate(meta.itertuples(index=False)):
-        m = _FILENAME.match(row.filename)
-        if not m:
-            raise DatasetError(f"{csv_path}: {_row(i)}, column 'filename': {row.filename!r} is not "
-                               f"<fold>-<src_file>-<take>-<target>.wav")
-        parsed = {"fold": int(m[1]), "src_file": int(m[2]), "take": m[3], "target": int(m[4])}
-        for column, value in parsed.items():
-            if getattr(row, column) != value:
-                raise DatasetError(f"{csv_path}: {_row(i)}, column {column!r}: {_show(getattr(row, column))} "
-                                   f"disagrees with filename {row.filename!r}")
-
-
-def _check_categories(meta: pd.DataFrame, csv_path: Path) -> None:
-    """One category name per target and one target per category name."""
-    for key, other in (("target", "category"), ("category", "target")):
-        first = meta.groupby(key, sort=False)[other].transform("first")
-        bad = np.flatnonzero((meta[other] != first).to_numpy())
-        if bad.size:
-            i = int(bad[0])
-            raise DatasetError(f"{csv_path}: {_row(i)}, column {other!r}: {key} {_show(meta[key].iloc[i])} "
-                               f"has {other} {_show(meta[other].iloc[i])} here but {_show(first.iloc[i])} earlier")
-
-
-def _show(value) -> str:
-    """Numbers plain, text quoted (numpy scalars' repr would say np.int64(0))."""
-    return str(int(value)) if isinstance(value, (int, np.integer)) else repr(str(value))
-
 
 # ----------------------------------------------------------------------------- verification
 
@@ -435,7 +199,7 @@ def check_clip(path: Path, expected_sha256: str | None = None) -> tuple[str | No
         return None, ["missing"]
     except OSError as e:
         return None, [f"unreadable ({one_line(e)})"]
-    digest = hashlib.sha256(data).hexdigest()
+    digest = fileio.sha256(data)
     reasons = []
     if expected_sha256 is not None and digest != expected_sha256:
         reasons.append("changed since verification (sha256 mismatch)")
@@ -505,14 +269,14 @@ def prepare(source: str | Path | None = None, data_dir: Path | str | None = None
     """
     unspecified = source in (None, "") and not os.environ.get(SOURCE_ENV)
     source = resolve_source(source)
-    data_dir = resolve_data_dir(data_dir)
+    data_dir = paths.data_dir(data_dir)
     # With no source named anywhere, a dataset already verified here (say the offline dev
     # copy) is what the caller means, not a 600 MB download of the default.
     wanted = None if unspecified else source
     done = _recorded(data_dir, wanted)
     if done is not None:
         return done
-    with _locked(data_dir):
+    with file_lock(data_dir / LOCK):  # a second prepare() waits here, then finds the record
         # Another prepare() may have finished this while we waited for the lock.
         done = _recorded(data_dir, wanted)
         if done is not None:
@@ -537,7 +301,7 @@ def load(data_dir: Path | str | None = None) -> Dataset:
     DatasetError
         No record, a damaged record, or its dataset folder is gone.
     """
-    data_dir = resolve_data_dir(data_dir)
+    data_dir = paths.data_dir(data_dir)
     record = read_record(data_dir)
     if record is None:
         raise DatasetError(f"no dataset in {data_dir}: run `esc50ann download` first")
@@ -557,13 +321,6 @@ def resolve_source(source: str | Path | None = None) -> str:
     if scheme == "file":
         text = url2pathname(urlparse(text).path)
     return str(Path(text).expanduser().resolve())
-
-
-def resolve_data_dir(data_dir: Path | str | None = None) -> Path:
-    """The data root: the argument, else ``$ESC50ANN_DATA_DIR``, else ``./data``."""
-    if data_dir in (None, ""):
-        data_dir = os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
-    return Path(data_dir).expanduser()
 
 
 def _obtain(source: str, data_dir: Path, *, sha256: str | None, progress: bool) -> Path:
@@ -645,17 +402,6 @@ def _validate(root: Path, *, n_jobs: int, progress: bool) -> Dataset:
 
 
 # ----------------------------------------------------------------------------- dataset.json
-
-
-@contextmanager
-def _locked(data_dir: Path) -> Iterator[None]:
-    """Hold an exclusive ``fcntl.flock`` on ``data_dir/.dataset.lock`` for the block.
-
-    The lock file is removed on release; a waiter that then holds a lock on the removed
-    file notices (its inode is no longer the path's) and locks the current file instead.
-    """
-    with file_lock(Path(data_dir) / LOCK, remove=True):  # waits while another prepare() holds it
-        yield
 
 
 def read_record(data_dir: Path) -> dict | None:

@@ -1,43 +1,29 @@
-"""Fetching and unpacking the ESC-50 archive.
+"""Fetching the ESC-50 archive over HTTP.
 
-``fetch`` streams a URL to disk (resumable, retried, atomic); ``extract`` unpacks the
-archive's dataset folder safely (no path traversal, no symlinks, no zip bombs) and atomically.
-Both raise one-line ``DownloadError`` / ``DatasetError`` messages for every expected failure.
+``fetch`` streams a URL to disk: resumable (HTTP ``Range``), retried with backoff, atomic (a
+``.part`` file renamed when complete), checksummed when asked. Every expected failure is a
+one-line ``DownloadError`` naming the URL.
 """
 from __future__ import annotations
 
 import errno
-import hashlib
 import http.client
 import os
 import re
-import shutil
-import stat
-import tempfile
 import time
 import urllib.error
 import urllib.request
-import zipfile
-import zlib
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlparse
 
 from tqdm.auto import tqdm
 
-from esc50ann.errors import DatasetError, DownloadError, one_line
+from esc50ann.errors import DownloadError, one_line
+from esc50ann.fileio import CHUNK, sha256
 
 # GitHub regenerates master.zip on demand, so its bytes (and checksum) are not stable:
 # never pin a default checksum for it.
 DEFAULT_SOURCE = "https://github.com/karolpiczak/ESC-50/archive/master.zip"
-
-META_CSV = "meta/esc50.csv"
-DATASET_FOLDER = "ESC-50-master"
-CHUNK = 1 << 20
-# Deflate cannot exceed ~1032:1, so a higher declared ratio is forged; members under
-# RATIO_MIN_SIZE are exempt because tiny or silent files legitimately compress very well.
-MAX_RATIO = 1000
-RATIO_MIN_SIZE = 1 << 20
 USER_AGENT = "esc50ann/0.1 (+https://github.com/karolpiczak/ESC-50)"
 
 
@@ -49,32 +35,6 @@ class _RangeRefused(_Retryable):
     """HTTP 416: the partial file is no prefix of the remote one; start over."""
 
 
-# ----------------------------------------------------------------------------- hashing
-
-
-def sha256_file(path: Path, chunk: int = CHUNK) -> str:
-    """SHA-256 of a file's bytes, as a hex string.
-
-    Parameters
-    ----------
-    path : Path
-        File to hash.
-    chunk : int
-        Bytes read at a time (keeps memory flat for big archives).
-
-    Returns
-    -------
-    str
-        64 lowercase hex digits.
-    """
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-# ----------------------------------------------------------------------------- fetch
 
 
 def fetch(url: str, dest: Path, *, sha256: str | None = None, retries: int = 4,
@@ -151,7 +111,7 @@ def check_sha256(path: Path, expected: str | None, *, name: str | None = None,
     """
     if not expected:
         return
-    actual = sha256_file(path)
+    actual = sha256(path)
     if actual.lower() != expected.strip().lower():
         if remove:
             path.unlink(missing_ok=True)
@@ -255,151 +215,3 @@ def _stream(response, part: Path, mode: str, offset: int, total: int | None, url
     if mode == "wb" and part.stat().st_size != written:  # pragma: no cover - paranoia
         raise _Retryable("local file size disagrees with bytes written")
     return written
-
-
-# ----------------------------------------------------------------------------- extract
-
-
-def extract(archive: Path, dest_parent: Path, *, max_uncompressed: int = 4 * 2**30,
-            progress: bool = True, check: Callable[[Path], object] | None = None) -> Path:
-    """Unpack the dataset folder of a zip archive into ``dest_parent/ESC-50-master``.
-
-    Every member is checked first; the archive is refused as a whole if any member is
-    unsafe. The dataset folder is the one holding ``meta/esc50.csv`` (``ESC-50-master/``
-    in the official zip); members outside it are skipped. Files are written into a fresh
-    temporary folder beside the destination and renamed into place only when complete, so
-    an interrupted extraction never leaves a half dataset that looks complete; an older
-    ``ESC-50-master`` is replaced only then.
-
-    Parameters
-    ----------
-    archive : Path
-        The zip file.
-    dest_parent : Path
-        Folder to hold ``ESC-50-master/``; created if needed.
-    max_uncompressed : int
-        Refuse archives whose declared uncompressed size exceeds this many bytes.
-    progress : bool
-        Show a tqdm progress bar.
-    check : callable, optional
-        Called with the complete temporary folder before it replaces anything; if it raises,
-        the temporary folder is removed and an older ``ESC-50-master`` stays as it was.
-
-    Returns
-    -------
-    Path
-        ``dest_parent / "ESC-50-master"``.
-
-    Raises
-    ------
-    DatasetError
-        Not a zip, damaged member, unsafe member (absolute path, drive letter, ``..``,
-        symlink), zip bomb, no ``meta/esc50.csv``, or disk full.
-    """
-    archive, dest_parent = Path(archive), Path(dest_parent)
-    try:
-        zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise DatasetError(f"{archive}: not a readable zip archive ({one_line(e)})") from None
-    with zf:
-        infos = zf.infolist()
-        check_members(infos, archive, max_uncompressed=max_uncompressed)
-        prefix = dataset_prefix(infos, archive)
-        members = [i for i in infos if i.filename.startswith(prefix) and i.filename != prefix]
-        dest_parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest_parent))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the dataset folder should not be
-        try:
-            _extract_members(zf, members, prefix, tmp, archive, progress)
-            if check is not None:
-                check(tmp)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    final = dest_parent / DATASET_FOLDER
-    _swap_in(tmp, final)
-    return final
-
-
-def check_members(infos: list[zipfile.ZipInfo], archive: Path, *, max_uncompressed: int) -> None:
-    """Refuse unsafe members and zip bombs before anything is written.
-
-    Raises
-    ------
-    DatasetError
-        Naming the archive and the offending member.
-    """
-    total = 0
-    for info in infos:
-        name = info.filename
-        parts = re.split(r"[\\/]", name)
-        if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-            raise DatasetError(f"{archive}: refusing member {name!r} (absolute path)")
-        if ".." in parts:
-            raise DatasetError(f"{archive}: refusing member {name!r} ('..' in path)")
-        if stat.S_ISLNK(info.external_attr >> 16):
-            raise DatasetError(f"{archive}: refusing member {name!r} (symbolic link)")
-        if info.file_size > RATIO_MIN_SIZE and info.file_size > MAX_RATIO * max(info.compress_size, 1):
-            raise DatasetError(f"{archive}: refusing member {name!r} (compression ratio "
-                               f"{info.file_size // max(info.compress_size, 1)}:1 looks like a zip bomb)")
-        total += info.file_size
-    if total > max_uncompressed:
-        raise DatasetError(f"{archive}: refusing to extract {total} bytes "
-                           f"(more than the {max_uncompressed}-byte limit; zip bomb?)")
-
-
-def dataset_prefix(infos: list[zipfile.ZipInfo], archive: Path) -> str:
-    """The member-name prefix of the folder holding ``meta/esc50.csv`` ('' if at the top).
-
-    The shallowest such folder wins (the official zip has exactly one: ``ESC-50-master/``).
-    """
-    candidates = [i.filename[: -len(META_CSV)] for i in infos
-                  if i.filename == META_CSV or i.filename.endswith("/" + META_CSV)]
-    if not candidates:
-        raise DatasetError(f"{archive}: no {META_CSV} in the archive (not an ESC-50 archive?)")
-    return min(candidates, key=lambda p: (p.count("/"), p))
-
-
-def _extract_members(zf: zipfile.ZipFile, members: list[zipfile.ZipInfo], prefix: str,
-                     tmp: Path, archive: Path, progress: bool) -> None:
-    """Write ``members`` (names relative to ``prefix``) under ``tmp``."""
-    with tqdm(total=sum(i.file_size for i in members), unit="B", unit_scale=True,
-              unit_divisor=1024, desc=f"extract {archive.name}", disable=not progress,
-              leave=False) as bar:
-        for info in members:
-            target = tmp.joinpath(*info.filename[len(prefix):].split("/"))
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            _extract_one(zf, info, target, archive)
-            bar.update(info.file_size)
-
-
-def _extract_one(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, archive: Path) -> None:
-    """Copy one member, never writing more than its declared size (bomb guard)."""
-    written = 0
-    try:
-        with zf.open(info) as src, open(target, "wb") as dst:
-            while block := src.read(CHUNK):
-                written += len(block)
-                if written > info.file_size:
-                    raise DatasetError(f"{archive}: member {info.filename!r} is larger than declared")
-                dst.write(block)
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
-        raise DatasetError(f"{archive}: damaged member {info.filename!r} ({one_line(e)})") from None
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise DatasetError(f"{archive}: disk full while writing {target}") from None
-        raise DatasetError(f"{archive}: cannot write {target} ({one_line(e)})") from None
-
-
-def _swap_in(new: Path, final: Path) -> None:
-    """Rename the complete folder ``new`` to ``final``, replacing an older one last."""
-    old = None
-    if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=".old-", dir=final.parent))
-        os.replace(final, old / final.name)
-    os.replace(new, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -2,7 +2,7 @@
 
 Leakage rules, enforced here:
 
-* splits are whole folds (``Dataset.split``), so clips cut from one source recording never
+* splits are whole folds (``esc50ann.folds``), so clips cut from one source recording never
   straddle train, validation and test;
 * early stopping watches a whole *training* fold, never the test fold;
 * standardisation is fit inside the estimator, on the rows it is trained on only.
@@ -18,8 +18,10 @@ from joblib import Parallel, delayed
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from esc50ann.dataset import Dataset, Split
+from esc50ann import folds as folds_mod
+from esc50ann.dataset import Dataset
 from esc50ann.errors import DatasetError
+from esc50ann.folds import Split
 from esc50ann.model import ANNClassifier
 
 
@@ -70,26 +72,11 @@ class CVResult:
         return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def check_split(dataset: Dataset, split: Split) -> None:
-    """Refuse a split whose training folds lack a class (the model could never predict it)."""
-    trained = set(dataset.targets[split.train].tolist())
-    missing = [t for t in dataset.class_names if t not in trained]
-    if missing:
-        names = ", ".join(f"{dataset.class_names[t]!r}" for t in missing[:5])
-        raise DatasetError(f"test fold {split.test_fold}: no training clips for class {names}; "
-                           "every class needs clips in the training folds")
-
-
 def make_splits(dataset: Dataset, folds=None, validation: str = "auto") -> list[Split]:
-    """The checked splits for ``folds`` (default: every listed fold) under a validation policy.
-
-    ``validation="auto"`` holds out the next listed fold for early stopping; ``"none"`` trains
-    on every non-test fold.
-    """
-    splits = dataset.splits(folds=folds, val_fold="auto" if validation == "auto" else None)
-    for split in splits:
-        check_split(dataset, split)
-    return splits
+    """The splits for ``folds`` (default: every listed fold) under a validation policy:
+    ``"auto"`` holds out the next listed fold for early stopping, ``"none"`` trains on every
+    non-test fold."""
+    return folds_mod.splits(dataset, folds, val_fold="auto" if validation == "auto" else None)
 
 
 def fit_fold(X: np.ndarray, y: np.ndarray, split: Split, params: dict[str, Any], *, refit: bool = True,

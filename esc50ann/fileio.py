@@ -1,11 +1,18 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never half of one."""
+"""Files shared by every stage: atomic writes, one SHA-256 helper, one lock helper.
+
+A reader of a file written here sees the old file or the complete new one, never half of one.
+"""
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import hashlib
 import os
 import tempfile
 from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+CHUNK = 1 << 20  # bytes read at a time when hashing: memory stays flat for big archives
 
 
 @contextlib.contextmanager
@@ -27,6 +34,13 @@ def atomic_path(path: str | Path):
             os.unlink(tmp)
 
 
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (UTF-8)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
 def json_default(obj):
     """``json.dumps(default=...)`` for numpy scalars and arrays (as Python values) and paths."""
     import numpy as np
@@ -38,45 +52,35 @@ def json_default(obj):
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (UTF-8)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(path)
+def sha256(source: str | Path | bytes) -> str:
+    """SHA-256 of a file (read in 1 MiB blocks) or of ``bytes``, as 64 lowercase hex digits."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return hashlib.sha256(source).hexdigest()
+    h = hashlib.sha256()
+    with open(source, "rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
 
 
 @contextlib.contextmanager
-def file_lock(path: str | Path, *, blocking: bool = True, remove: bool = False):
-    """Hold an exclusive ``fcntl.flock`` on ``path`` (created if needed) for the block.
+def file_lock(path: str | Path, *, blocking: bool = True):
+    """Hold an exclusive lock on the file ``path`` (created if needed) for the block.
 
     Yields True, or False at once when ``blocking`` is False and another process holds it.
-    With ``remove`` the lock file is deleted on release (while still held). A waiter whose
-    file was deleted meanwhile holds a lock that guards nothing: it notices (the inode is no
-    longer the path's) and locks the current file instead.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(fd)
-            yield False
-            return
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
+    lock = FileLock(path, blocking=blocking)
+    try:
+        lock.acquire()
+    except Timeout:
+        yield False
+        return
     try:
         yield True
     finally:
-        if remove:
-            path.unlink(missing_ok=True)
-        os.close(fd)  # releases the lock
+        lock.release()
 
 
 def _umask() -> int:

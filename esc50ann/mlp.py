@@ -194,9 +194,6 @@ class MLP:
     b0 : array of shape (n_in,) or None
     params, grads : lists of arrays in the order of ``names`` (``b0``, ``W1``, ``b1``, ``W2``, ...);
         ``backprop`` writes into ``grads`` in place.
-    frozen : set of str
-        Names of parameters that are held fixed: no gradient is computed for them and the
-        optimizers skip them.
     """
 
     def __init__(self, sizes, activation="tanh", output="softmax", loss="squared_error",
@@ -206,7 +203,6 @@ class MLP:
         self.output = OUTPUTS[output]
         self.cost = COSTS[loss]
         self.dtype = np.dtype(dtype)
-        self.frozen = set()
         rng = np.random.default_rng(rng)
         self.weights, self.biases = [], []
         for fan_in, fan_out in zip(self.sizes[:-1], self.sizes[1:]):
@@ -230,7 +226,6 @@ class MLP:
         net.dtype = np.dtype(weights[0].dtype)
         net.sizes = [weights[0].shape[0]] + [w.shape[1] for w in weights]
         net.activation, net.output, net.cost = ACTIVATIONS[activation], OUTPUTS[output], COSTS[loss]
-        net.frozen = set()
         net.weights = [np.array(w, dtype=net.dtype, order="C") for w in weights]
         net.biases = [np.array(b, dtype=net.dtype) for b in biases]
         net.b0 = None if b0 is None else np.array(b0, dtype=net.dtype)
@@ -341,25 +336,19 @@ class MLP:
         inputs = [X if self.b0 is None else acts[0]] + acts[1:-1]  # each layer's input
         loss = self._cost(s, Y)
 
-        frozen = self.frozen
         off = 0 if self.b0 is None else 1
         # dL/dz at the output, already divided by n because L is the batch mean.
         delta = self.cost.delta(s, Y, self.output)
         delta *= 1.0 / n
         for l in range(len(self.weights) - 1, -1, -1):
             gw, gb = self.grads[off + 2 * l], self.grads[off + 2 * l + 1]
-            if f"W{l + 1}" not in frozen:
-                np.matmul(inputs[l].T, delta, out=gw)  # (fan_in, n) @ (n, fan_out): BLAS, no copy
-            # db is needed for b0 too (below), so compute it unless both are frozen.
-            if f"b{l + 1}" not in frozen or (l == 0 and self.b0 is not None):
-                np.sum(delta, axis=0, out=gb)
+            np.matmul(inputs[l].T, delta, out=gw)  # (fan_in, n) @ (n, fan_out): BLAS, no copy
+            np.sum(delta, axis=0, out=gb)
             if l > 0:
                 nxt = np.matmul(delta, self.weights[l].T, out=deltas[l - 1])
                 self.activation.backprop(inputs[l], nxt, tmps[l - 1])
                 delta = nxt
-        if self.b0 is not None and "b0" not in frozen:
+        if self.b0 is not None:
             # b0 is shared by all rows: dL/db0 = sum_rows(delta1) W1^T = W1 @ db1, one matvec.
             np.matmul(self.weights[0], self.grads[off + 1], out=self.grads[0])
-        if "b1" in frozen and self.b0 is not None:
-            self.grads[off + 1].fill(0.0)  # it was only scratch for db0
         return loss, s

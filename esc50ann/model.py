@@ -1,47 +1,29 @@
-"""The scikit-learn estimator around the hand-written network, and its model files.
+"""The scikit-learn estimator around the hand-written network.
 
     clf = ANNClassifier(hidden_layer_sizes=(1024,), solver="sgd", learning_rate=0.05)
     clf.fit(X_train, y_train, X_val=X_val, y_val=y_val)   # early stopping on the val loss
     clf.predict(X_test); clf.predict_proba(X_test); clf.history_; clf.best_epoch_
-    clf.save("fold-1.npz");  clf = ANNClassifier.load("fold-1.npz")
-
-A model file is one ``.npz`` (read with ``allow_pickle=False``) holding the arrays -- ``W1, b1, ...``,
-``b0``, the standardisation ``mean``/``scale`` and ``classes`` -- plus ``header``: UTF-8 JSON as a
-uint8 array with the architecture, the constructor params, the class labels, the training history,
-``class_names_``/``metadata_`` when set, the esc50ann version and ``format_version``.
+    clf.save("fold-1.npz");  clf = ANNClassifier.load("fold-1.npz")   # format: esc50ann.modelfile
 """
 from __future__ import annotations
 
-import json
-import math
-import numbers
-from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from esc50ann import __version__
+from esc50ann import modelfile
 from esc50ann.errors import ConfigError, ModelError, one_line
-from esc50ann.fileio import atomic_path, json_default
 from esc50ann.mlp import ACTIVATIONS, COSTS, MLP, OUTPUTS
-from esc50ann.train import OPTIMIZERS, make_optimizer, train
+from esc50ann.optim import OPTIMIZERS, make_optimizer
+from esc50ann.params import Boolean, InstanceOf, Integral, Interval, ListOf, Options, Real, validate
+from esc50ann.train import train
 
-__all__ = ["ANNClassifier", "load_model", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["ANNClassifier", "load_model"]
 
-FORMAT = "esc50ann-model"
-FORMAT_VERSION = 1
 # Rows per forward pass at prediction time: bounds memory on large inputs.
 _PREDICT_CHUNK = 4096
-
-
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_real(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 class ANNClassifier(ClassifierMixin, BaseEstimator):
@@ -119,43 +101,30 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
-    # --- validation ---------------------------------------------------------------------------
+    _parameter_constraints = {
+        "hidden_layer_sizes": [ListOf(Interval(Integral, 1))],
+        "activation": [Options(*ACTIVATIONS)],
+        "output": [Options(*OUTPUTS)],
+        "loss": [Options(*COSTS)],
+        "input_bias": [Boolean()],
+        "solver": [Options(*OPTIMIZERS)],
+        "learning_rate": [Interval(Real, 0, closed="neither")],
+        "momentum": [Interval(Real, 0, 1, closed="left")],
+        "batch_size": [Interval(Integral, 1)],
+        "max_epochs": [Interval(Integral, 1)],
+        "weight_decay": [Interval(Real, 0)],
+        "patience": [Interval(Integral, 1), None],
+        "standardize": [Boolean()],
+        "dtype": [Options("float32", "float64")],
+        "random_state": [Interval(Integral, 0), InstanceOf(np.random.Generator, np.random.RandomState), None],
+        "verbose": [Boolean(), Interval(Integral, 0)],
+    }
 
     def _validate_params(self):
         """Check every constructor parameter; raise ``ConfigError`` naming the first bad one."""
-        def bad(name, expected):
-            value = getattr(self, name)
-            return ConfigError(f"{name} must be {expected} (got {value!r})")
-
-        sizes = self.hidden_layer_sizes
-        if not isinstance(sizes, (list, tuple)) or not all(_is_int(h) and h >= 1 for h in sizes):
-            raise bad("hidden_layer_sizes", "a list of positive integers")
-        for name, choices in (("activation", ACTIVATIONS), ("output", OUTPUTS), ("loss", COSTS),
-                              ("solver", OPTIMIZERS)):
-            if not isinstance(getattr(self, name), str) or getattr(self, name) not in choices:
-                raise bad(name, "one of " + ", ".join(repr(c) for c in choices))
-        for name in ("input_bias", "standardize"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise bad(name, "true or false")
-        if not (isinstance(self.verbose, (bool, np.bool_)) or (_is_int(self.verbose) and self.verbose >= 0)):
-            raise bad("verbose", "true, false or a non-negative integer")
-        if not (_is_real(self.learning_rate) and 0 < self.learning_rate < math.inf):
-            raise bad("learning_rate", "a positive number")
-        if not (_is_real(self.momentum) and 0 <= self.momentum < 1):
-            raise bad("momentum", "a number in [0, 1)")
-        if not (_is_real(self.weight_decay) and 0 <= self.weight_decay < math.inf):
-            raise bad("weight_decay", "a number >= 0")
-        for name in ("batch_size", "max_epochs"):
-            if not (_is_int(getattr(self, name)) and getattr(self, name) >= 1):
-                raise bad(name, "a positive integer")
-        if self.patience is not None and not (_is_int(self.patience) and self.patience >= 1):
-            raise bad("patience", "a positive integer or None")
-        if str(self.dtype) not in ("float32", "float64"):
-            raise bad("dtype", "'float32' or 'float64'")
-        rs = self.random_state
-        if not (rs is None or (_is_int(rs) and rs >= 0)
-                or isinstance(rs, (np.random.Generator, np.random.RandomState))):
-            raise bad("random_state", "a non-negative integer, a numpy Generator or None")
+        params = self.get_params()
+        params["dtype"] = str(params["dtype"])  # np.float32 and "float32" alike
+        validate(params, self._parameter_constraints)
 
     def _rng(self):
         if isinstance(self.random_state, np.random.RandomState):  # sklearn's legacy generator
@@ -210,7 +179,8 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         rng = self._rng()
         self.network_ = MLP([X.shape[1], *self.hidden_layer_sizes, len(self.classes_)],
                             self.activation, self.output, self.loss, bool(self.input_bias), dtype, rng)
-        optimizer = make_optimizer(self.solver, self.learning_rate, self.momentum, self.weight_decay)
+        optimizer = make_optimizer(self.solver, self.learning_rate, weight_decay=self.weight_decay,
+                                   momentum=self.momentum)
         self.history_, self.best_epoch_ = train(
             self.network_, Xs, Y, optimizer=optimizer, batch_size=self.batch_size,
             max_epochs=self.max_epochs, rng=rng, X_val=Xv, Y_val=Yv,
@@ -262,12 +232,11 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         proba = self.predict_proba(X)  # first: it raises NotFittedError before classes_ is touched
         return self.classes_[np.argmax(proba, axis=1)]
 
-    # --- model files --------------------------------------------------------------------------
+    # --- model files (format: esc50ann.modelfile) --------------------------------------------
 
     def save(self, path):
         """Write the fitted model to ``path`` (one ``.npz``), atomically.  Returns the path."""
         check_is_fitted(self, "network_")
-        path = Path(path)
         net = self.network_
         arrays = dict(zip(net.names, net.params))
         if self.mean_ is not None:
@@ -277,13 +246,10 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         params = dict(self.get_params())
         params["hidden_layer_sizes"] = [int(h) for h in self.hidden_layer_sizes]
         params["dtype"] = str(self.dtype)
-        if not (params["random_state"] is None or _is_int(params["random_state"])):
+        if not isinstance(params["random_state"], (int, np.integer)):
             params["random_state"] = None  # a generator object cannot be stored
         class_names = getattr(self, "class_names_", None)
         header = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "esc50ann_version": __version__,
             # From the network itself, not the params, which may have been set since fit.
             "architecture": {"sizes": [int(s) for s in net.sizes], "activation": net.activation.name,
                              "output": net.output.name, "loss": net.cost.name, "input_bias": net.input_bias,
@@ -297,52 +263,13 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
             "history": self.history_,
             "best_epoch": self.best_epoch_,
         }
-        try:
-            text = json.dumps(header, default=json_default)
-        except (TypeError, ValueError) as exc:
-            raise ModelError(f"{path}: cannot store the model header ({one_line(exc)})") from None
-        arrays["header"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-        try:
-            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)  # a file object, so numpy does not append ".npz"
-        except OSError as exc:
-            raise ModelError(f"{path}: cannot write the model ({one_line(exc)})") from None
-        return path
+        return modelfile.write(path, arrays, header)
 
     @classmethod
     def load(cls, path):
         """Read a model written by :meth:`save`; raise ``ModelError`` naming the file if it is unusable."""
-        path = Path(path)
-        if not path.is_file():
-            raise ModelError(f"{path}: no such model file")
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {name: npz[name] for name in npz.files}  # reads (and CRC-checks) all now
-        except AttributeError:  # np.load returned a bare array (a .npy), which has no .files
-            raise ModelError(f"{path}: not an esc50ann model file (a .npy, not an .npz)") from None
-        except Exception as exc:  # zip/npy/CRC/truncation errors all mean the same thing here
-            raise ModelError(f"{path}: not a readable model file ({one_line(exc)})") from None
-
-        header = _read_header(path, arrays)
+        arrays, header = modelfile.read(path)
         arch = header["architecture"]
-        sizes = arch["sizes"]
-        n_layers = len(sizes) - 1
-        expected = {f"W{i}": (sizes[i - 1], sizes[i]) for i in range(1, n_layers + 1)}
-        expected.update({f"b{i}": (sizes[i],) for i in range(1, n_layers + 1)})
-        expected["classes"] = (sizes[-1],)
-        if arch["input_bias"]:
-            expected["b0"] = (sizes[0],)
-        if arch["standardize"]:
-            expected["mean"] = expected["scale"] = (sizes[0],)
-        for name, shape in expected.items():
-            if name not in arrays:
-                raise ModelError(f"{path}: array {name!r} is missing")
-            if arrays[name].shape != tuple(shape):
-                raise ModelError(f"{path}: array {name!r} has shape {arrays[name].shape}, "
-                                 f"the header says {tuple(shape)}")
-            if name != "classes" and (arrays[name].dtype.kind != "f" or not np.isfinite(arrays[name]).all()):
-                raise ModelError(f"{path}: array {name!r} is not finite floating point")
-
         model = cls()
         params, known = dict(header["params"]), set(model.get_params())
         # Exactly the constructor's params, as save() writes them: no silent defaults.
@@ -357,6 +284,7 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
             model._validate_params()
         except ValueError as exc:
             raise ModelError(f"{path}: bad params in header ({one_line(exc)})") from None
+        n_layers = len(arch["sizes"]) - 1
         dtype = np.dtype(arch["dtype"])
         model.network_ = MLP.from_arrays(
             [arrays[f"W{i}"].astype(dtype) for i in range(1, n_layers + 1)],
@@ -365,7 +293,7 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
             arch["activation"], arch["output"], arch["loss"])
         classes = arrays["classes"]
         model.classes_ = classes.astype(object) if header.get("classes_dtype") == "object" else classes
-        model.n_features_in_ = sizes[0]
+        model.n_features_in_ = arch["sizes"][0]
         if header.get("feature_names_in"):
             model.feature_names_in_ = np.asarray(header["feature_names_in"], dtype=object)
         model.mean_ = arrays["mean"] if arch["standardize"] else None
@@ -378,58 +306,6 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         if header.get("metadata") is not None:
             model.metadata_ = header["metadata"]
         return model
-
-
-# What each header field read by load() must hold (as JSON: lists, never tuples).
-_ARCHITECTURE = {
-    "sizes": lambda v: isinstance(v, list) and len(v) >= 2 and all(_is_int(s) and s >= 1 for s in v),
-    "activation": lambda v: isinstance(v, str) and v in ACTIVATIONS,
-    "output": lambda v: isinstance(v, str) and v in OUTPUTS,
-    "loss": lambda v: isinstance(v, str) and v in COSTS,
-    "input_bias": lambda v: isinstance(v, bool),
-    "standardize": lambda v: isinstance(v, bool),
-    "dtype": lambda v: v in ("float32", "float64"),
-}
-# Optional fields: absent or null is fine, anything else must look like this.
-_OPTIONAL = {
-    "classes_dtype": lambda v: isinstance(v, str),
-    "feature_names_in": lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v),
-    "class_names": lambda v: isinstance(v, list) and all(  # [[key, name], ...], keys hashable
-        isinstance(kv, list) and len(kv) == 2 and not isinstance(kv[0], (list, dict)) for kv in v),
-    "history": lambda v: isinstance(v, list) and all(isinstance(row, dict) for row in v),
-    "best_epoch": _is_int,
-}
-
-
-def _read_header(path, arrays):
-    """The parsed JSON header, with every field that :meth:`ANNClassifier.load` reads checked."""
-    if "header" not in arrays:
-        raise ModelError(f"{path}: not an esc50ann model file (no 'header' array)")
-    raw = arrays["header"]
-    try:
-        header = json.loads(raw.tobytes().decode("utf-8") if raw.dtype == np.uint8 else str(raw))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ModelError(f"{path}: the model header is not valid JSON ({one_line(exc)})") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise ModelError(f"{path}: not an esc50ann model file")
-    if header.get("format_version") != FORMAT_VERSION:
-        raise ModelError(f"{path}: model format version {header.get('format_version')!r} "
-                         f"is not supported (this esc50ann {__version__} reads {FORMAT_VERSION})")
-    arch = header.get("architecture")
-    if not isinstance(arch, dict):
-        raise ModelError(f"{path}: the model header has no architecture")
-    for key, ok in _ARCHITECTURE.items():
-        if not ok(arch.get(key)):
-            raise ModelError(f"{path}: the model header's architecture has no valid {key!r}")
-    if not isinstance(header.get("params"), dict):
-        raise ModelError(f"{path}: the model header has no params")
-    for key, ok in _OPTIONAL.items():
-        if header.get(key) is not None and not ok(header[key]):
-            raise ModelError(f"{path}: the model header's {key!r} is invalid")
-    if header.get("feature_names_in") and len(header["feature_names_in"]) != arch["sizes"][0]:
-        raise ModelError(f"{path}: the model header has {len(header['feature_names_in'])} feature "
-                         f"names for {arch['sizes'][0]} inputs")
-    return header
 
 
 def load_model(path):

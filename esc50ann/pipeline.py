@@ -23,10 +23,11 @@ import numpy as np
 
 from esc50ann import config as config_mod
 from esc50ann import dataset as dataset_mod
+from esc50ann import paths
 from esc50ann import features as features_mod
 from esc50ann.config import PipelineConfig
 from esc50ann.dataset import Dataset
-from esc50ann.errors import Esc50Error
+from esc50ann.errors import ConfigError, Esc50Error
 from esc50ann.evaluate import CVResult, cross_validate, fit_fold, make_splits
 from esc50ann.features import FeatureConfig, FeatureSet
 from esc50ann.model import ANNClassifier
@@ -47,11 +48,6 @@ def resolve_pipeline(name_or_path: str | Path | None) -> Path:
         if (folder / name).is_file():
             return folder / name
     raise Esc50Error(f"{name_or_path}: pipeline file not found (looked in ., ./pipelines and {PIPELINES_DIR})")
-
-
-def feature_cache_dir(data_dir: Path) -> Path:
-    """Where the feature stage keeps its cache entries under a data root."""
-    return Path(data_dir) / "cache" / "features"
 
 
 @dataclass
@@ -83,7 +79,7 @@ class Pipeline:
     def __init__(self, config: PipelineConfig, *, data_dir=None, source=None, n_jobs: int = -1,
                  progress: bool = True):
         self.config = config
-        self.data_dir = dataset_mod.resolve_data_dir(data_dir)
+        self.data_dir = paths.data_dir(data_dir)
         # Precedence: argument (--source), then $ESC50ANN_SOURCE, then the pipeline file.
         self.source = source or os.environ.get(dataset_mod.SOURCE_ENV) or config.dataset.source
         self.n_jobs = n_jobs
@@ -166,7 +162,7 @@ class Pipeline:
 
     @property
     def cache_dir(self) -> Path:
-        return feature_cache_dir(self.data_dir)
+        return paths.feature_cache_dir(self.data_dir)
 
     def model_metadata(self) -> dict[str, Any]:
         """What a saved model needs to classify a new WAV: the feature config and the class names.
@@ -181,7 +177,7 @@ class Pipeline:
 
     def _new_run_dir(self) -> Path:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        base = self.data_dir / "runs" / f"{self.config.name}-{stamp}"
+        base = paths.runs_dir(self.data_dir) / f"{self.config.name}-{stamp}"
         base.parent.mkdir(parents=True, exist_ok=True)
         for k in range(1, 1000):
             run_dir = base if k == 1 else base.with_name(f"{base.name}-{k}")
@@ -222,7 +218,7 @@ def predict_files(model_path, paths, top: int = 5) -> list[Prediction]:
         raise Esc50Error(f"{model_path}: model has no feature configuration (not saved by an esc50ann pipeline)")
     try:
         feature_config = FeatureConfig(**meta["features"])
-    except TypeError as exc:
+    except (TypeError, ConfigError) as exc:
         raise Esc50Error(f"{model_path}: feature configuration not understood ({exc})") from None
     names = {int(k): v for k, v in meta.get("class_names", {}).items()}
     results = []

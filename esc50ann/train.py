@@ -1,4 +1,4 @@
-"""Optimizers and the mini-batch training loop for :class:`esc50ann.mlp.MLP`.
+"""The mini-batch training loop for :class:`esc50ann.mlp.MLP`: epochs, validation, early stopping.
 
     opt = make_optimizer("adam", learning_rate=1e-3)
     history, best_epoch = train(net, X, Y, optimizer=opt, batch_size=32, max_epochs=50,
@@ -16,134 +16,9 @@ import time
 
 import numpy as np
 
-from esc50ann.errors import ConfigError, ModelError
+from esc50ann.errors import ModelError
 
-__all__ = ["SGD", "Momentum", "Adam", "OPTIMIZERS", "make_optimizer", "evaluate", "train"]
-
-# The updates are elementwise and memory-bound.  They walk the parameters in slices of this
-# many values, so the several passes of momentum/Adam over a slice hit the cache instead of main
-# memory (about 1.3x faster than whole-array passes for a 5000x1024 W on the development machine;
-# splitting the slices over two threads gave nothing more there, so the update stays serial).
-_CHUNK = 1 << 18
-
-
-def _unfrozen(net, buffers):
-    """The optimizer-state buffers (one per parameter, flat) of the parameters not frozen."""
-    return (b for name, b in zip(net.names, buffers) if name not in net.frozen)
-
-
-def _is_weight(name):
-    return name.startswith("W")  # weight decay applies to weights, not to biases or b0
-
-
-class SGD:
-    """Plain stochastic gradient descent: ``w <- w - lr * (dL/dw + weight_decay * w)``.
-
-    ``weight_decay`` is an L2 penalty ``(weight_decay / 2) * ||W||^2`` on the weight matrices.
-    ``step`` uses ``net.grads`` as scratch: they are consumed by the update.  Subclasses define
-    ``_kernel(p, g, *state, decay, tmp)``, the update of one flat slice.
-    """
-
-    n_state = 0  # optimizer buffers per parameter (velocity; m and v)
-
-    def __init__(self, learning_rate, weight_decay=0.0):
-        self.learning_rate = float(learning_rate)
-        self.weight_decay = float(weight_decay)
-        self.t = 0
-        self.state = self._tmp = None  # per-parameter buffers; scratch for one slice
-
-    def step(self, net):
-        """Update every parameter of ``net`` not in ``net.frozen`` from ``net.grads``."""
-        self.t += 1
-        if self.state is None:
-            self.state = [[np.zeros(p.size, p.dtype) for p in net.params] for _ in range(self.n_state)]
-            self._tmp = np.empty(min(_CHUNK, max(p.size for p in net.params)), net.dtype)
-        self._begin_step()
-        for i, (name, p, g) in enumerate(zip(net.names, net.params, net.grads)):
-            if name in net.frozen:
-                continue
-            decay = self.weight_decay if _is_weight(name) else 0.0
-            arrays = [p.reshape(-1), g.reshape(-1)] + [buf[i] for buf in self.state]
-            for lo in range(0, p.size, _CHUNK):
-                parts = [a[lo:lo + _CHUNK] for a in arrays]
-                self._kernel(*parts, decay=decay, tmp=self._tmp[:len(parts[0])])
-
-    def _begin_step(self):
-        pass
-
-    def _kernel(self, p, g, *, decay, tmp):
-        lr = self.learning_rate
-        if decay:
-            p *= 1.0 - lr * decay
-        g *= lr
-        p -= g
-
-
-class Momentum(SGD):
-    """Classical momentum: ``v <- momentum * v - lr * g;  w <- w + v``."""
-
-    n_state = 1
-
-    def __init__(self, learning_rate, momentum=0.9, weight_decay=0.0):
-        super().__init__(learning_rate, weight_decay)
-        self.momentum = float(momentum)
-
-    def _kernel(self, p, g, v, *, decay, tmp):
-        if decay:
-            np.multiply(p, decay, out=tmp)
-            g += tmp
-        g *= self.learning_rate
-        v *= self.momentum
-        v -= g
-        p += v
-
-
-class Adam(SGD):
-    """Adam (Kingma & Ba 2015) with the step-size form of bias correction (as in scikit-learn):
-    ``w <- w - lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``.
-    Weight decay is added to the gradient (L2, not decoupled AdamW)."""
-
-    n_state = 2
-
-    def __init__(self, learning_rate=1e-3, weight_decay=0.0, beta1=0.9, beta2=0.999, eps=1e-8):
-        super().__init__(learning_rate, weight_decay)
-        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
-
-    def _begin_step(self):
-        t = self.t
-        self.lr_t = self.learning_rate * math.sqrt(1.0 - self.beta2 ** t) / (1.0 - self.beta1 ** t)
-
-    def _kernel(self, p, g, m, v, *, decay, tmp):
-        b1, b2 = self.beta1, self.beta2
-        if decay:
-            np.multiply(p, decay, out=tmp)
-            g += tmp
-        m *= b1                        # m <- b1 m + (1 - b1) g
-        np.multiply(g, 1.0 - b1, out=tmp)
-        m += tmp
-        v *= b2                        # v <- b2 v + (1 - b2) g^2
-        np.multiply(g, g, out=tmp)
-        tmp *= 1.0 - b2
-        v += tmp
-        np.sqrt(v, out=tmp)            # w <- w - lr_t m / (sqrt(v) + eps)
-        tmp += self.eps
-        np.divide(m, tmp, out=tmp)
-        tmp *= self.lr_t
-        p -= tmp
-
-
-OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "adam": Adam}
-
-
-def make_optimizer(solver, learning_rate, momentum=0.9, weight_decay=0.0):
-    """The optimizer named ``solver`` ("sgd", "momentum" or "adam")."""
-    if solver == "sgd":
-        return SGD(learning_rate, weight_decay)
-    if solver == "momentum":
-        return Momentum(learning_rate, momentum, weight_decay)
-    if solver == "adam":
-        return Adam(learning_rate, weight_decay)
-    raise ConfigError(f"solver must be one of {sorted(OPTIMIZERS)} (got {solver!r})")
+__all__ = ["evaluate", "train", "run_epoch", "EarlyStopping"]
 
 
 def evaluate(net, X, Y, batch_size=2048):
@@ -165,6 +40,65 @@ def _diverged(epoch, loss, optimizer, where="loss"):
                       f"lower the learning rate (now {optimizer.learning_rate:g})")
 
 
+class _Batches:
+    """Shuffled mini-batches of ``(X, Y)``, gathered into two reused buffers (no fresh arrays per step)."""
+
+    def __init__(self, X, Y, batch_size):
+        self.X, self.Y = X, Y
+        self.size = max(1, min(int(batch_size), len(X)))
+        self.labels = Y.argmax(axis=1)
+        self._x = np.empty((self.size,) + X.shape[1:], X.dtype)
+        self._y = np.empty((self.size, Y.shape[1]), Y.dtype)
+
+    def __call__(self, order):
+        for lo in range(0, len(order), self.size):
+            idx = order[lo:lo + self.size]
+            xb, yb = self._x[:len(idx)], self._y[:len(idx)]
+            np.take(self.X, idx, axis=0, out=xb)
+            np.take(self.Y, idx, axis=0, out=yb)
+            yield idx, xb, yb
+
+
+def run_epoch(net, batches, optimizer, order, epoch):
+    """One pass over the rows in ``order``: backprop and an update per batch.
+
+    Returns the epoch's mean training loss and running accuracy; raises the divergence
+    ``ModelError`` as soon as a batch loss is not finite.
+    """
+    loss_sum, correct = 0.0, 0
+    for idx, xb, yb in batches(order):
+        loss, s = net.backprop(xb, yb)
+        if not math.isfinite(loss):
+            raise _diverged(epoch, loss, optimizer)
+        loss_sum += loss * len(idx)
+        correct += int(np.count_nonzero(s.argmax(axis=1) == batches.labels[idx]))
+        optimizer.step(net)
+    return loss_sum / len(order), correct / len(order)
+
+
+class EarlyStopping:
+    """Stop once the validation loss has not improved for ``patience`` epochs; keep the best weights."""
+
+    def __init__(self, patience):
+        self.patience = patience
+        self.best_loss, self.best_epoch, self.best_params, self.stale = math.inf, 0, None, 0
+
+    def update(self, net, epoch, val_loss) -> bool:
+        """Record epoch ``epoch``'s validation loss; True when training should stop."""
+        if val_loss < self.best_loss:
+            self.best_loss, self.best_epoch, self.stale = val_loss, epoch, 0
+            self.best_params = net.get_state()
+            return False
+        self.stale += 1
+        return self.stale >= self.patience
+
+    def restore(self, net, last_epoch) -> int:
+        """Put the best epoch's weights back into ``net`` (if it was not the last); return that epoch."""
+        if self.best_params is not None and self.best_epoch != last_epoch:
+            net.set_state(self.best_params)
+        return self.best_epoch
+
+
 def train(net, X, Y, *, optimizer, batch_size=32, max_epochs=100, rng=None,
           X_val=None, Y_val=None, patience=None, callback=None, verbose=False):
     """Train ``net`` in place with mini-batches; return ``(history, best_epoch)``.
@@ -174,7 +108,7 @@ def train(net, X, Y, *, optimizer, batch_size=32, max_epochs=100, rng=None,
     net : esc50ann.mlp.MLP
     X : array of shape (n, n_in), in ``net.dtype`` (otherwise converted once)
     Y : array of shape (n, n_out), target rows
-    optimizer : SGD, Momentum or Adam
+    optimizer : an optimizer of ``esc50ann.optim``
     batch_size : int
         Rows per update; 1 reproduces per-sample SGD, ``n`` full-batch gradient descent.
     max_epochs : int
@@ -205,65 +139,37 @@ def train(net, X, Y, *, optimizer, batch_size=32, max_epochs=100, rng=None,
         The loss became NaN or infinite (checked after every batch).
     """
     rng = np.random.default_rng(rng)
-    X = np.asarray(X, dtype=net.dtype)
-    Y = np.asarray(Y, dtype=net.dtype)
-    n = len(X)
-    batch_size = max(1, min(int(batch_size), n))
+    batches = _Batches(np.asarray(X, dtype=net.dtype), np.asarray(Y, dtype=net.dtype), batch_size)
     has_val = X_val is not None
     if has_val:
         X_val = np.asarray(X_val, dtype=net.dtype)
         Y_val = np.asarray(Y_val, dtype=net.dtype)
-    labels = Y.argmax(axis=1)
-    # Shuffled batches are gathered into these, not into fresh arrays every step.
-    xbuf = np.empty((batch_size,) + X.shape[1:], net.dtype)
-    ybuf = np.empty((batch_size, Y.shape[1]), net.dtype)
+    stopper = EarlyStopping(patience) if has_val and patience is not None else None
 
-    history, best, best_epoch, best_params, stale = [], math.inf, 0, None, 0
+    history = []
     # Overflow on the way to a NaN loss is reported once, as a ModelError, not as warnings.
     with np.errstate(over="ignore", invalid="ignore"):
         for epoch in range(1, int(max_epochs) + 1):
             start = time.perf_counter()
-            order = rng.permutation(n)
-            loss_sum, correct = 0.0, 0
-            for lo in range(0, n, batch_size):
-                idx = order[lo:lo + batch_size]
-                xb, yb = xbuf[:len(idx)], ybuf[:len(idx)]
-                np.take(X, idx, axis=0, out=xb)
-                np.take(Y, idx, axis=0, out=yb)
-                loss, s = net.backprop(xb, yb)
-                if not math.isfinite(loss):
-                    raise _diverged(epoch, loss, optimizer)
-                loss_sum += loss * len(idx)
-                correct += int(np.count_nonzero(s.argmax(axis=1) == labels[idx]))
-                optimizer.step(net)
-            row = {"epoch": epoch, "loss": loss_sum / n, "accuracy": correct / n,
-                   "val_loss": None, "val_accuracy": None}
+            loss, accuracy = run_epoch(net, batches, optimizer, rng.permutation(len(batches.X)), epoch)
+            row = {"epoch": epoch, "loss": loss, "accuracy": accuracy, "val_loss": None, "val_accuracy": None}
             if has_val:
-                val_loss, val_acc = evaluate(net, X_val, Y_val)
-                if not math.isfinite(val_loss):
-                    raise _diverged(epoch, val_loss, optimizer, "val_loss")
-                row["val_loss"], row["val_accuracy"] = val_loss, val_acc
+                row["val_loss"], row["val_accuracy"] = evaluate(net, X_val, Y_val)
+                if not math.isfinite(row["val_loss"]):
+                    raise _diverged(epoch, row["val_loss"], optimizer, "val_loss")
             row["seconds"] = time.perf_counter() - start
             history.append(row)
             if verbose:
-                extra = (f", val_loss = {row['val_loss']:.6f}, val_accuracy = {row['val_accuracy']:.4f}"
-                         if has_val else "")
-                print(f"epoch {epoch}: loss = {row['loss']:.6f}, accuracy = {row['accuracy']:.4f}{extra}",
-                      flush=True)
+                _print_row(row)
             if callback is not None:
                 callback(row)
+            if stopper is not None and stopper.update(net, epoch, row["val_loss"]):
+                break
+    best_epoch = stopper.restore(net, len(history)) if stopper is not None else len(history)
+    return history, best_epoch
 
-            if has_val and patience is not None:
-                if row["val_loss"] < best:
-                    best, best_epoch, stale = row["val_loss"], epoch, 0
-                    best_params = net.get_state()
-                else:
-                    stale += 1
-                    if stale >= patience:
-                        break
-            else:
-                best_epoch = epoch
 
-        if best_params is not None and best_epoch != len(history):
-            net.set_state(best_params)
-        return history, best_epoch
+def _print_row(row):
+    extra = (f", val_loss = {row['val_loss']:.6f}, val_accuracy = {row['val_accuracy']:.4f}"
+             if row["val_loss"] is not None else "")
+    print(f"epoch {row['epoch']}: loss = {row['loss']:.6f}, accuracy = {row['accuracy']:.4f}{extra}", flush=True)

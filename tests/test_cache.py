@@ -112,23 +112,23 @@ def test_bad_key_is_refused(tmp_path):
         cache.load(tmp_path, "../etc")
 
 
-def _hold_lock(cache_dir, started, seconds):
+def _hold_lock(cache_dir, started):
     with cache.locked(cache_dir, KEY):
         started.set()
-        time.sleep(seconds)
+        time.sleep(0.3)  # long enough for the test to block on the lock meanwhile
+        (cache_dir / "released").touch()  # the last thing done while holding it
 
 
 def test_lock_excludes_other_processes(tmp_path):
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork")
     started = ctx.Event()
-    p = ctx.Process(target=_hold_lock, args=(tmp_path, started, 1.0))
+    p = ctx.Process(target=_hold_lock, args=(tmp_path, started))
     p.start()
     try:
         assert started.wait(30)
         with cache.locked(tmp_path, KEY, blocking=False) as got:
             assert not got
-        t0 = time.monotonic()
         with cache.locked(tmp_path, KEY) as got:
-            assert got and time.monotonic() - t0 > 0.2  # waited for the holder
+            assert got and (tmp_path / "released").exists()  # granted only after the holder let go
     finally:
         p.join(30)

@@ -1,4 +1,4 @@
-"""Feature stage: per-clip functions, shapes, the cached parallel ``extract``."""
+"""Feature stage: the config, feature shapes, the cached parallel ``extract``."""
 import json
 import multiprocessing as mp
 import os
@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 import synth
-from esc50ann import cache
+from esc50ann import audio, cache
 from esc50ann import features as F
 from esc50ann.dataset import Dataset
 from esc50ann.errors import ConfigError, FeatureError
@@ -54,93 +54,6 @@ def test_config_canonical_and_to_dict():
         F.FeatureConfig(n_mels=8, n_mfcc=13)
 
 
-# --------------------------------------------------------------------------- load_clip
-
-def test_load_clip_pads_crops_and_mixes(tmp_path):
-    short = _wav(tmp_path / "short.wav", synth.tone(0, 0, duration=1.0))
-    y, sr = F.load_clip(short, 5.0)
-    assert sr == SR and y.shape == (5 * SR,) and y.dtype == np.float32
-    np.testing.assert_array_equal(y[:SR], sf.read(short, dtype="float32")[0])
-    assert not y[SR:].any()
-
-    long = _wav(tmp_path / "long.wav", synth.tone(1, 1, duration=7.0))
-    y, _ = F.load_clip(long, 5.0)
-    np.testing.assert_array_equal(y, sf.read(long, dtype="float32")[0][:5 * SR])
-
-    stereo = np.stack([synth.tone(0, 2), 0.5 * synth.tone(14, 3)], axis=1)
-    path = _wav(tmp_path / "stereo.wav", stereo, subtype="FLOAT")
-    y, _ = F.load_clip(path, 5.0)
-    np.testing.assert_allclose(y, stereo.mean(axis=1), atol=1e-7)
-
-
-def test_load_clip_other_rate_native_and_resampled(tmp_path):
-    path = _wav(tmp_path / "22k.wav", synth.tone(0, 0, sample_rate=22050, duration=4.0), sr=22050)
-    y, sr = F.load_clip(path, 5.0)
-    assert sr == 22050 and y.shape == (5 * 22050,)
-    y, sr = F.load_clip(path, 5.0, sample_rate=16000)
-    assert sr == 16000 and y.shape == (80000,) and y.dtype == np.float32
-    ref = librosa.resample(sf.read(path, dtype="float32")[0], orig_sr=22050, target_sr=16000, res_type="soxr_hq")
-    np.testing.assert_allclose(y[:60000], ref[:60000], atol=1e-4)
-
-
-def test_load_clip_rejects_bad_files_by_name(tmp_path):
-    nan = synth.tone(0, 0)
-    nan[1000] = np.nan
-    cases = {
-        "nan.wav": lambda p: _wav(p, nan, subtype="FLOAT"),
-        "empty.wav": lambda p: _wav(p, np.zeros(0, np.float32)),
-        "text.wav": lambda p: p.write_text("not audio at all"),
-        "missing.wav": lambda p: None,
-    }
-    for name, make in cases.items():
-        make(tmp_path / name)
-        with pytest.raises(FeatureError, match=name) as info:
-            F.load_clip(tmp_path / name, 5.0)
-        assert "\n" not in str(info.value)
-    with pytest.raises(FeatureError, match="non-finite"):
-        F.load_clip(tmp_path / "nan.wav", 5.0)
-
-
-# --------------------------------------------------------------------------- spectra and pooling
-
-def test_log_mel_matches_librosa():
-    y = synth.tone(14, 5)
-    ours = F.log_mel(y, SR, n_fft=1024, hop_length=256, n_mels=64, fmin=50.0, fmax=16000.0, top_db=80.0)
-    ref = librosa.power_to_db(librosa.feature.melspectrogram(
-        y=y, sr=SR, n_fft=1024, hop_length=256, n_mels=64, fmin=50.0, fmax=16000.0), ref=np.max, top_db=80.0)
-    assert ours.shape == ref.shape == (64, 1 + len(y) // 256) and ours.dtype == np.float32
-    np.testing.assert_allclose(ours, ref, atol=2e-3)
-
-
-def test_power_spectrogram_and_blocked_mel_match_librosa():
-    y = synth.tone(1, 6, duration=2.0)  # 173 frames: two blocks of MEL_BLOCK
-    P = F.power_spectrogram(y, n_fft=2048, hop_length=512)
-    ref = np.abs(librosa.stft(y, n_fft=2048, hop_length=512)) ** 2
-    assert P.shape == ref.shape and P.dtype == np.float32
-    np.testing.assert_allclose(P, ref, rtol=1e-3, atol=1e-3 * ref.max())
-    M = F.mel_power(y, SR, n_fft=2048, hop_length=512, n_mels=40, fmin=0.0, fmax=None)  # > 1 block
-    np.testing.assert_allclose(M, F.mel_basis(SR, 2048, 40, 0.0, None) @ P, rtol=1e-5, atol=1e-6 * M.max())
-
-
-def test_band_stats_against_numpy():
-    a = np.array([[0.0, 1.0, 3.0, 2.0], [5.0, 5.0, 4.0, 8.0]], np.float32)
-    b = np.array([[1.0, -1.0, 1.0, -1.0]], np.float32)
-    got = F.band_stats([a, b])
-    expect = []
-    for c in (a, b):
-        d = c[:, 1:] - c[:, :-1]
-        expect += [c.mean(1), c.std(1), c.min(1), c.max(1), np.abs(d).mean(1), d.std(1)]
-    np.testing.assert_allclose(got, np.concatenate(expect), rtol=1e-6)
-    assert got.shape == (6 * 3,) and got.dtype == np.float32
-    assert got[:2].tolist() == [1.5, 5.5] and got[8:10].tolist() == pytest.approx([4 / 3, 5 / 3])
-
-
-def test_flatten_pools_time_keeping_the_tail():
-    a = np.arange(10, dtype=np.float32).reshape(2, 5)
-    np.testing.assert_array_equal(F.flatten([a], 1), a.ravel())
-    np.testing.assert_allclose(F.flatten([a, a[:1]], 2), [0.5, 2.5, 4, 5.5, 7.5, 9, 0.5, 2.5, 4])
-
-
 @pytest.mark.parametrize("kw,bands", [
     ({}, 128), ({"deltas": True}, 256), ({"n_mfcc": 13}, 141), ({"deltas": True, "n_mfcc": 20, "n_mels": 40}, 100)])
 def test_stats_shapes(synth_folder, kw, bands):
@@ -165,7 +78,7 @@ def test_flat_shapes(synth_folder, kw, expect):
 def _no_audio(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("audio decoded on a cache hit")
-    monkeypatch.setattr(F, "load_clip", boom)
+    monkeypatch.setattr(audio, "load_clip", boom)
     monkeypatch.setattr(sf, "read", boom)
     monkeypatch.setattr(sf, "info", boom)
 
@@ -286,7 +199,7 @@ def _extract_in_child(root, cache_dir, queue):
 
 
 def test_concurrent_writers_make_one_valid_entry(small, tmp_path):
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork")  # two real processes racing for one key (fork: no re-imports)
     queue = ctx.Queue()
     procs = [ctx.Process(target=_extract_in_child, args=(small.root, tmp_path / "c", queue)) for _ in range(2)]
     for p in procs:

@@ -1,0 +1,229 @@
+"""Signal processing, one clip at a time: audio file -> samples -> log-mel -> feature vector.
+
+Pure keyword functions with NumPy arrays in and out (shapes in each docstring), in the manner of
+``librosa``; nothing here knows about datasets, configs or caches.
+
+Speed notes (measured on 2 cores, 5 s clips at 44.1 kHz): the log-mel here gives the same
+numbers as ``librosa.feature.melspectrogram`` + ``librosa.power_to_db(ref=np.max)`` (tested
+to float32 round-off) at a fraction of the cost: the STFT is a float32 ``scipy.fft.rfft``
+over strided frames, done in cache-sized blocks of frames, the mel filterbank
+(``librosa.filters.mel``) is built once per setting and applied as a sparse matrix (it is ~98 %
+zeros), and 16-bit WAVs are read as int16 and scaled. ``librosa.core`` (~1.4 s to import) is
+imported only for resampling, deltas and MFCCs.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.fft
+import scipy.sparse
+import soundfile as sf
+
+from esc50ann.errors import FeatureError, one_line
+
+AMIN = 1e-10  # floor of power_to_db, as librosa
+MEL_BLOCK = 128  # frames per STFT block, see mel_power
+STATS = ("mean", "std", "min", "max", "mean_abs_diff", "std_diff")
+
+
+def load_clip(path, duration: float, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """Read a clip as mono float32, cut or zero-padded to ``round(duration * sr)`` samples.
+
+    Parameters
+    ----------
+    path : str or Path
+    duration : float
+        Seconds.
+    sample_rate : int or None
+        Target rate (resampled with ``librosa.resample(res_type="soxr_hq")``); None = native.
+
+    Returns
+    -------
+    y : np.ndarray, shape (n_samples,), float32
+    sr : int
+
+    Raises
+    ------
+    FeatureError
+        The file is missing, unreadable, not audio, empty, or holds NaN/inf samples.
+    """
+    path = str(path)
+    try:
+        info = sf.info(path)
+        native = int(info.samplerate)
+        want = int(round(duration * native))
+        if sample_rate is not None and sample_rate != native:
+            want += native // 10  # a little context past the cut for the resampling filter
+        # 16-bit PCM (all of ESC-50) read as int16 and scaled: 4x faster, bit-identical.
+        pcm16 = info.subtype == "PCM_16"
+        data, native = sf.read(path, frames=want, dtype="int16" if pcm16 else "float32", always_2d=True)
+    except Exception as e:
+        raise FeatureError(f"cannot read audio file {path}: {one_line(e)}") from None
+    if data.shape[0] == 0:
+        raise FeatureError(f"empty audio file {path}")
+    y = data.astype(np.float32)
+    if pcm16:
+        y *= np.float32(1 / 32768)
+    y = y.mean(axis=1, dtype=np.float32) if y.shape[1] > 1 else y[:, 0]
+    if not np.isfinite(y).all():
+        raise FeatureError(f"non-finite samples (NaN or inf) in audio file {path}")
+    sr = native
+    if sample_rate is not None and sample_rate != native:
+        import librosa
+
+        y = librosa.resample(y, orig_sr=native, target_sr=sample_rate, res_type="soxr_hq").astype(np.float32)
+        sr = sample_rate
+    n = int(round(duration * sr))
+    y = y[:n]
+    if len(y) < n:
+        y = np.pad(y, (0, n - len(y)))
+    return np.ascontiguousarray(y, dtype=np.float32), sr
+
+
+MEL_BASES: dict[tuple, scipy.sparse.csr_matrix] = {}  # mel_basis's cache, shared with workers
+_WINDOWS: dict[int, np.ndarray] = {}
+
+
+def mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> scipy.sparse.csr_matrix:
+    """``librosa.filters.mel`` as a sparse float32 (n_mels, 1 + n_fft // 2) matrix, cached."""
+    key = (int(sr), int(n_fft), int(n_mels), float(fmin), None if fmax is None else float(fmax))
+    if key not in MEL_BASES:
+        import librosa
+
+        fb = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, dtype=np.float32)
+        MEL_BASES[key] = scipy.sparse.csr_matrix(fb)
+    return MEL_BASES[key]
+
+
+def _hann(n_fft: int) -> np.ndarray:
+    # Periodic Hann, as librosa.filters.get_window("hann", n_fft, fftbins=True).
+    if n_fft not in _WINDOWS:
+        _WINDOWS[n_fft] = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
+    return _WINDOWS[n_fft]
+
+
+def _frames(y: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
+    # Centred, zero-padded frames as a strided view: (n_frames, n_fft), no copy.
+    padded = np.pad(np.asarray(y, dtype=np.float32), n_fft // 2)
+    return np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length]
+
+
+def _block_power(frames: np.ndarray, n_fft: int) -> np.ndarray:
+    # Transposed (frames in columns, Fortran order): scipy's pocketfft batches these faster.
+    spec = scipy.fft.rfft((frames * _hann(n_fft)).T, axis=0)
+    power = spec.real ** 2
+    power += spec.imag ** 2
+    return power
+
+
+def power_spectrogram(y: np.ndarray, *, n_fft: int, hop_length: int) -> np.ndarray:
+    """|STFT|^2 as ``librosa.stft(y, center=True, pad_mode="constant", window="hann")``.
+
+    Returns
+    -------
+    np.ndarray, shape (1 + n_fft // 2, 1 + len(y) // hop_length), float32
+    """
+    return _block_power(_frames(y, n_fft, hop_length), n_fft)
+
+
+def mel_power(y: np.ndarray, sr: int, *, n_fft: int, hop_length: int, n_mels: int, fmin: float,
+              fmax: float | None) -> np.ndarray:
+    """Mel power spectrogram, ``mel_basis @ power_spectrogram(y)``, computed in time blocks.
+
+    Blocks of ``MEL_BLOCK`` frames keep the frames, the spectrum and the power in the CPU
+    cache (~1 MB each for n_fft 2048) instead of ~3.5 MB arrays: 3-4x faster, same numbers.
+
+    Returns
+    -------
+    np.ndarray, shape (n_mels, 1 + len(y) // hop_length), float32
+    """
+    basis = mel_basis(sr, n_fft, n_mels, fmin, fmax)
+    frames = _frames(y, n_fft, hop_length)
+    out = np.empty((n_mels, frames.shape[0]), np.float32)
+    for start in range(0, frames.shape[0], MEL_BLOCK):
+        stop = start + MEL_BLOCK
+        out[:, start:stop] = basis @ _block_power(frames[start:stop], n_fft)
+    return out
+
+
+def _power_to_db(S: np.ndarray, top_db: float | None) -> np.ndarray:
+    # librosa.power_to_db(S, ref=np.max, amin=1e-10, top_db) without importing librosa.core.
+    log_spec = 10.0 * np.log10(np.maximum(np.float32(AMIN), S))
+    log_spec -= 10.0 * np.log10(np.maximum(np.float32(AMIN), S.max(initial=0)))
+    if top_db is not None:
+        log_spec = np.maximum(log_spec, log_spec.max(initial=-np.inf) - np.float32(top_db))
+    return log_spec.astype(np.float32, copy=False)
+
+
+def log_mel(y: np.ndarray, sr: int, *, n_fft: int = 2048, hop_length: int = 512, n_mels: int = 128,
+            fmin: float = 0.0, fmax: float | None = None, top_db: float | None = 80.0) -> np.ndarray:
+    """Log-mel spectrogram in dB relative to its maximum.
+
+    Same numbers as ``librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=sr, ...),
+    ref=np.max, top_db=top_db)`` (power 2, periodic Hann, centred, zero padded).
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n_samples,)
+    sr : int
+
+    Returns
+    -------
+    np.ndarray, shape (n_mels, 1 + n_samples // hop_length), float32
+    """
+    mel = mel_power(y, sr, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    return _power_to_db(mel, top_db)
+
+
+def channels(S_db: np.ndarray, *, deltas: bool = False, n_mfcc: int = 0) -> list[np.ndarray]:
+    """The log-mel plus the optional delta (n_mels, T) and MFCC (n_mfcc, T) channels."""
+    out = [S_db]
+    if deltas or n_mfcc:
+        import librosa  # only these options pay for importing librosa.core in workers
+
+        if deltas:
+            out.append(librosa.feature.delta(S_db).astype(np.float32))
+        if n_mfcc:
+            out.append(librosa.feature.mfcc(S=S_db, n_mfcc=n_mfcc).astype(np.float32))
+    return out
+
+
+def flatten(channels: list[np.ndarray], time_pool: int = 1) -> np.ndarray:
+    """Average-pool each (bands, T) channel over time by ``time_pool`` frames, then flatten.
+
+    The last group averages the ``T % time_pool`` remaining frames if any, so no frame is
+    dropped: each channel gives bands * ceil(T / time_pool) values, band-major.
+
+    Returns
+    -------
+    np.ndarray, shape (sum_c bands_c * ceil(T / time_pool),), float32
+    """
+    parts = []
+    for c in channels:
+        c = np.asarray(c, dtype=np.float32)
+        if time_pool > 1:
+            starts = np.arange(0, c.shape[1], time_pool)
+            counts = np.diff(np.append(starts, c.shape[1])).astype(np.float32)
+            c = np.add.reduceat(c, starts, axis=1) / counts
+        parts.append(c.reshape(-1))
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+def band_stats(channels: list[np.ndarray]) -> np.ndarray:
+    """Per-band summary over time of each (bands, T) channel.
+
+    For each channel, six blocks of ``bands`` values, in ``STATS`` order: mean, std, min,
+    max over time, and the mean of |x[t+1] - x[t]| and the std of x[t+1] - x[t]. (The plain
+    mean of the difference telescopes to (x[T-1] - x[0]) / (T-1); its absolute value measures
+    how much a band fluctuates.) Channels are concatenated in order.
+
+    Returns
+    -------
+    np.ndarray, shape (6 * sum_c bands_c,), float32
+    """
+    parts = []
+    for c in channels:
+        c = np.asarray(c, dtype=np.float32)
+        d = np.diff(c, axis=1) if c.shape[1] > 1 else np.zeros((c.shape[0], 1), np.float32)
+        parts += [c.mean(axis=1), c.std(axis=1), c.min(axis=1), c.max(axis=1),
+                  np.abs(d).mean(axis=1), d.std(axis=1)]
+    return np.concatenate(parts).astype(np.float32, copy=False)

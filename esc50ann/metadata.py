@@ -1,0 +1,138 @@
+"""The metadata schema: ``meta/esc50.csv`` read and validated, every error naming row and column.
+
+Columns: ``filename,fold,target,category,esc10,src_file,take`` (the official file's, in order);
+filenames spell out ``{fold}-{src_file}-{take}-{target}.wav``.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from esc50ann.errors import DatasetError, one_line
+
+COLUMNS = ["filename", "fold", "target", "category", "esc10", "src_file", "take"]
+
+_FILENAME = re.compile(r"^(\d+)-(\d+)-([A-Za-z0-9]+)-(\d+)\.wav$")
+_INT = re.compile(r"^[+-]?\d+$")
+_BOOL = {"true": True, "false": False}
+
+
+def load_metadata(csv_path: Path) -> pd.DataFrame:
+    """Read and validate ``meta/esc50.csv``.
+
+    Rows are named as "row i (line j)": i counts data rows from 1, j is the CSV line
+    (the header is line 1).
+
+    Parameters
+    ----------
+    csv_path : Path
+        The metadata file.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``COLUMNS`` in that order, index 0..n-1; ``fold``, ``target``, ``src_file``
+        int64, ``esc10`` bool, the rest strings.
+
+    Raises
+    ------
+    DatasetError
+        Unreadable file, missing column, bad value, one target with two categories,
+        duplicate filename, or a filename disagreeing with its columns.
+    """
+    csv_path = Path(csv_path)
+    raw = _read_csv(csv_path)
+    missing = [c for c in COLUMNS if c not in raw.columns]
+    if missing:
+        raise DatasetError(f"{csv_path}: missing column {missing[0]!r} (has: {', '.join(map(str, raw.columns))})")
+    if raw.empty:
+        raise DatasetError(f"{csv_path}: no data rows")
+    values = {c: [v.strip() for v in raw[c].tolist()] for c in COLUMNS}
+    meta = pd.DataFrame({
+        "filename": values["filename"],
+        "fold": _ints(values["fold"], "fold", csv_path),
+        "target": _ints(values["target"], "target", csv_path, minimum=0),
+        "category": _nonempty(values["category"], "category", csv_path),
+        "esc10": _bools(values["esc10"], "esc10", csv_path),
+        "src_file": _ints(values["src_file"], "src_file", csv_path),
+        "take": _nonempty(values["take"], "take", csv_path),
+    }, columns=COLUMNS)
+    _check_filenames(meta, csv_path)
+    _check_categories(meta, csv_path)
+    return meta
+
+
+def _row(i: int) -> str:
+    """Name data row ``i`` (0-based) both ways, so nobody has to guess the convention."""
+    return f"row {i + 1} (line {i + 2})"
+
+
+def _read_csv(csv_path: Path) -> pd.DataFrame:
+    """All cells as stripped-later strings; empty cells stay '' instead of NaN."""
+    try:
+        return pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except FileNotFoundError:
+        raise DatasetError(f"{csv_path}: metadata file not found") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
+        raise DatasetError(f"{csv_path}: not a readable CSV ({one_line(e)})") from None
+
+
+def _ints(cells: list[str], column: str, csv_path: Path, minimum: int | None = None) -> np.ndarray:
+    for i, v in enumerate(cells):
+        if not _INT.match(v) or (minimum is not None and int(v) < minimum):
+            what = "an integer" if minimum is None else f"an integer >= {minimum}"
+            raise DatasetError(f"{csv_path}: {_row(i)}, column {column!r}: expected {what}, got {v!r}")
+    return np.array([int(v) for v in cells], dtype=np.int64)
+
+
+def _bools(cells: list[str], column: str, csv_path: Path) -> np.ndarray:
+    for i, v in enumerate(cells):
+        if v.lower() not in _BOOL:
+            raise DatasetError(f"{csv_path}: {_row(i)}, column {column!r}: expected True or False, got {v!r}")
+    return np.array([_BOOL[v.lower()] for v in cells], dtype=bool)
+
+
+def _nonempty(cells: list[str], column: str, csv_path: Path) -> list[str]:
+    for i, v in enumerate(cells):
+        if not v:
+            raise DatasetError(f"{csv_path}: {_row(i)}, column {column!r}: empty")
+    return cells
+
+
+def _check_filenames(meta: pd.DataFrame, csv_path: Path) -> None:
+    """Names are unique and spell out ``{fold}-{src_file}-{take}-{target}.wav``."""
+    dup = meta["filename"].duplicated()
+    if dup.any():
+        i = int(np.flatnonzero(dup.to_numpy())[0])
+        first = int(np.flatnonzero((meta["filename"] == meta["filename"].iloc[i]).to_numpy())[0])
+        raise DatasetError(f"{csv_path}: {_row(i)}, column 'filename': {meta['filename'].iloc[i]!r} "
+                           f"duplicates {_row(first)}")
+    for i, row in enumerate(meta.itertuples(index=False)):
+        m = _FILENAME.match(row.filename)
+        if not m:
+            raise DatasetError(f"{csv_path}: {_row(i)}, column 'filename': {row.filename!r} is not "
+                               f"<fold>-<src_file>-<take>-<target>.wav")
+        parsed = {"fold": int(m[1]), "src_file": int(m[2]), "take": m[3], "target": int(m[4])}
+        for column, value in parsed.items():
+            if getattr(row, column) != value:
+                raise DatasetError(f"{csv_path}: {_row(i)}, column {column!r}: {_show(getattr(row, column))} "
+                                   f"disagrees with filename {row.filename!r}")
+
+
+def _check_categories(meta: pd.DataFrame, csv_path: Path) -> None:
+    """One category name per target and one target per category name."""
+    for key, other in (("target", "category"), ("category", "target")):
+        first = meta.groupby(key, sort=False)[other].transform("first")
+        bad = np.flatnonzero((meta[other] != first).to_numpy())
+        if bad.size:
+            i = int(bad[0])
+            raise DatasetError(f"{csv_path}: {_row(i)}, column {other!r}: {key} {_show(meta[key].iloc[i])} "
+                               f"has {other} {_show(meta[other].iloc[i])} here but {_show(first.iloc[i])} earlier")
+
+
+def _show(value) -> str:
+    """Numbers plain, text quoted (numpy scalars' repr would say np.int64(0))."""
+    return str(int(value)) if isinstance(value, (int, np.integer)) else repr(str(value))

@@ -1,0 +1,147 @@
+"""The model file format: one ``.npz`` of arrays plus a JSON header, read without pickle.
+
+A model file holds the network's arrays -- ``W1, b1, ...``, ``b0``, the standardisation
+``mean``/``scale`` and ``classes`` -- plus ``header``: UTF-8 JSON stored as a uint8 array with
+``format``, ``format_version``, the ``architecture`` (layer sizes, activation, output, loss,
+input bias, standardisation, dtype), the estimator ``params`` and optional fields (class names,
+metadata, training history). ``read`` checks every header field it returns against the tables
+below and every array against the architecture, so a damaged or forged file is one
+``ModelError`` naming it, and an ``.npz`` is opened with ``allow_pickle=False``, so a model file
+can never run code.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from esc50ann import __version__
+from esc50ann.errors import ConfigError, ModelError, one_line
+from esc50ann.fileio import atomic_path, json_default
+from esc50ann.mlp import ACTIVATIONS, COSTS, OUTPUTS
+from esc50ann.params import Boolean, InstanceOf, Integral, Interval, ListOf, Options, validate
+
+FORMAT = "esc50ann-model"
+FORMAT_VERSION = 1
+
+ARCHITECTURE = {
+    "sizes": [ListOf(Interval(Integral, 1), min_len=2)],
+    "activation": [Options(*ACTIVATIONS)],
+    "output": [Options(*OUTPUTS)],
+    "loss": [Options(*COSTS)],
+    "input_bias": [Boolean()],
+    "standardize": [Boolean()],
+    "dtype": [Options("float32", "float64")],
+}
+_CLASS_NAME_PAIR = ListOf(InstanceOf(str, int, float, description="a label"), min_len=2, max_len=2)
+# Optional header fields: absent or null is fine, anything else must look like this.
+OPTIONAL = {
+    "classes_dtype": [InstanceOf(str), None],
+    "feature_names_in": [ListOf(InstanceOf(str)), None],
+    "class_names": [ListOf(_CLASS_NAME_PAIR), None],  # [[label, name], ...]
+    "history": [ListOf(InstanceOf(dict)), None],
+    "best_epoch": [Interval(Integral, 0), None],
+    "metadata": [InstanceOf(dict), None],
+}
+
+
+def write(path, arrays: dict[str, np.ndarray], header: dict) -> Path:
+    """Write ``arrays`` and ``header`` (completed with format and version) to ``path``, atomically."""
+    path = Path(path)
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "esc50ann_version": __version__, **header}
+    try:
+        text = json.dumps(header, default=json_default)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot store the model header ({one_line(exc)})") from None
+    arrays = {**arrays, "header": np.frombuffer(text.encode("utf-8"), dtype=np.uint8)}
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)  # a file object, so numpy does not append ".npz"
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot write the model ({one_line(exc)})") from None
+    return path
+
+
+def read(path) -> tuple[dict[str, np.ndarray], dict]:
+    """The arrays and the checked header of the model file ``path``.
+
+    Raises
+    ------
+    ModelError
+        Missing, unreadable or damaged file, another format or version, an invalid header field,
+        or an array missing, of the wrong shape or not finite.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}  # reads (and CRC-checks) all now
+    except AttributeError:  # np.load returned a bare array (a .npy), which has no .files
+        raise ModelError(f"{path}: not an esc50ann model file (a .npy, not an .npz)") from None
+    except Exception as exc:  # zip/npy/CRC/truncation errors all mean the same thing here
+        raise ModelError(f"{path}: not a readable model file ({one_line(exc)})") from None
+    header = _read_header(path, arrays)
+    _check_arrays(path, arrays, header["architecture"])
+    return arrays, header
+
+
+def _read_header(path, arrays):
+    if "header" not in arrays:
+        raise ModelError(f"{path}: not an esc50ann model file (no 'header' array)")
+    raw = arrays["header"]
+    try:
+        header = json.loads(raw.tobytes().decode("utf-8") if raw.dtype == np.uint8 else str(raw))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ModelError(f"{path}: the model header is not valid JSON ({one_line(exc)})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ModelError(f"{path}: not an esc50ann model file")
+    if header.get("format_version") != FORMAT_VERSION:
+        raise ModelError(f"{path}: model format version {header.get('format_version')!r} "
+                         f"is not supported (this esc50ann {__version__} reads {FORMAT_VERSION})")
+    arch = header.get("architecture")
+    if not isinstance(arch, dict):
+        raise ModelError(f"{path}: the model header has no architecture")
+    missing = [key for key in ARCHITECTURE if key not in arch]
+    if missing:
+        raise ModelError(f"{path}: the model header's architecture has no valid {missing[0]!r}")
+    try:
+        validate(arch, ARCHITECTURE)
+    except ConfigError as exc:
+        raise ModelError(f"{path}: the model header's architecture has no valid {exc.key!r}") from None
+    if not isinstance(header.get("params"), dict):
+        raise ModelError(f"{path}: the model header has no params")
+    try:
+        validate(header, OPTIONAL)
+    except ConfigError as exc:
+        raise ModelError(f"{path}: the model header's {exc.key!r} is invalid") from None
+    if header.get("feature_names_in") and len(header["feature_names_in"]) != arch["sizes"][0]:
+        raise ModelError(f"{path}: the model header has {len(header['feature_names_in'])} feature "
+                         f"names for {arch['sizes'][0]} inputs")
+    return header
+
+
+def expected_shapes(arch: dict) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every array a model of architecture ``arch`` stores."""
+    sizes = arch["sizes"]
+    shapes = {}
+    for i in range(1, len(sizes)):
+        shapes[f"W{i}"] = (sizes[i - 1], sizes[i])
+        shapes[f"b{i}"] = (sizes[i],)
+    shapes["classes"] = (sizes[-1],)
+    if arch["input_bias"]:
+        shapes["b0"] = (sizes[0],)
+    if arch["standardize"]:
+        shapes["mean"] = shapes["scale"] = (sizes[0],)
+    return shapes
+
+
+def _check_arrays(path, arrays, arch):
+    for name, shape in expected_shapes(arch).items():
+        if name not in arrays:
+            raise ModelError(f"{path}: array {name!r} is missing")
+        if arrays[name].shape != tuple(shape):
+            raise ModelError(f"{path}: array {name!r} has shape {arrays[name].shape}, the header says {tuple(shape)}")
+        if name != "classes" and (arrays[name].dtype.kind != "f" or not np.isfinite(arrays[name]).all()):
+            raise ModelError(f"{path}: array {name!r} is not finite floating point")
