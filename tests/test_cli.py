@@ -1,4 +1,5 @@
-"""The esc50ann command, run as users run it (a subprocess), on the synthetic archive."""
+"""The esc50ann command on the synthetic archive: in-process through ``cli.main(argv)`` with the
+output captured, plus one real subprocess to show the installed entry point behaves the same."""
 import json
 import subprocess
 import sys
@@ -7,12 +8,14 @@ import pytest
 import soundfile as sf
 
 import synth
+from esc50ann import cli
 
 
-
-def esc50ann(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "esc50ann", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+def esc50ann(capsys, *args):
+    """Run the command in-process: (exit status, stdout, stderr)."""
+    code = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -20,40 +23,41 @@ def workdir(synth_archive, tmp_path_factory):
     """A data root with the synthetic dataset downloaded, and a tiny pipeline file."""
     root = tmp_path_factory.mktemp("cli")
     (root / "tiny.toml").write_text(synth.TINY_PIPELINE)
-    done = esc50ann("--quiet", "download", "--source", synth_archive, "--data-dir", root / "data")
-    assert done.returncode == 0, done.stderr
+    assert cli.main(["--quiet", "download", "--source", str(synth_archive), "--data-dir", str(root / "data")]) == 0
     return root
 
 
 def assert_one_line_error(result, *words):
-    assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("esc50ann: error:"), result.stderr
+    code, _, err = result
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("esc50ann: error:"), err
     for word in words:
         assert word in lines[0]
 
 
-def test_info_lists_clips_classes_and_folds(workdir):
-    result = esc50ann("info", "--data-dir", workdir / "data")
-    assert result.returncode == 0, result.stderr
-    assert "24" in result.stdout and "1, 2, 3" in result.stdout
+def test_info_lists_clips_classes_and_folds(workdir, capsys):
+    code, out, err = esc50ann(capsys, "info", "--data-dir", workdir / "data")
+    assert code == 0, err
+    assert "24" in out and "1, 2, 3" in out
 
 
-def test_cv_then_report_then_train_then_predict(workdir, tmp_path):
-    data, out = workdir / "data", tmp_path / "run"
-    result = esc50ann("--quiet", "cv", workdir / "tiny.toml", "--data-dir", data, "--out", out)
-    assert result.returncode == 0, result.stderr
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert "Per-class accuracy" in result.stdout and "fold" in result.stdout
-    assert f"{100 * metrics['accuracy_mean']:.1f} %" in result.stdout
+def test_run_then_report_then_train_then_predict(workdir, tmp_path, capsys):
+    data, out_dir = workdir / "data", tmp_path / "run"
+    code, out, err = esc50ann(capsys, "--quiet", "run", workdir / "tiny.toml", "--data-dir", data,
+                              "--out", out_dir, "--jobs", 1)
+    assert code == 0, err
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert "Per-class accuracy" in out and "fold" in out
+    assert f"{100 * metrics['accuracy_mean']:.1f} %" in out
 
-    report = esc50ann("report", out)
-    assert report.returncode == 0 and "Per-class accuracy" in report.stdout
+    code, report, _ = esc50ann(capsys, "report", out_dir)
+    assert code == 0 and "Per-class accuracy" in report
 
     model = tmp_path / "model.npz"
-    trained = esc50ann("--quiet", "train", workdir / "tiny.toml", "--test-fold", 2, "--save", model,
-                       "--data-dir", data)
-    assert trained.returncode == 0, trained.stderr
+    code, _, err = esc50ann(capsys, "--quiet", "train", workdir / "tiny.toml", "--test-fold", 2, "--save", model,
+                            "--data-dir", data)
+    assert code == 0, err
     assert model.exists()
 
     # odd WAVs: short, stereo, another rate, long -- all classified
@@ -63,9 +67,9 @@ def test_cv_then_report_then_train_then_predict(workdir, tmp_path):
              "long.wav": (synth.tone(36, 4, duration=7.5), 44100)}
     for name, (y, sr) in clips.items():
         sf.write(tmp_path / name, y, sr)
-    predicted = esc50ann("predict", model, *(tmp_path / n for n in clips), "--top", 2)
-    assert predicted.returncode == 0, predicted.stderr
-    lines = predicted.stdout.strip().splitlines()
+    code, predicted, err = esc50ann(capsys, "predict", model, *(tmp_path / n for n in clips), "--top", 2)
+    assert code == 0, err
+    lines = predicted.strip().splitlines()
     assert len(lines) == 4
     assert lines[0].startswith(str(tmp_path / "short.wav")) and "%" in lines[0]
     known = {"dog", "rooster", "chirping_birds", "vacuum_cleaner"}
@@ -77,8 +81,15 @@ def test_cv_then_report_then_train_then_predict(workdir, tmp_path):
     junk.write_text("not audio")
     empty = tmp_path / "empty.wav"
     empty.write_bytes(b"")
-    assert_one_line_error(esc50ann("predict", model, junk), "junk.wav")
-    assert_one_line_error(esc50ann("predict", model, empty), "empty.wav")
+    assert_one_line_error(esc50ann(capsys, "predict", model, junk), "junk.wav")
+    assert_one_line_error(esc50ann(capsys, "predict", model, empty), "empty.wav")
+
+
+def test_cv_is_run(workdir, tmp_path, capsys):
+    code, _, err = esc50ann(capsys, "--quiet", "cv", workdir / "tiny.toml", "--data-dir", workdir / "data",
+                            "--out", tmp_path / "run", "--folds", "1,2", "--jobs", 1)
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["folds"] == [1, 2]
 
 
 @pytest.mark.parametrize("args, words", [
@@ -90,27 +101,36 @@ def test_cv_then_report_then_train_then_predict(workdir, tmp_path):
     (["report", "{dir}"], ["metrics.json"]),
     (["predict", "{dir}/missing.npz", "{dir}/tiny.toml"], ["missing.npz"]),
 ])
-def test_bad_input_is_one_line_error(workdir, args, words):
+def test_bad_input_is_one_line_error(workdir, capsys, args, words):
     (workdir / "typo.toml").write_text("[features]\nn_mel = 64\n")
     args = [a.format(dir=workdir) for a in args]
-    assert_one_line_error(esc50ann("--quiet", *args, "--data-dir", workdir / "data"), *words)
+    assert_one_line_error(esc50ann(capsys, "--quiet", *args, "--data-dir", workdir / "data"), *words)
 
 
-def test_info_without_dataset_says_what_to_do(tmp_path):
-    assert_one_line_error(esc50ann("info", "--data-dir", tmp_path), "download")
+def test_info_without_dataset_says_what_to_do(tmp_path, capsys):
+    assert_one_line_error(esc50ann(capsys, "info", "--data-dir", tmp_path), "download")
 
 
-def test_cache_list_and_clear(workdir):
+def test_cache_list_and_clear(workdir, capsys):
     data = workdir / "data"
-    assert esc50ann("--quiet", "features", workdir / "tiny.toml", "--data-dir", data).returncode == 0
-    listed = esc50ann("cache", "list", "--data-dir", data)
-    assert listed.returncode == 0
-    key = listed.stdout.split()[0]
+    assert esc50ann(capsys, "--quiet", "features", workdir / "tiny.toml", "--data-dir", data, "--jobs", 1)[0] == 0
+    code, listed, _ = esc50ann(capsys, "cache", "list", "--data-dir", data)
+    assert code == 0
+    key = listed.split()[0]
     # chunks left by a killed extraction are listed, not a crash
     (data / "cache" / "features" / ("f" * len(key) + ".partial")).mkdir()
-    with_partial = esc50ann("cache", "list", "--data-dir", data)
-    assert with_partial.returncode == 0 and "partial" in with_partial.stdout, with_partial.stderr
-    assert_one_line_error(esc50ann("cache", "clear", "--key", "nonexistent", "--data-dir", data), "nonexistent")
-    cleared = esc50ann("cache", "clear", "--key", key, "--data-dir", data)
-    assert cleared.returncode == 0 and key in cleared.stdout
-    assert key not in esc50ann("cache", "list", "--data-dir", data).stdout
+    code, with_partial, err = esc50ann(capsys, "cache", "list", "--data-dir", data)
+    assert code == 0 and "partial" in with_partial, err
+    assert_one_line_error(esc50ann(capsys, "cache", "clear", "--key", "nonexistent", "--data-dir", data), "nonexistent")
+    code, cleared, _ = esc50ann(capsys, "cache", "clear", "--key", key, "--data-dir", data)
+    assert code == 0 and key in cleared
+    assert key not in esc50ann(capsys, "cache", "list", "--data-dir", data)[1]
+
+
+def test_the_real_command_exits_1_with_one_line(tmp_path):
+    """One real process: the module entry point, its exit status and stderr."""
+    result = subprocess.run([sys.executable, "-m", "esc50ann", "info", "--data-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.startswith("esc50ann: error: ") and result.stderr.count("\n") == 1
+    assert "download" in result.stderr

@@ -218,3 +218,15 @@ def test_damaged_header_fields_fail_cleanly(fitted, tmp_path, where, key, value,
         ANNClassifier.load(path)
     message = str(info.value)
     assert message.startswith(f"{path}: {says}") and "\n" not in message, message
+
+
+def test_predict_proba_scores_every_chunk(monkeypatch):
+    """Rows go through the network in chunks; every chunk's rows get their own probabilities."""
+    from esc50ann import model as model_mod
+
+    X, y = blobs(4, 10, dim=6)
+    clf = ANNClassifier(hidden_layer_sizes=(8,), max_epochs=3).fit(X, y)
+    whole = clf.network_.forward(clf._transform(X, np.float32)).astype(np.float64)
+    monkeypatch.setattr(model_mod, "_PREDICT_CHUNK", 7)  # 40 rows: 6 chunks, the last partial
+    np.testing.assert_allclose(clf.predict_proba(X), whole, rtol=1e-6)
+    np.testing.assert_array_equal(clf.predict(X), clf.classes_[whole.argmax(axis=1)])
