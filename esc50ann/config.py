@@ -18,7 +18,7 @@ are checked by the same constraint tables the objects use themselves (``esc50ann
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from esc50ann.features import FeatureConfig
 from esc50ann.model import ANNClassifier
 from esc50ann.params import Boolean, InstanceOf, Integral, Interval, ListOf, Options, Pattern, reject_unknown, validate
 
+SECTIONS = ("dataset", "features", "model", "training", "evaluation")
 # Which estimator parameters each section sets (ANNClassifier's constraint table checks them).
 MODEL_KEYS = ("hidden_layer_sizes", "activation", "output", "loss", "input_bias")
 TRAINING_KEYS = ("solver", "learning_rate", "momentum", "batch_size", "max_epochs", "weight_decay",
@@ -89,17 +90,22 @@ class PipelineConfig:
             params["patience"] = None
         return params
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain, JSON-serialisable form (what a run's metrics.json records)."""
+    def to_doc(self) -> dict[str, Any]:
+        """The pipeline as a document of the file's shape (``from_dict`` reads it back)."""
+        dataset = asdict(self.dataset)
+        dataset["folds"] = list(dataset["folds"])
         return {
             "name": self.name,
-            "dataset": asdict(self.dataset),
+            "dataset": dataset,
             "features": self.features.to_dict(),
             "model": dict(self.model),
             "training": dict(self.training),
             "evaluation": asdict(self.evaluation),
-            "source_file": self.source_file,
         }
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable form (what a run's metrics.json records)."""
+        return {**self.to_doc(), "source_file": self.source_file}
 
 
 def load(path: str | Path) -> PipelineConfig:
@@ -126,9 +132,8 @@ def load(path: str | Path) -> PipelineConfig:
 
 def from_dict(doc: dict[str, Any], where: str = "<config>") -> PipelineConfig:
     """Check a parsed pipeline document (see module docstring) and resolve it."""
-    sections = ("dataset", "features", "model", "training", "evaluation")
-    reject_unknown(doc, {*sections, "name"}, where=f"{where}: ")
-    for name in sections:
+    reject_unknown(doc, {*SECTIONS, "name"}, where=f"{where}: ")
+    for name in SECTIONS:
         if not isinstance(doc.get(name, {}), dict):
             raise ConfigError(f"{where}: [{name}] must be a table")
     name = doc.get("name", Path(where).stem if where != "<config>" else "pipeline")
@@ -142,6 +147,37 @@ def from_dict(doc: dict[str, Any], where: str = "<config>") -> PipelineConfig:
         evaluation=_section(EvaluationSection, doc.get("evaluation", {}), where, "evaluation"),
         source_file=where,
     )
+
+
+def override(config: PipelineConfig, values: dict[str, Any], *, where: str | None = None) -> PipelineConfig:
+    """A copy of ``config`` with dotted keys set, checked exactly as a pipeline file is.
+
+    Parameters
+    ----------
+    config : PipelineConfig
+    values : dict
+        ``"section.key" -> value`` (``"training.learning_rate": 0.01``); ``"name"`` for the name.
+    where : str, optional
+        What error messages name as the origin of the values (say ``"--set"`` or a sweep file);
+        default the pipeline's own file.
+
+    Raises
+    ------
+    ConfigError
+        An unknown section or key, a wrong type or an invalid value, naming the key.
+    """
+    where = where or config.source_file or "<config>"
+    doc = config.to_doc()
+    for dotted, value in values.items():
+        section, _, key = dotted.rpartition(".")
+        if not section and key == "name":
+            doc["name"] = value
+        elif section in SECTIONS and key:
+            doc[section][key] = value
+        else:
+            raise ConfigError(f"{where}: unknown key '{dotted}' (expected name or section.key with a section "
+                              f"of {', '.join(SECTIONS)})")
+    return replace(from_dict(doc, where=where), source_file=config.source_file)
 
 
 def _section(cls, table: dict, where: str, section: str):

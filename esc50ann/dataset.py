@@ -79,7 +79,18 @@ class Dataset:
         return self.meta["target"].to_numpy(dtype=np.int64)
 
     @property
-    def class_names(self) -> dict[int, str]:
+    def classes(self) -> np.ndarray:
+        """The class ids (``target``) present, sorted, shape (n_classes,), int64."""
+        return np.unique(self.targets)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Category names in ``classes`` order (for the full ESC-50, index = target)."""
+        names = self.names_by_target
+        return [names[int(t)] for t in self.classes]
+
+    @property
+    def names_by_target(self) -> dict[int, str]:
         """Class id -> category name, sorted by id."""
         pairs = self.meta[["target", "category"]].drop_duplicates().sort_values("target")
         return {int(t): str(c) for t, c in zip(pairs["target"], pairs["category"])}

@@ -51,15 +51,24 @@ class FoldResult:
 
 @dataclass
 class CVResult:
-    """Every fold's outcome, plus what is needed to read them (class ids and names)."""
+    """Every fold's outcome, plus what is needed to read them (class ids and names).
 
-    folds: list[FoldResult]
+    ``folds`` maps each test fold's number to its ``FoldResult`` (``cv.folds[2]`` is fold 2),
+    in the order the folds ran; ``class_names[i]`` names class id ``classes[i]``.
+    """
+
+    folds: dict[int, FoldResult]
     classes: np.ndarray  # class ids, shape (n_classes,)
-    class_names: dict[int, str]
+    class_names: list[str]
+
+    @property
+    def names_by_target(self) -> dict[int, str]:
+        """Class id -> category name."""
+        return dict(zip(self.classes.tolist(), self.class_names))
 
     @property
     def fold_accuracy(self) -> dict[int, float]:
-        return {f.test_fold: f.accuracy for f in self.folds}
+        return {k: f.accuracy for k, f in self.folds.items()}
 
     @property
     def accuracy_mean(self) -> float:
@@ -155,7 +164,10 @@ def cross_validate(X: np.ndarray, dataset: Dataset, params: dict[str, Any], *, f
         jobs = Parallel(n_jobs=n_jobs, return_as="generator")(
             delayed(_fit_fold_single_thread)(X, y, s, params, refit) for s in splits)
         results = list(tqdm(jobs, total=len(splits), desc="folds (parallel)", unit="fold", disable=not progress))
-    return CVResult(folds=results, classes=results[0].model.classes_, class_names=dataset.class_names)
+    classes = results[0].model.classes_
+    names = dataset.names_by_target
+    return CVResult(folds={r.test_fold: r for r in results}, classes=classes,
+                    class_names=[names[int(t)] for t in classes])
 
 
 def _fit_fold_single_thread(X, y, split, params, refit):

@@ -131,7 +131,7 @@ def _check_no_leak(meta: pd.DataFrame, split: Split) -> None:
 def _check_every_class_trains(dataset: Dataset, split: Split) -> None:
     """Refuse a split whose training folds lack a class (the model could never predict it)."""
     trained = set(dataset.targets[split.train].tolist())
-    names = dataset.class_names
+    names = dataset.names_by_target
     missing = [t for t in names if t not in trained]
     if missing:
         listed = ", ".join(f"{names[t]!r}" for t in missing[:5])

@@ -137,7 +137,7 @@ class Pipeline:
             extra = {"feature_shape": list(feats.X.shape), "feature_cache_key": feats.key,
                      "features_from_cache": feats.from_cache,
                      "skipped_clips": [list(s) for s in feats.skipped],
-                     "fold_train_seconds": {str(f.test_fold): f.seconds for f in cv.folds}}
+                     "fold_train_seconds": {str(k): f.seconds for k, f in cv.folds.items()}}
             metrics = write_run(run_dir, cv, self.download(), pipeline=self.config.to_dict(),
                                 timings=dict(self.timings), extra=extra, model_metadata=self.model_metadata())
         return RunResult(run_dir, metrics, cv)
@@ -173,7 +173,7 @@ class Pipeline:
         features = self.config.features.to_dict()
         features["sample_rate"] = features["sample_rate"] or dataset_mod.SAMPLE_RATE
         return {"pipeline": self.config.name, "features": features,
-                "class_names": {str(k): v for k, v in self.download().class_names.items()}}
+                "class_names": {str(k): v for k, v in self.download().names_by_target.items()}}
 
     def _new_run_dir(self) -> Path:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")

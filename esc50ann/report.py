@@ -27,9 +27,9 @@ from esc50ann.fileio import atomic_path, json_default, write_text
 
 def predictions_table(cv: CVResult, dataset: Dataset) -> pd.DataFrame:
     """One row per test clip: clip, fold, true, predicted (category names), target ids, probability."""
-    names = cv.class_names
+    names = cv.names_by_target
     frames = []
-    for fold in cv.folds:
+    for fold in cv.folds.values():
         frames.append(pd.DataFrame({
             "clip": dataset.meta["filename"].to_numpy()[fold.test_index],
             "fold": fold.test_fold,
@@ -51,14 +51,14 @@ def per_class_table(predictions: pd.DataFrame, cv: CVResult) -> pd.DataFrame:
     by_fold = hit.groupby([predictions["true_target"], predictions["fold"]]).mean().unstack("fold")
     for fold in by_fold.columns:
         table[f"fold_{fold}"] = by_fold[fold]
-    table.insert(0, "category", [cv.class_names[t] for t in table.index])
+    table.insert(0, "category", [cv.names_by_target[t] for t in table.index])
     return table.rename_axis("target").reset_index()[["category", "target", *table.columns[1:]]]
 
 
 def confusion_table(predictions: pd.DataFrame, cv: CVResult) -> pd.DataFrame:
     """Counts, rows = true category, columns = predicted category, in class-id order."""
     matrix = confusion_matrix(predictions["true_target"], predictions["predicted_target"], labels=cv.classes)
-    names = [cv.class_names[t] for t in cv.classes]
+    names = list(cv.class_names)
     return pd.DataFrame(matrix, index=pd.Index(names, name="true"), columns=names)
 
 
@@ -83,9 +83,9 @@ def metrics(cv: CVResult, per_class: pd.DataFrame, *, pipeline: dict[str, Any],
         "fold_accuracy": {str(k): v for k, v in cv.fold_accuracy.items()},
         "per_class_accuracy": dict(zip(per_class["category"], per_class["accuracy"].astype(float))),
         "n_clips": int(per_class["total"].sum()),
-        "folds": [f.test_fold for f in cv.folds],
-        "validation_folds": {str(f.test_fold): f.val_fold for f in cv.folds},
-        "best_epochs": {str(f.test_fold): f.best_epoch for f in cv.folds},
+        "folds": list(cv.folds),
+        "validation_folds": {str(k): f.val_fold for k, f in cv.folds.items()},
+        "best_epochs": {str(k): f.best_epoch for k, f in cv.folds.items()},
         "pipeline": pipeline,
         "versions": {"esc50ann": esc50ann.__version__, "numpy": np.__version__, "librosa": librosa.__version__,
                      "scikit-learn": sklearn.__version__, "python": platform.python_version()},
@@ -137,7 +137,7 @@ def plot_learning_curves(cv: CVResult, path: Path) -> None:
 
     fig = Figure(figsize=(11, 4), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
-    for fold in cv.folds:
+    for fold in cv.folds.values():
         history = pd.DataFrame(fold.history)
         if history.empty:
             continue
@@ -177,7 +177,7 @@ def write_run(run_dir: Path, cv: CVResult, dataset: Dataset, *, pipeline: dict[s
     plot_confusion(confusion, run_dir / "confusion.png")
     plot_learning_curves(cv, run_dir / "learning_curves.png")
     if save_models:
-        for fold in cv.folds:
+        for fold in cv.folds.values():
             fold.model.metadata_ = {**(model_metadata or {}), "test_fold": fold.test_fold}
             fold.model.save(run_dir / f"fold-{fold.test_fold}.npz")
     result = metrics(cv, per_class, pipeline=pipeline, timings=timings, extra=extra)

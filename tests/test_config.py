@@ -71,3 +71,20 @@ def test_defaults_and_overrides(tmp_path):
     assert cfg.dataset.folds == (1, 2)
     assert cfg.estimator_params()["patience"] is None  # 0 disables early stopping
     assert cfg.to_dict()["features"]["n_mels"] == 40
+
+
+def test_override_sets_dotted_keys_and_checks_them_like_a_file(tmp_path):
+    base = config.load(write(tmp_path, "name = 'x'\n[training]\nlearning_rate = 0.1\n"))
+    changed = config.override(base, {"training.learning_rate": 0.01, "features.n_mels": 40, "model.hidden_layer_sizes": [8, 4],
+                                     "name": "y"})
+    assert changed.training["learning_rate"] == 0.01 and changed.features.n_mels == 40
+    assert changed.estimator_params()["hidden_layer_sizes"] == (8, 4) and changed.name == "y"
+    assert changed.source_file == base.source_file and base.training["learning_rate"] == 0.1  # a copy
+    assert config.override(base, {}) == base
+    for values, words in [({"training.learning_rat": 1}, ["--set", "training.learning_rat"]),
+                          ({"training.learning_rate": "fast"}, ["--set", "training.learning_rate", "float"]),
+                          ({"trainig.batch_size": 3}, ["--set", "trainig.batch_size"]),
+                          ({"batch_size": 3}, ["--set", "batch_size"])]:
+        with pytest.raises(ConfigError) as info:
+            config.override(base, values, where="--set")
+        assert all(w in str(info.value) for w in words), str(info.value)

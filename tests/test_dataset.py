@@ -290,7 +290,8 @@ def test_folds_come_from_the_csv(tmp_path):
 
 def test_esc10_subset(dataset):
     sub = dataset.subset("esc10")
-    assert len(sub) == 12 and set(sub.class_names.values()) == {"dog", "rooster"}
+    assert len(sub) == 12 and sub.class_names == ["dog", "rooster"]
+    assert sub.names_by_target == {0: "dog", 1: "rooster"} and list(sub.classes) == [0, 1]
     assert [s.test_fold for s in folds.splits(sub)] == [1, 2, 3]
 
 

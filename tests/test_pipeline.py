@@ -66,7 +66,7 @@ def test_tones_are_learned(tiny_run):
 
 def test_validation_fold_is_a_training_fold_never_the_test_fold(tiny_run):
     _, run = tiny_run
-    for fold in run.cv.folds:
+    for fold in run.cv.folds.values():
         assert fold.val_fold is not None and fold.val_fold != fold.test_fold
 
 
@@ -86,7 +86,7 @@ def test_no_test_row_reaches_training_or_early_stopping(tiny_run, monkeypatch):
     monkeypatch.setattr(evaluate, "ANNClassifier", Spy)
     cv = cross_validate(X, dataset, pipe.config.estimator_params(), progress=False)
     assert len(seen) == 6  # per fold: early stopping fit, then refit on train + validation
-    for k, fold in enumerate(cv.folds):
+    for k, fold in enumerate(cv.folds.values()):
         (train, val), (refit, _) = seen[2 * k], seen[2 * k + 1]
         assert fold.test_fold not in train | val | refit
         assert val == {fold.val_fold} and refit == train | val
@@ -106,7 +106,7 @@ def test_parallel_folds_give_the_same_numbers_as_serial(tiny_run):
     serial = cross_validate(X, dataset, params, n_jobs=1, progress=False)
     parallel = cross_validate(X, dataset, params, n_jobs=2, progress=False)
     assert serial.fold_accuracy == parallel.fold_accuracy
-    for a, b in zip(serial.folds, parallel.folds):
+    for a, b in zip(serial.folds.values(), parallel.folds.values()):
         np.testing.assert_allclose(a.proba, b.proba, rtol=1e-4, atol=1e-5)
 
 
@@ -119,8 +119,8 @@ def test_normalisation_is_fit_on_training_rows_only(tiny_run):
     shifted[dataset.meta["fold"].to_numpy() == 1] += 100.0
     moved = cross_validate(shifted, dataset, params, folds=[1], validation="none", progress=False)
     train_rows = X[dataset.meta["fold"].to_numpy() != 1]
-    np.testing.assert_array_equal(base.folds[0].model.predict_proba(train_rows),
-                                  moved.folds[0].model.predict_proba(train_rows))
+    np.testing.assert_array_equal(base.folds[1].model.predict_proba(train_rows),
+                                  moved.folds[1].model.predict_proba(train_rows))
 
 
 def test_empty_class_in_training_split_is_a_clear_error(tiny_run):
@@ -157,7 +157,7 @@ def test_saved_model_predicts_a_wav_as_the_pipeline_did(tiny_run, tmp_path):
     rows = np.flatnonzero(dataset.meta["fold"].to_numpy() == 2)[:3]
     expected = model.predict_proba(np.asarray(pipe.features().X)[rows])
     got = predict_files(path, [dataset.audio_paths[i] for i in rows], top=len(model.classes_))
-    names = dataset.class_names
+    names = dataset.names_by_target
     for want, prediction in zip(expected, got):
         by_name = dict(prediction.top)
         for target, p in zip(model.classes_, want):
@@ -172,3 +172,11 @@ def test_models_pin_the_sample_rate_so_other_rates_are_resampled(tiny_run, tmp_p
     sf.write(tmp_path / "a.wav", synth.tone(0, 1), 44100)
     sf.write(tmp_path / "b.wav", synth.tone(0, 1, sample_rate=22050), 22050)
     assert clip_features(tmp_path / "a.wav", flat).shape == clip_features(tmp_path / "b.wav", flat).shape
+
+
+def test_fold_results_are_keyed_by_fold_number(tiny_run):
+    _, run = tiny_run
+    assert list(run.cv.folds) == [1, 2, 3] == list(run.cv.fold_accuracy)
+    assert all(run.cv.folds[k].test_fold == k for k in (1, 2, 3))
+    assert run.cv.class_names == ["dog", "rooster", "chirping_birds", "vacuum_cleaner"]
+    assert list(run.cv.classes) == [0, 1, 14, 36]

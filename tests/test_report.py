@@ -21,8 +21,8 @@ def result():
     meta = pd.DataFrame({"filename": [f"clip{i}.wav" for i in range(6)], "fold": [1, 1, 1, 1, 2, 2],
                          "target": [3, 3, 3, 7, 7, 7], "category": ["cat"] * 3 + ["dog"] * 3})
     dataset = Dataset(root=None, meta=meta)
-    cv = CVResult(folds=[fold(1, [0, 1, 2, 3], [3, 3, 3, 7], [3, 7, 7, 7]), fold(2, [4, 5], [7, 7], [7, 7])],
-                  classes=np.array([3, 7]), class_names={3: "cat", 7: "dog"})
+    cv = CVResult(folds={1: fold(1, [0, 1, 2, 3], [3, 3, 3, 7], [3, 7, 7, 7]), 2: fold(2, [4, 5], [7, 7], [7, 7])},
+                  classes=np.array([3, 7]), class_names=["cat", "dog"])
     return cv, dataset
 
 
