@@ -2,23 +2,23 @@
 
     python benchmarks/bench_mlp.py [--json out.json] [--quick]
 
-1. Versus sklearn: the same random float32 data, the same network (tanh hidden layer, softmax,
-   cross-entropy, no input bias, no standardisation, no L2), the same batch size and number of
-   epochs, ``MLPClassifier(solver="adam")`` and ``(solver="sgd", momentum=0)`` made to run every
-   epoch (tol=0, n_iter_no_change > max_epochs, early_stopping=False).  Whole ``fit`` times, best
-   of ``--repeats``; the target is ours <= 0.5x sklearn.
+1. Versus sklearn and PyTorch: the same random float32 data, the same network (tanh hidden layer,
+   softmax, cross-entropy, no input bias, no standardisation, no L2), the same batch size, number
+   of epochs and thread count (``--threads``), ``MLPClassifier(solver="adam")`` and
+   ``(solver="sgd", momentum=0)`` made to run every epoch (tol=0, n_iter_no_change > max_epochs,
+   early_stopping=False), and a plain PyTorch CPU loop (``nn.Linear``-``Tanh``-``Linear``,
+   ``torch.optim.Adam`` / ``SGD``, shuffled mini-batches; run only if torch is importable --
+   ``pip install torch`` -- never a dependency).  Whole ``fit`` times, best of ``--repeats``,
+   the sides interleaved; the target is ours <= 0.5x sklearn.
 2. Versus the roofline: our training throughput in GFLOP/s (2*m*n*k per matmul, forward and
    backward, from the fastest epoch) against plain float32 ``A @ B`` of exactly the same shapes
    on this machine, timed back to back.  The target is >= 50 % of the roofline.
 
-Measured on the development machine (2 shared cores, ``--threads 1 --repeats 3``, load ~2.5):
-adam 0.34x sklearn, sgd 0.54x; throughput at batch 32: sgd 80 %, adam 46 % of the roofline; at
-batch 200: 92 % and 80 %.  Why sgd stays near 0.5x: both sides spend most of a step in the same
-two BLAS matmuls (x W1 and x^T delta1); we only save sklearn's extra passes over the gradients.
-Adam at batch 32 is held back by its update (~11 elementwise passes over 5M weights, ~9 ms per
-step against ~13 ms of matmuls); larger batches amortise it.  With 2 BLAS threads on that busy
-machine the timings were 3-4x worse and erratic (oversubscription), so prefer ``--threads 1``
-there.
+Why sgd stays near 0.5x sklearn: both spend most of a step in the same two BLAS matmuls
+(x W1 and x^T delta1); we only save sklearn's extra passes over the gradients. Adam at a small
+batch is held back by its update (~11 elementwise passes over the weights per step); larger
+batches amortise it. On a busy machine, several BLAS threads per side oversubscribe the cores:
+prefer ``--threads 1`` there. (Measured figures: README, Performance.)
 
 Both are ratios of runs made seconds apart, so they survive a busy machine better than the
 absolute times (which are printed too); every time is the best of ``--repeats``.
@@ -71,6 +71,29 @@ def theirs(solver, args):
                          batch_size=args.batch_size, learning_rate_init=1e-3 if solver == "adam" else 1e-2,
                          max_iter=args.epochs, tol=0.0, n_iter_no_change=args.epochs + 1,
                          early_stopping=False, shuffle=True, random_state=0, **extra)
+
+
+def torch_fit(solver, args, X, y):
+    """The same network and training as ``ours(solver, args)`` in a plain PyTorch loop; None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(args.dim, args.hidden), torch.nn.Tanh(),
+                              torch.nn.Linear(args.hidden, args.classes))
+    lr = 1e-3 if solver == "adam" else 1e-2
+    opt = torch.optim.Adam(net.parameters(), lr=lr) if solver == "adam" else torch.optim.SGD(net.parameters(), lr=lr)
+    for _ in range(args.epochs):
+        for idx in torch.randperm(len(Xt)).split(args.batch_size):
+            loss = torch.nn.functional.cross_entropy(net(Xt[idx]), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return net
 
 
 def flops_per_batch(b, d, h, k, input_bias):
@@ -139,31 +162,40 @@ def main(argv=None):
           f"{args.classes} tanh/softmax/cross-entropy; batch {args.batch_size}, {args.epochs} epochs, "
           f"best of {args.repeats}")
 
-    # 1. against sklearn (interleaved so a load spike hits both sides alike)
+    # 1. against sklearn and torch (interleaved so a load spike hits every side alike)
+    has_torch = torch_fit("sgd", argparse.Namespace(**{**vars(args), "epochs": 0}), X[:2], y[:2]) is not None
     rows = []
     for solver in ("adam", "sgd"):
-        t_ours = t_b0 = t_sk = t_sk64 = float("inf")
+        t_ours = t_b0 = t_sk = t_sk64 = t_torch = float("inf")
         for _ in range(args.repeats):
             t_ours = min(t_ours, best_time(lambda: ours(solver, args).fit(X, y), 1))
             t_b0 = min(t_b0, best_time(lambda: ours(solver, args, input_bias=True).fit(X, y), 1))
             t_sk = min(t_sk, best_time(lambda: theirs(solver, args).fit(X, y), 1))
+            if has_torch:
+                t_torch = min(t_torch, best_time(lambda: torch_fit(solver, args, X, y), 1))
             if args.float64:
                 t_sk64 = min(t_sk64, best_time(lambda: theirs(solver, args).fit(X64, y), 1))
         rows.append({"solver": solver, "ours_s": t_ours, "ours_with_b0_s": t_b0, "sklearn_s": t_sk,
                      "ratio": t_ours / t_sk, "ratio_with_b0": t_b0 / t_sk,
+                     "torch_s": t_torch if has_torch else None,
+                     "ratio_vs_torch": t_ours / t_torch if has_torch else None,
                      "sklearn_float64_s": t_sk64 if args.float64 else None,
                      "ratio_vs_float64": t_ours / t_sk64 if args.float64 else None})
     result["vs_sklearn"] = rows
-    print("\nversus sklearn MLPClassifier (whole fit, seconds; ratio = ours / sklearn, target <= 0.5)")
+    print("\nversus sklearn MLPClassifier and PyTorch (whole fit, seconds; ratio = ours / sklearn, target <= 0.5)")
     print("  ours: float32, no input bias (sklearn's architecture); ours+b0: with the input bias;")
     print("  sklearn: on the same float32 data (trains in float32)"
           + ("; sklearn64: on float64 data" if args.float64 else ""))
     print(f"{'solver':8}{'ours':>8}{'ours+b0':>9}{'sklearn':>9}{'ratio':>7}{'ratio+b0':>10}"
+          + (f"{'torch':>8}{'ours/torch':>12}" if has_torch else "")
           + (f"{'sklearn64':>11}{'ratio64':>9}" if args.float64 else ""))
     for r in rows:
         print(f"{r['solver']:8}{r['ours_s']:8.2f}{r['ours_with_b0_s']:9.2f}{r['sklearn_s']:9.2f}"
               f"{r['ratio']:7.2f}{r['ratio_with_b0']:10.2f}"
+              + (f"{r['torch_s']:8.2f}{r['ratio_vs_torch']:12.2f}" if has_torch else "")
               + (f"{r['sklearn_float64_s']:11.2f}{r['ratio_vs_float64']:9.2f}" if args.float64 else ""))
+    if not has_torch:
+        print("  (PyTorch not installed: `pip install torch` adds it as a peer)")
 
     # 2. against the roofline
     rng = np.random.default_rng(1)

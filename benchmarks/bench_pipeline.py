@@ -1,12 +1,27 @@
-"""The whole pipeline, cold and warm, against what a scikit-learn user would do, on the same folds.
+"""The whole pipeline, cold and warm, and its cross-validation against peers doing equal work.
 
-    python benchmarks/bench_pipeline.py --source /tmp/ESC-50-dev.zip [--pipeline default] [--json out.json]
+    python benchmarks/bench_pipeline.py --source /tmp/ESC-50-dev.zip [--pipeline default]
+        [--threads 2] [--json out.json] [--profile cold.prof] [--skip-peers]
 
 1. cold: a fresh data root -- extract and verify the archive, compute features, cross-validate,
-   write the report -- with the wall time of each stage and of each fold's training;
+   write the report -- with the wall time of each stage and of each fold's training, as the
+   pipeline is configured (its own ``[evaluation] n_jobs``);
 2. warm: the same run again on that data root (dataset and feature cache present);
-3. the same cross-validation done the scikit-learn way on our cached features:
-   ``StandardScaler + MLPClassifier`` with the same hidden layer, and ``RandomForestClassifier(500)``.
+3. equal work: the pipeline's cross-validation redone on the cached features by
+     ours     ``esc50ann.evaluate.cross_validate``,
+     sklearn  ``StandardScaler + MLPClassifier``,
+     torch    a plain PyTorch CPU loop (``nn.Linear``-``Tanh``-``Linear``; only if torch is
+              importable: ``pip install torch``, CPU build; never a dependency of esc50ann),
+   each with the same features and folds, folds in series, the same BLAS/torch thread count
+   (``--threads``), the same network (hidden sizes, tanh, softmax, Glorot-uniform start; the
+   input bias b0 where the pipeline has one -- sklearn cannot have it), the same loss, the same
+   standardisation fit on the training folds, the same optimizer and learning rate, batch size
+   and number of epochs (no early stopping: sklearn with ``tol=0`` and ``n_iter_no_change``
+   past the last epoch), and the same L2 decay on the weight matrices only (sklearn divides
+   ``alpha`` by the batch size, so ``alpha = weight_decay * batch_size``; torch gets
+   ``weight_decay`` on the weight matrices' parameter group). sklearn has no squared-error
+   classifier: with ``loss = "squared_error"`` it is skipped;
+4. ``RandomForestClassifier(500)`` on the same folds, for scale (not equal work).
 
 Prints a table; ``--json`` also writes it. Peak memory is the maximum resident size of this
 process and of its worker processes (``resource.getrusage``).
@@ -22,14 +37,16 @@ import resource
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.neural_network import MLPClassifier
-from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
+from esc50ann.evaluate import cross_validate
 from esc50ann.pipeline import Pipeline
 
 
@@ -48,31 +65,140 @@ def timed_run(pipeline: str, data_dir: Path, source: str, out: Path) -> dict:
     start = time.perf_counter()
     run = pipe.run(out=out)
     total = time.perf_counter() - start
-    stages = dict(pipe.timings)  # metrics.json is written inside the report stage, so it lacks that stage
+    stages = dict(pipe.timings)
     return {"total_s": total, "stages_s": stages, "fold_train_s": run.metrics["fold_train_seconds"],
             "accuracy_mean": run.metrics["accuracy_mean"], "accuracy_std": run.metrics["accuracy_std"],
             "excluding_dataset_s": total - stages.get("dataset", 0.0), "pipe": pipe, "run": run}
 
 
-def sklearn_cv(make_model, X, dataset, folds) -> dict:
-    """Train on every fold but the test fold (no validation fold: sklearn's own stopping rule)."""
-    y, fold_of = dataset.targets, dataset.meta["fold"].to_numpy()
-    accuracies, start = [], time.perf_counter()
+def summary(accuracies: list[float], seconds: float) -> dict:
+    return {"accuracy_mean": float(np.mean(accuracies)), "accuracy_std": float(np.std(accuracies, ddof=1)),
+            "fold_accuracy": accuracies, "cv_s": seconds}
+
+
+# --------------------------------------------------------------------------- equal-work peers
+
+def ours_cv(X, dataset, params, folds, threads) -> dict:
+    start = time.perf_counter()
+    with threadpool_limits(threads):
+        cv = cross_validate(X, dataset, params, folds=folds, validation="none", n_jobs=1, progress=False)
+    return summary([cv.fold_accuracy[k] for k in folds], time.perf_counter() - start)
+
+
+def each_fold(X, y, fold_of, folds, fit_predict) -> list[float]:
+    """Accuracy of ``fit_predict(X_train, y_train, X_test)`` per test fold, standardised on the training rows."""
+    accuracies = []
     for k in folds:
         train, test = fold_of != k, fold_of == k
-        model = make_model().fit(X[train], y[train])
-        accuracies.append(float(np.mean(model.predict(X[test]) == y[test])))
-    return {"accuracy_mean": float(np.mean(accuracies)), "accuracy_std": float(np.std(accuracies, ddof=1)),
-            "cv_s": time.perf_counter() - start}
+        scaler = StandardScaler().fit(X[train])
+        predicted = fit_predict(scaler.transform(X[train]).astype(np.float32), y[train],
+                                scaler.transform(X[test]).astype(np.float32))
+        accuracies.append(float(np.mean(predicted == y[test])))
+    return accuracies
 
+
+def sklearn_cv(X, y, fold_of, folds, params, threads) -> dict | None:
+    if params["loss"] != "cross_entropy":
+        return None  # MLPClassifier always minimises log-loss
+    solver = {"adam": "adam", "sgd": "sgd", "momentum": "sgd"}[params["solver"]]
+    extra = ({"momentum": params["momentum"] if params["solver"] == "momentum" else 0.0,
+              "nesterovs_momentum": False, "learning_rate": "constant"} if solver == "sgd" else {})
+
+    def fit_predict(Xtr, ytr, Xte):
+        model = MLPClassifier(params["hidden_layer_sizes"], activation="tanh", solver=solver,
+                              learning_rate_init=params["learning_rate"],
+                              alpha=params["weight_decay"] * params["batch_size"],  # sklearn divides by the batch
+                              batch_size=params["batch_size"], max_iter=params["max_epochs"], tol=0.0,
+                              n_iter_no_change=params["max_epochs"] + 1, early_stopping=False,
+                              shuffle=True, random_state=0, **extra)
+        return model.fit(Xtr, ytr).predict(Xte)
+
+    start = time.perf_counter()
+    with threadpool_limits(threads), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "max_iter reached": intended, every epoch runs
+        accuracies = each_fold(X, y, fold_of, folds, fit_predict)
+    return summary(accuracies, time.perf_counter() - start)
+
+
+def torch_cv(X, y, fold_of, folds, params, threads) -> dict | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+
+    def fit_predict(Xtr, ytr, Xte):
+        classes, target = np.unique(ytr, return_inverse=True)
+        torch.manual_seed(0)
+        net = TorchMLP(Xtr.shape[1], params["hidden_layer_sizes"], len(classes), params["input_bias"])
+        weights = [p for name, p in net.named_parameters() if name.endswith("weight")]
+        others = [p for name, p in net.named_parameters() if not name.endswith("weight")]
+        groups = [{"params": weights, "weight_decay": params["weight_decay"]},
+                  {"params": others, "weight_decay": 0.0}]
+        lr = params["learning_rate"]
+        if params["solver"] == "adam":
+            opt = torch.optim.Adam(groups, lr=lr)
+        else:
+            opt = torch.optim.SGD(groups, lr=lr, momentum=params["momentum"] if params["solver"] == "momentum" else 0.0)
+        Xt, yt = torch.from_numpy(Xtr), torch.from_numpy(target)
+        onehot = torch.eye(len(classes))[yt]
+        for _ in range(params["max_epochs"]):
+            for idx in torch.randperm(len(Xt)).split(params["batch_size"]):
+                logits = net(Xt[idx])
+                if params["loss"] == "cross_entropy":
+                    loss = torch.nn.functional.cross_entropy(logits, yt[idx])
+                else:  # the write-ups' squared error on the softmax output, summed over classes
+                    loss = ((torch.softmax(logits, 1) - onehot[idx]) ** 2).sum(1).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        with torch.no_grad():
+            return classes[net(torch.from_numpy(Xte)).argmax(1).numpy()]
+
+    start = time.perf_counter()
+    accuracies = each_fold(X, y, fold_of, folds, fit_predict)
+    return summary(accuracies, time.perf_counter() - start)
+
+
+def TorchMLP(n_in, hidden, n_out, input_bias):
+    """x (+ b0) -> Linear-Tanh per hidden layer -> Linear; Glorot-uniform weights, zero biases (as ours)."""
+    import torch
+
+    class InputBias(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.b0 = torch.nn.Parameter(torch.zeros(n_in))
+
+        def forward(self, x):
+            return x + self.b0
+
+    layers, sizes = ([InputBias()] if input_bias else []), [n_in, *hidden, n_out]
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        linear = torch.nn.Linear(a, b)
+        torch.nn.init.xavier_uniform_(linear.weight)
+        torch.nn.init.zeros_(linear.bias)
+        layers += [linear] + ([torch.nn.Tanh()] if i < len(sizes) - 2 else [])
+    return torch.nn.Sequential(*layers)
+
+
+def forest_cv(X, y, fold_of, folds) -> dict:
+    start = time.perf_counter()
+    accuracies = each_fold(X, y, fold_of, folds, lambda Xtr, ytr, Xte: RandomForestClassifier(
+        500, n_jobs=-1, random_state=0).fit(Xtr, ytr).predict(Xte))
+    return summary(accuracies, time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------- main
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", required=True, help="dataset archive (.zip) or extracted folder")
     parser.add_argument("--pipeline", default="default", help="pipeline file or name (default: default)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="BLAS / torch threads for every side of the equal-work comparison (default: all cores)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--profile", type=Path, help="cProfile the cold run into this file and print its top 15")
-    parser.add_argument("--skip-baselines", action="store_true", help="only cold and warm runs")
+    parser.add_argument("--skip-peers", action="store_true", help="only cold and warm runs")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
@@ -86,22 +212,24 @@ def main(argv=None) -> int:
             profiler.dump_stats(args.profile)
             pstats.Stats(str(args.profile)).sort_stats("cumulative").print_stats(15)
         warm = timed_run(args.pipeline, data_dir, args.source, Path(tmp) / "warm")
-        pipe = warm.pop("pipe")
-        run = warm.pop("run")
+        pipe, run = warm.pop("pipe"), warm.pop("run")
         cold.pop("pipe"), cold.pop("run")
-        results = {"pipeline": args.pipeline, "cpu_count": os.cpu_count(), "cold": cold, "warm": warm,
-                   "ours_cv_s": warm["stages_s"]["cross_validation"]}
-        if not args.skip_baselines:
+        results = {"pipeline": args.pipeline, "cpu_count": os.cpu_count(), "threads": args.threads,
+                   "load_average_1min": os.getloadavg()[0], "cold": cold, "warm": warm}
+        if not args.skip_peers:
             X, dataset = np.asarray(pipe.features().X), pipe.download()
-            params = pipe.config.estimator_params()
+            # every parameter explicit (defaults filled in), fixed epochs: no early stopping anywhere
+            params = {**_defaults(), **pipe.config.estimator_params(), "patience": None}
             folds = run.metrics["folds"]
-            mlp = lambda: make_pipeline(StandardScaler(), MLPClassifier(  # noqa: E731
-                params["hidden_layer_sizes"], activation="tanh", solver="adam",
-                learning_rate_init=params["learning_rate"], alpha=params["weight_decay"],
-                batch_size=params["batch_size"], max_iter=200, random_state=0))
-            forest = lambda: RandomForestClassifier(500, n_jobs=-1, random_state=0)  # noqa: E731
-            results["sklearn_mlp"] = sklearn_cv(mlp, X, dataset, folds)
-            results["random_forest"] = sklearn_cv(forest, X, dataset, folds)
+            y, fold_of = dataset.targets, dataset.meta["fold"].to_numpy()
+            results["equal_work"] = {
+                "held_equal": {k: params[k] for k in ("hidden_layer_sizes", "activation", "loss", "input_bias", "solver",
+                                                      "learning_rate", "batch_size", "max_epochs", "weight_decay")},
+                "ours": ours_cv(X, dataset, params, folds, args.threads),
+                "sklearn": sklearn_cv(X, y, fold_of, folds, params, args.threads),
+                "torch": torch_cv(X, y, fold_of, folds, params, args.threads),
+            }
+            results["random_forest"] = forest_cv(X, y, fold_of, folds)
         results["peak_memory_mib"] = peak_mib()
 
     print_table(results)
@@ -110,24 +238,38 @@ def main(argv=None) -> int:
     return 0
 
 
+def _defaults() -> dict:
+    """Every ANNClassifier parameter at its default (the pipeline file sets only some)."""
+    from esc50ann.model import ANNClassifier
+
+    return ANNClassifier().get_params()
+
+
 def print_table(r: dict) -> None:
     cold, warm = r["cold"], r["warm"]
-    print(f"\npipeline {r['pipeline']} on {r['cpu_count']} cores")
-    print(f"{'run':<34}{'wall s':>9}{'accuracy':>16}")
     acc = lambda d: f"{100 * d['accuracy_mean']:.1f} ± {100 * d['accuracy_std']:.1f} %"  # noqa: E731
-    print(f"{'cold (all stages)':<34}{cold['total_s']:>9.1f}{acc(cold):>16}")
-    print(f"{'cold, excluding dataset stage':<34}{cold['excluding_dataset_s']:>9.1f}")
-    print(f"{'warm (dataset + cache present)':<34}{warm['total_s']:>9.1f}{acc(warm):>16}")
-    for name, label in (("sklearn_mlp", "sklearn MLPClassifier CV"), ("random_forest", "RandomForest(500) CV")):
-        if name in r:
-            print(f"{label:<34}{r[name]['cv_s']:>9.1f}{acc(r[name]):>16}")
+    print(f"\npipeline {r['pipeline']} on {r['cpu_count']} cores (load average {r['load_average_1min']:.1f})")
+    print(f"{'run':<40}{'wall s':>9}{'accuracy':>16}")
+    print(f"{'cold (all stages)':<40}{cold['total_s']:>9.1f}{acc(cold):>16}")
+    print(f"{'cold, excluding dataset stage':<40}{cold['excluding_dataset_s']:>9.1f}")
+    print(f"{'warm (dataset + cache present)':<40}{warm['total_s']:>9.1f}{acc(warm):>16}")
     print("\nstage times (s)      cold      warm")
     for stage in cold["stages_s"]:
         print(f"  {stage:<16}{cold['stages_s'][stage]:>8.2f}{warm['stages_s'].get(stage, 0.0):>10.2f}")
-    print("  per-fold training: " + ", ".join(f"fold {k} {v:.1f}" for k, v in warm["fold_train_s"].items()))
-    if "sklearn_mlp" in r:
-        print(f"\nour MLP CV / sklearn MLP CV time: {r['ours_cv_s'] / r['sklearn_mlp']['cv_s']:.2f}x")
-    print(f"targets: cold excl. dataset <= 60 s: {cold['excluding_dataset_s']:.1f} s; warm <= 20 s: {warm['total_s']:.1f} s")
+    print("  per-fold training (warm): " + ", ".join(f"fold {k} {v:.1f}" for k, v in warm["fold_train_s"].items()))
+    if "equal_work" in r:
+        eq = r["equal_work"]
+        print(f"\nequal work: folds in series, {r['threads']} threads each, held equal: "
+              + ", ".join(f"{k}={v}" for k, v in eq["held_equal"].items()))
+        print(f"{'':<12}{'CV s':>9}{'accuracy':>16}{'ours / it':>11}")
+        for name in ("ours", "sklearn", "torch"):
+            d = eq[name]
+            if d is None:
+                print(f"{name:<12}{'skipped (torch not installed / sklearn has no squared error)':>40}")
+                continue
+            print(f"{name:<12}{d['cv_s']:>9.1f}{acc(d):>16}{eq['ours']['cv_s'] / d['cv_s']:>10.2f}x")
+        forest = r["random_forest"]
+        print(f"{'forest(500)':<12}{forest['cv_s']:>9.1f}{acc(forest):>16}   (not equal work: for scale)")
     print(f"peak memory MiB: {r['peak_memory_mib']}")
 
 
