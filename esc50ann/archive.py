@@ -18,10 +18,10 @@ import zlib
 from pathlib import Path
 from typing import Callable
 
-from tqdm.auto import tqdm
 
 from esc50ann.errors import DatasetError, one_line
 from esc50ann.fileio import CHUNK
+from esc50ann import progress as progress_mod
 
 META_CSV = "meta/esc50.csv"
 DATASET_FOLDER = "ESC-50-master"
@@ -133,8 +133,8 @@ def dataset_prefix(infos: list[zipfile.ZipInfo], archive: Path) -> str:
 def _extract_members(zf: zipfile.ZipFile, members: list[zipfile.ZipInfo], prefix: str,
                      tmp: Path, archive: Path, progress: bool) -> None:
     """Write ``members`` (names relative to ``prefix``) under ``tmp``."""
-    with tqdm(total=sum(i.file_size for i in members), unit="B", unit_scale=True,
-              unit_divisor=1024, desc=f"extract {archive.name}", disable=not progress,
+    with progress_mod.bar(total=sum(i.file_size for i in members), unit="B", unit_scale=True,
+              unit_divisor=1024, desc=f"extract {archive.name}", enabled=progress,
               leave=False) as bar:
         for info in members:
             target = tmp.joinpath(*info.filename[len(prefix):].split("/"))

@@ -13,6 +13,8 @@ imported only for resampling, deltas and MFCCs.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import scipy.fft
 import scipy.sparse
@@ -25,16 +27,16 @@ MEL_BLOCK = 128  # frames per STFT block, see mel_power
 STATS = ("mean", "std", "min", "max", "mean_abs_diff", "std_diff")
 
 
-def load_clip(path, duration: float, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
-    """Read a clip as mono float32, cut or zero-padded to ``round(duration * sr)`` samples.
+def read_audio(path, sample_rate: int | None = None, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Read an audio file as mono float32, resampled to ``sample_rate``.
 
     Parameters
     ----------
     path : str or Path
-    duration : float
-        Seconds.
     sample_rate : int or None
         Target rate (resampled with ``librosa.resample(res_type="soxr_hq")``); None = native.
+    max_seconds : float or None
+        Read at most this much (plus a little context for the resampling filter); None = all.
 
     Returns
     -------
@@ -47,11 +49,13 @@ def load_clip(path, duration: float, sample_rate: int | None = None) -> tuple[np
         The file is missing, unreadable, not audio, empty, or holds NaN/inf samples.
     """
     path = str(path)
+    if not os.path.exists(path):
+        raise FeatureError(f"no such file: {path}")
     try:
         info = sf.info(path)
         native = int(info.samplerate)
-        want = int(round(duration * native))
-        if sample_rate is not None and sample_rate != native:
+        want = -1 if max_seconds is None else int(round(max_seconds * native))
+        if want >= 0 and sample_rate is not None and sample_rate != native:
             want += native // 10  # a little context past the cut for the resampling filter
         # 16-bit PCM (all of ESC-50) read as int16 and scaled: 4x faster, bit-identical.
         pcm16 = info.subtype == "PCM_16"
@@ -66,17 +70,27 @@ def load_clip(path, duration: float, sample_rate: int | None = None) -> tuple[np
     y = y.mean(axis=1, dtype=np.float32) if y.shape[1] > 1 else y[:, 0]
     if not np.isfinite(y).all():
         raise FeatureError(f"non-finite samples (NaN or inf) in audio file {path}")
-    sr = native
     if sample_rate is not None and sample_rate != native:
         import librosa
 
         y = librosa.resample(y, orig_sr=native, target_sr=sample_rate, res_type="soxr_hq").astype(np.float32)
-        sr = sample_rate
-    n = int(round(duration * sr))
+        native = sample_rate
+    return np.ascontiguousarray(y, dtype=np.float32), native
+
+
+def fit_length(y: np.ndarray, n: int) -> np.ndarray:
+    """``y`` cut or zero-padded to ``n`` samples."""
     y = y[:n]
-    if len(y) < n:
-        y = np.pad(y, (0, n - len(y)))
-    return np.ascontiguousarray(y, dtype=np.float32), sr
+    return np.pad(y, (0, n - len(y))) if len(y) < n else y
+
+
+def load_clip(path, duration: float, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """Read a clip as mono float32, cut or zero-padded to ``round(duration * sr)`` samples.
+
+    See :func:`read_audio` for the parameters and errors; ``duration`` is in seconds.
+    """
+    y, sr = read_audio(path, sample_rate, max_seconds=duration)
+    return np.ascontiguousarray(fit_length(y, int(round(duration * sr))), dtype=np.float32), sr
 
 
 MEL_BASES: dict[tuple, scipy.sparse.csr_matrix] = {}  # mel_basis's cache, shared with workers

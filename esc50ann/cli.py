@@ -5,7 +5,9 @@ Expected failures print one line, ``esc50ann: error: ...``, and exit with status
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import tomllib
 import time
 from pathlib import Path
 
@@ -20,50 +22,111 @@ def _folds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--folds takes fold numbers separated by commas, not {text!r}") from None
 
 
+def _setting(text: str) -> tuple[str, object]:
+    """``section.key=value`` with the value read as TOML (``0.01``, ``[512, 256]``, ``true``),
+    else taken as a string (``sgd``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"--set takes section.key=value, not {text!r}")
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, not {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, not {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's one-line error and exit status 1."""
+
+    def error(self, message):
+        self.exit(1, f"esc50ann: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Global options are accepted before or after the subcommand; SUPPRESS keeps a subcommand's
     # unset option from overwriting one given before it.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--data-dir", default=argparse.SUPPRESS,
-                        help="data root (default: $ESC50ANN_DATA_DIR or ./data)")
+                        help="data root (default: $ESC50ANN_DATA_DIR, else the checkout's data/ in a source "
+                             "checkout, else the per-user data directory)")
     common.add_argument("--source", default=argparse.SUPPRESS,
                         help="dataset URL, .zip or extracted folder (default: $ESC50ANN_SOURCE, the pipeline's, or the official archive)")
-    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="print only errors and the final result")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="also a line per training epoch")
+    settings = _Parser(add_help=False)
+    settings.add_argument("--set", dest="settings", metavar="SECTION.KEY=VALUE", type=_setting, action="append",
+                          default=[], help="override a pipeline key (repeatable), checked like the file")
+    settings.add_argument("--seed", type=int, help="random state of everything random (training.random_state)")
 
-    parser = argparse.ArgumentParser(prog="esc50ann", parents=[common],
+    parser = _Parser(prog="esc50ann", parents=[common],
                                      description="ESC-50 sound classification with an MLP written from scratch.")
     parser.add_argument("--version", action="version", version=f"esc50ann {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name, help_text, aliases=()):
-        return sub.add_parser(name, parents=[common], help=help_text, description=help_text, aliases=aliases)
+    def command(name, help_text, aliases=(), configurable=False):
+        parents = [common, settings] if configurable else [common]
+        return sub.add_parser(name, parents=parents, help=help_text, description=help_text, aliases=aliases)
 
     p = command("download", "download, verify and extract the dataset (a no-op when already done)")
     p.add_argument("--sha256", help="expected SHA-256 of the archive")
     p = command("info", "describe the downloaded dataset")
     p.add_argument("--verify", action="store_true", help="re-check every audio file against the manifest")
-    p = command("features", "compute (or load from the cache) the features of a pipeline")
+    p = command("pipelines", "list the built-in pipelines, or print one to copy and edit")
+    p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    p.add_argument("name", nargs="?", help="with show: the pipeline to print")
+    p = command("features", "compute (or load from the cache) the features of a pipeline", configurable=True)
     p.add_argument("pipeline", nargs="?", default="default", help="pipeline file or name (default: default)")
     p.add_argument("--jobs", type=int, default=-1, help="worker processes (default: all cores)")
     p = command("cache", "list or clear the feature cache")
     p.add_argument("action", choices=["list", "clear"])
     p.add_argument("--key", help="with clear: only this entry")
-    p = command("run", "run a whole pipeline: download, features, cross-validation, report", aliases=["cv"])
+    p = command("run", "run a whole pipeline: download, features, cross-validation, report", aliases=["cv"],
+                configurable=True)
     p.add_argument("pipeline", nargs="?", default="default",
-                   help="pipeline file or name under pipelines/ (default: default)")
+                   help="pipeline file or built-in name (default: default; see `esc50ann pipelines`)")
     p.add_argument("--folds", type=_folds, help="test folds, e.g. 1,2 (default: every fold listed)")
     p.add_argument("--out", type=Path, help="run folder (default: <data-dir>/runs/<name>-<timestamp>)")
     p.add_argument("--jobs", type=int,
                    help="worker processes for feature extraction and for folds trained in parallel "
                         "(default: all cores for features, the pipeline's n_jobs for folds)")
-    p = command("train", "train one model with a test fold held out and save it")
+    p = command("train", "train a model (the final one on every fold, or with a test fold held out) and save it",
+                configurable=True)
     p.add_argument("pipeline")
-    p.add_argument("--test-fold", type=int, required=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--all", action="store_true", help="train the final model on every fold")
+    which.add_argument("--test-fold", type=int, help="hold this fold out and report the accuracy on it")
     p.add_argument("--save", type=Path, required=True, help="model file to write (.npz)")
-    p = command("predict", "classify WAV files with a saved model")
+    p = command("predict", "classify audio files, folders or glob patterns with a saved model")
     p.add_argument("model", type=Path)
-    p.add_argument("clips", nargs="+", type=Path)
-    p.add_argument("--top", type=int, default=5, help="classes to show per clip (default 5)")
+    p.add_argument("inputs", nargs="+", metavar="AUDIO", help="files, folders (searched recursively) or glob patterns")
+    p.add_argument("--top", type=_positive_int, default=5, help="classes to show per file (default 5)")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                   help="table (default), csv or json on stdout; messages go to stderr")
+    p.add_argument("--hop", type=_positive_float,
+                   help="seconds between windows of a recording longer than the model's clip (default: half a clip)")
+    p.add_argument("--per-window", action="store_true", help="also list each window's prediction")
     p = command("report", "print the report of a finished run")
     p.add_argument("run_dir", type=Path)
     return parser
@@ -72,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.progress = not getattr(args, "quiet", False)
+    args.verbose = getattr(args, "verbose", False) and args.progress
     args.data_dir = getattr(args, "data_dir", None)
     args.source = getattr(args, "source", None)
     try:
@@ -88,8 +152,11 @@ def main(argv: list[str] | None = None) -> int:
 def _pipeline(args, name, n_jobs=-1):
     from esc50ann.pipeline import Pipeline
 
-    return Pipeline.from_toml(name, data_dir=args.data_dir, source=args.source, n_jobs=n_jobs,
-                              progress=args.progress)
+    overrides = dict(args.settings)
+    if args.seed is not None:
+        overrides["training.random_state"] = args.seed
+    return Pipeline.from_toml(name, overrides=overrides, data_dir=args.data_dir, source=args.source,
+                              n_jobs=n_jobs, progress=args.progress, verbose=args.verbose)
 
 
 def cmd_download(args) -> None:
@@ -152,28 +219,101 @@ def cmd_run(args) -> None:
     print(f"run folder: {run.run_dir}")
 
 
+def cmd_pipelines(args) -> None:
+    from esc50ann import config
+
+    builtin = config.builtin_pipelines()
+    if args.action == "show":
+        if args.name is None:
+            raise Esc50Error(f"pipelines show: name a pipeline ({', '.join(builtin)})")
+        print(config.find(args.name).read_text(encoding="utf-8"), end="")
+        return
+    width = max(map(len, builtin))
+    for name, path in builtin.items():
+        print(f"{name:<{width}}  {config.load(path).description}")
+
+
 def cmd_train(args) -> None:
     pipe = _pipeline(args, args.pipeline)
-    model = pipe.train(args.test_fold)
+    model = pipe.train(None if args.all else args.test_fold)
     model.save(args.save)
-    print(f"test fold {args.test_fold}: accuracy {100 * model.metadata_['test_accuracy']:.1f} %; "
-          f"model saved to {args.save}")
+    meta = model.metadata_
+    if args.all:
+        done = f"final model trained on folds {','.join(map(str, meta['trained_on_folds']))}"
+    else:
+        done = f"test fold {args.test_fold}: accuracy {100 * meta['test_accuracy']:.1f} %"
+    print(f"{done}; model saved to {args.save}")
 
 
-def cmd_predict(args) -> None:
-    from esc50ann.pipeline import predict_files
+def cmd_predict(args) -> int:
+    from esc50ann.predict import predict_files
 
-    for prediction in predict_files(args.model, args.clips, top=args.top):
-        ranked = ", ".join(f"{name} {100 * p:.1f} %" for name, p in prediction.top)
-        print(f"{prediction.path}: {ranked}")
+    results = predict_files(args.model, args.inputs, top=args.top, hop=args.hop)
+    if not results:
+        raise Esc50Error(f"no audio files found in {' '.join(args.inputs)}")
+    for r in results:  # messages on stderr, results on stdout
+        if r.error:
+            print(f"esc50ann: error: {r.error}", file=sys.stderr)
+        for warning in r.warnings:
+            print(f"esc50ann: warning: {r.path}: {warning}", file=sys.stderr)
+    good = [r for r in results if not r.error]
+    print(_FORMATS[args.format](good, args.per_window), end="")
+    return 1 if len(good) < len(results) else 0
+
+
+def _views(result, per_window):
+    """(window start or None for the whole file, top classes) to show for one file."""
+    return [(None, result.top)] + (result.windows if per_window else [])
+
+
+def _table(results, per_window) -> str:
+    lines = []
+    for r in results:
+        for start, top in _views(r, per_window):
+            ranked = ", ".join(f"{name} {100 * p:.1f} %" for name, p in top)
+            lines.append(f"{r.path}: {ranked}" if start is None else f"  at {start:.2f} s: {ranked}")
+    return "".join(line + "\n" for line in lines)
+
+
+def _csv(results, per_window) -> str:
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["file", "window_start_s", "rank", "category", "probability"])
+    for r in results:
+        for start, top in _views(r, per_window):
+            for rank, (name, p) in enumerate(top, 1):
+                writer.writerow([r.path, "" if start is None else f"{start:.3f}", rank, name, f"{p:.6f}"])
+    return out.getvalue()
+
+
+def _json(results, per_window) -> str:
+    doc = []
+    for r in results:
+        item = {"file": str(r.path), "label": r.label,
+                "top": [{"category": n, "probability": p} for n, p in r.top], "warnings": r.warnings,
+                "n_windows": len(r.windows)}
+        if per_window:
+            item["windows"] = [{"start_s": start, "top": [{"category": n, "probability": p} for n, p in top]}
+                               for start, top in r.windows]
+        doc.append(item)
+    return json.dumps(doc, indent=2) + "\n"
+
+
+_FORMATS = {"table": _table, "csv": _csv, "json": _json}
 
 
 def cmd_report(args) -> None:
     from esc50ann.report import load_run
 
+    if not args.run_dir.is_dir():
+        raise Esc50Error(f"{args.run_dir}: no such run folder")
     _, text = load_run(args.run_dir)
     print(text)
 
 
-COMMANDS = {"download": cmd_download, "info": cmd_info, "features": cmd_features, "cache": cmd_cache,
+COMMANDS = {"download": cmd_download, "info": cmd_info, "pipelines": cmd_pipelines, "features": cmd_features,
+            "cache": cmd_cache,
             "run": cmd_run, "cv": cmd_run, "train": cmd_train, "predict": cmd_predict, "report": cmd_report}

@@ -1,8 +1,9 @@
 """Pipeline files: ``pipelines/*.toml`` read, checked and resolved into one ``PipelineConfig``.
 
-A pipeline file has a ``name`` and five tables::
+A pipeline file has a ``name``, a one-line ``description`` and five tables::
 
     name = "default"
+    description = "what it is for"
     [dataset]     source, subset ("esc50" | "esc10"), folds, sha256
     [features]    the fields of ``esc50ann.features.FeatureConfig``
     [model]       network shape: hidden_layer_sizes, activation, output, loss, input_bias
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import asdict, dataclass, field, replace
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +76,7 @@ class PipelineConfig:
     """A resolved pipeline: every value explicit, ready to run."""
 
     name: str = "pipeline"
+    description: str = ""
     dataset: DatasetSection = field(default_factory=DatasetSection)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     model: dict[str, Any] = field(default_factory=dict)  # ANNClassifier params
@@ -96,6 +99,7 @@ class PipelineConfig:
         dataset["folds"] = list(dataset["folds"])
         return {
             "name": self.name,
+            "description": self.description,
             "dataset": dataset,
             "features": self.features.to_dict(),
             "model": dict(self.model),
@@ -106,6 +110,31 @@ class PipelineConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable form (what a run's metrics.json records)."""
         return {**self.to_doc(), "source_file": self.source_file}
+
+
+def builtin_pipelines() -> dict[str, Path]:
+    """The pipelines shipped with the package (the repository's ``pipelines/``): name -> file."""
+    folder = files("esc50ann.pipelines")
+    return {Path(item.name).stem: Path(str(item)) for item in sorted(folder.iterdir(), key=lambda i: i.name)
+            if item.name.endswith(".toml")}
+
+
+def find(name_or_path: str | Path | None = None) -> Path:
+    """A pipeline file: an existing path as given, else a built-in pipeline of that name.
+
+    Raises
+    ------
+    ConfigError
+        Neither a file nor a built-in name; the message lists the built-in names.
+    """
+    path = Path(name_or_path or "default")
+    if path.is_file():
+        return path
+    builtin = builtin_pipelines()
+    name = path.stem if path.suffix == ".toml" and path.parent == Path(".") else str(path)
+    if name in builtin:
+        return builtin[name]
+    raise ConfigError(f"{name_or_path}: pipeline file not found (built-in pipelines: {', '.join(builtin)})")
 
 
 def load(path: str | Path) -> PipelineConfig:
@@ -132,14 +161,17 @@ def load(path: str | Path) -> PipelineConfig:
 
 def from_dict(doc: dict[str, Any], where: str = "<config>") -> PipelineConfig:
     """Check a parsed pipeline document (see module docstring) and resolve it."""
-    reject_unknown(doc, {*SECTIONS, "name"}, where=f"{where}: ")
+    reject_unknown(doc, {*SECTIONS, "name", "description"}, where=f"{where}: ")
     for name in SECTIONS:
         if not isinstance(doc.get(name, {}), dict):
             raise ConfigError(f"{where}: [{name}] must be a table")
     name = doc.get("name", Path(where).stem if where != "<config>" else "pipeline")
-    validate({"name": name}, {"name": [InstanceOf(str)]}, where=f"{where}: ")
+    description = doc.get("description", "")
+    validate({"name": name, "description": description},
+             {"name": [InstanceOf(str)], "description": [InstanceOf(str)]}, where=f"{where}: ")
     return PipelineConfig(
         name=name,
+        description=description,
         dataset=_section(DatasetSection, doc.get("dataset", {}), where, "dataset"),
         features=_section(FeatureConfig, doc.get("features", {}), where, "features"),
         model=_estimator_section(MODEL_KEYS, doc.get("model", {}), where, "model"),
@@ -170,8 +202,8 @@ def override(config: PipelineConfig, values: dict[str, Any], *, where: str | Non
     doc = config.to_doc()
     for dotted, value in values.items():
         section, _, key = dotted.rpartition(".")
-        if not section and key == "name":
-            doc["name"] = value
+        if not section and key in ("name", "description"):
+            doc[key] = value
         elif section in SECTIONS and key:
             doc[section][key] = value
         else:

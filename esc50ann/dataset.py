@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 from joblib import Parallel, delayed
-from tqdm.auto import tqdm
 
 from esc50ann import fileio, paths
 from esc50ann.archive import DATASET_FOLDER, extract
@@ -28,6 +27,7 @@ from esc50ann.download import DEFAULT_SOURCE, check_sha256, fetch
 from esc50ann.errors import DatasetError, one_line
 from esc50ann.fileio import file_lock, write_text
 from esc50ann.metadata import load_metadata
+from esc50ann import progress as progress_mod
 
 # The official clips: 5 s, 44.1 kHz, mono.
 SAMPLE_RATE = 44100
@@ -185,8 +185,8 @@ def verify(root: Path, meta: pd.DataFrame, *, expected: dict | None = None, n_jo
     jobs = (delayed(check_clip)(audio / n, expected.get(n)) for n in names)
     results = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(jobs)
     manifest, problems = {}, []
-    for name, (digest, reasons) in zip(names, tqdm(results, total=len(names), desc="verify",
-                                                    unit="clip", disable=not progress, leave=False)):
+    for name, (digest, reasons) in zip(names, progress_mod.bar(results, total=len(names), desc="verify",
+                                                    unit="clip", enabled=progress, leave=False)):
         if digest is not None:
             manifest[name] = digest
         if reasons:

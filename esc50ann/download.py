@@ -16,10 +16,10 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from tqdm.auto import tqdm
 
 from esc50ann.errors import DownloadError, one_line
 from esc50ann.fileio import CHUNK, sha256
+from esc50ann import progress as progress_mod
 
 # GitHub regenerates master.zip on demand, so its bytes (and checksum) are not stable:
 # never pin a default checksum for it.
@@ -195,9 +195,9 @@ def _stream(response, part: Path, mode: str, offset: int, total: int | None, url
     """Copy the response body into ``part``; return the file's size afterwards."""
     written = offset
     try:
-        with open(part, mode) as f, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
+        with open(part, mode) as f, progress_mod.bar(total=total, initial=offset, unit="B", unit_scale=True,
                                          unit_divisor=1024, desc=part.name.removesuffix(".part"),
-                                         disable=not progress, leave=False) as bar:
+                                         enabled=progress, leave=False) as bar:
             while True:
                 try:
                     block = response.read(CHUNK)

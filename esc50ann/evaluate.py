@@ -9,6 +9,8 @@ Leakage rules, enforced here:
 """
 from __future__ import annotations
 
+import functools
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -16,13 +18,13 @@ from typing import Any, Callable
 import numpy as np
 from joblib import Parallel, delayed
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
 
 from esc50ann import folds as folds_mod
 from esc50ann.dataset import Dataset
 from esc50ann.errors import DatasetError
 from esc50ann.folds import Split
 from esc50ann.model import ANNClassifier
+from esc50ann import progress as progress_mod
 
 
 @dataclass
@@ -33,7 +35,7 @@ class FoldResult:
     ``proba`` has shape (n_test, n_classes) with columns in ``CVResult.classes`` order.
     """
 
-    test_fold: int
+    test_fold: int | None  # None: a final model trained on every fold
     val_fold: int | None
     test_index: np.ndarray
     y_true: np.ndarray
@@ -45,8 +47,8 @@ class FoldResult:
     seconds: float = 0.0
 
     @property
-    def accuracy(self) -> float:
-        return float(np.mean(self.y_true == self.y_pred))
+    def accuracy(self) -> float | None:
+        return float(np.mean(self.y_true == self.y_pred)) if len(self.y_true) else None
 
 
 @dataclass
@@ -122,7 +124,8 @@ def fit_fold(X: np.ndarray, y: np.ndarray, split: Split, params: dict[str, Any],
         train_val = np.concatenate([split.train, split.val])
         model = ANNClassifier(**{**params, "max_epochs": best_epoch, "patience": None})
         model.fit(X[train_val], y[train_val])
-    proba = model.predict_proba(X[split.test])
+    proba = (model.predict_proba(X[split.test]) if split.test.size
+             else np.empty((0, len(model.classes_)), dtype=np.float32))
     return FoldResult(
         test_fold=split.test_fold, val_fold=split.val_fold, test_index=split.test, y_true=y[split.test],
         y_pred=model.classes_[np.argmax(proba, axis=1)], proba=proba, history=history,
@@ -132,7 +135,7 @@ def fit_fold(X: np.ndarray, y: np.ndarray, split: Split, params: dict[str, Any],
 
 def cross_validate(X: np.ndarray, dataset: Dataset, params: dict[str, Any], *, folds=None,
                    validation: str = "auto", refit: bool = True, n_jobs: int = 1,
-                   progress: bool = True) -> CVResult:
+                   progress: bool = True, verbose: bool = False) -> CVResult:
     """Cross-validate ``ANNClassifier(**params)`` over the dataset's folds.
 
     Parameters
@@ -149,28 +152,106 @@ def cross_validate(X: np.ndarray, dataset: Dataset, params: dict[str, Any], *, f
     n_jobs : int
         Folds trained in parallel (each worker's BLAS limited to one thread). Results are the
         same as serial: every fold has its own seeded estimator.
+    progress : bool
+        Per-fold epoch bars with the running loss on a terminal; elsewhere a line per finished
+        fold (see ``esc50ann.progress``). Parallel folds report their epochs too.
+    verbose : bool
+        Also a line per epoch.
     """
     if X.shape[0] != len(dataset):
         raise DatasetError(f"features have {X.shape[0]} rows but the dataset has {len(dataset)} clips")
     splits = make_splits(dataset, folds, validation)
     y = dataset.targets
-    if n_jobs == 1:
-        results = []
-        for split in tqdm(splits, desc="folds", unit="fold", disable=not progress):
-            with tqdm(desc=f"fold {split.test_fold} epochs", unit="epoch", leave=False,
-                      disable=not progress) as epochs:
-                results.append(fit_fold(X, y, split, params, refit=refit, callback=lambda row: epochs.update()))
-    else:
-        jobs = Parallel(n_jobs=n_jobs, return_as="generator")(
-            delayed(_fit_fold_single_thread)(X, y, s, params, refit) for s in splits)
-        results = list(tqdm(jobs, total=len(splits), desc="folds (parallel)", unit="fold", disable=not progress))
+    with _EpochReporter(splits, params, progress=progress, verbose=verbose,
+                        across_processes=n_jobs != 1) as reporter:
+        if n_jobs == 1:
+            results = []
+            for split in splits:
+                results.append(fit_fold(X, y, split, params, refit=refit, callback=reporter.callback(split.test_fold)))
+                reporter.done(results[-1])
+        else:
+            jobs = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
+                delayed(_fit_fold_single_thread)(X, y, s, params, refit, reporter.callback(s.test_fold))
+                for s in splits)
+            results = []
+            for result in jobs:
+                results.append(result)
+                reporter.done(result)
+            order = [s.test_fold for s in splits]
+            results.sort(key=lambda r: order.index(r.test_fold))
     classes = results[0].model.classes_
     names = dataset.names_by_target
     return CVResult(folds={r.test_fold: r for r in results}, classes=classes,
                     class_names=[names[int(t)] for t in classes])
 
 
-def _fit_fold_single_thread(X, y, split, params, refit):
+class _EpochReporter:
+    """Epoch progress of every fold, also from worker processes (through a manager queue).
+
+    On a terminal each fold gets a bar (epochs, running loss); anywhere else a line per finished
+    fold; ``verbose`` adds a line per epoch.
+    """
+
+    def __init__(self, splits, params, *, progress, verbose, across_processes):
+        self.progress, self.verbose = progress, verbose
+        self.total = params.get("max_epochs", ANNClassifier().max_epochs)
+        self.bars = {s.test_fold: progress_mod.bar(total=self.total, desc=f"fold {s.test_fold}", unit="epoch",
+                                                    position=i, leave=False, enabled=progress)
+                     for i, s in enumerate(splits)}
+        self.wanted = progress and (verbose or progress_mod.interactive())
+        self.queue = self._manager = self._listener = None
+        if self.wanted and across_processes:
+            import multiprocessing
+
+            self._manager = multiprocessing.Manager()
+            self.queue = self._manager.Queue()
+
+    def __enter__(self):
+        if self.queue is not None:
+            self._listener = threading.Thread(target=self._listen, daemon=True)
+            self._listener.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.queue is not None:
+            self.queue.put(None)
+            self._listener.join()
+            self._manager.shutdown()
+        for bar in self.bars.values():
+            bar.close()
+
+    def callback(self, fold):
+        """What the fold's trainer calls after every epoch (picklable when it runs elsewhere)."""
+        if not self.wanted:
+            return None
+        if self.queue is not None:
+            return functools.partial(_put_row, self.queue, fold)
+        return functools.partial(self.epoch, fold)
+
+    def epoch(self, fold, row):
+        bar = self.bars[fold]
+        bar.update()
+        bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
+        if self.verbose:
+            progress_mod.note(f"fold {fold} epoch {row['epoch']}/{self.total}: loss {row['loss']:.4f}, "
+                              f"training accuracy {100 * row['accuracy']:.1f} %")
+
+    def done(self, result):
+        self.bars[result.test_fold].close()
+        if self.progress:
+            progress_mod.note(f"fold {result.test_fold}: accuracy {100 * result.accuracy:.1f} % "
+                              f"({len(result.history)} epochs, {result.seconds:.1f} s)")
+
+    def _listen(self):
+        while (item := self.queue.get()) is not None:
+            self.epoch(*item)
+
+
+def _put_row(queue, fold, row):
+    queue.put((fold, row))
+
+
+def _fit_fold_single_thread(X, y, split, params, refit, callback=None):
     # Parallel folds share the cores; one BLAS thread each avoids oversubscription.
     with threadpool_limits(limits=1):
-        return fit_fold(X, y, split, params, refit=refit)
+        return fit_fold(X, y, split, params, refit=refit, callback=callback)

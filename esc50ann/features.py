@@ -21,6 +21,7 @@ import soundfile as sf
 from esc50ann import audio, cache
 from esc50ann.errors import ConfigError, FeatureError, one_line
 from esc50ann.params import Boolean, Integral, Interval, Options, Real, validate
+from esc50ann import progress as progress_mod
 
 if TYPE_CHECKING:  # importing dataset pulls in pandas; workers do not need it
     from esc50ann.dataset import Dataset
@@ -109,6 +110,12 @@ class FeatureConfig:
 def clip_features(path, config: FeatureConfig) -> np.ndarray:
     """The feature vector of one audio file, shape (n_features,), float32."""
     y, sr = audio.load_clip(path, config.duration, config.sample_rate)
+    return signal_features(y, sr, config)
+
+
+def signal_features(y: np.ndarray, sr: int, config: FeatureConfig) -> np.ndarray:
+    """The feature vector of one clip's samples ``y`` (shape (n_samples,), ``config.duration``
+    seconds at ``sr``), shape (n_features,), float32."""
     S_db = audio.log_mel(y, sr, n_fft=config.n_fft, hop_length=config.hop_length, n_mels=config.n_mels,
                          fmin=config.fmin, fmax=config.fmax, top_db=config.top_db)
     chans = audio.channels(S_db, deltas=config.deltas, n_mfcc=config.n_mfcc)
@@ -250,8 +257,7 @@ def extract(dataset: "Dataset", config: FeatureConfig, cache_dir: Path, *, n_job
 
 def _compute(dataset, config, cache_dir, key, n_jobs, progress) -> cache.Entry:
     from joblib import cpu_count
-    from tqdm.auto import tqdm
-
+    
     names = [str(n) for n in dataset.meta["filename"]]
     paths = [str(p) for p in dataset.audio_paths]
     n = len(names)
@@ -280,7 +286,7 @@ def _compute(dataset, config, cache_dir, key, n_jobs, progress) -> cache.Entry:
     workers = cpu_count() if n_jobs is None or n_jobs < 0 else max(1, n_jobs)
     workers = min(workers, len(todo))
     resumed = sum(b - a for a, b in done)
-    with tqdm(total=n, initial=resumed, disable=not progress, unit="clip", desc="features") as bar:
+    with progress_mod.bar(total=n, initial=resumed, enabled=progress, unit="clip", desc="features") as bar:
         for (a, b, _, chunk_names), (array, failures) in _run_chunks(todo, config, bases, workers):
             cache.save_chunk(cache_dir, key, chunk_name(a, b), array,
                              {"names": chunk_names, "failures": [list(f) for f in failures]})

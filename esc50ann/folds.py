@@ -26,7 +26,7 @@ class Split:
     ``train``, ``val`` and ``test`` are int arrays of shape (n,), disjoint, drawn from whole folds.
     """
 
-    test_fold: int
+    test_fold: int | None  # None: the final model's split, no test rows
     val_fold: int | None
     train: np.ndarray
     val: np.ndarray
@@ -81,6 +81,21 @@ def split(dataset: Dataset, test_fold: int, val_fold: int | None | str = None) -
 def splits(dataset: Dataset, folds=None, val_fold: int | None | str = "auto") -> list[Split]:
     """One checked ``split`` per test fold: every listed fold by default, or those in ``folds``."""
     return [split(dataset, f, val_fold) for f in (dataset.folds if folds is None else folds)]
+
+
+def final_split(dataset: Dataset, val_fold: int | None | str = None) -> Split:
+    """Every fold for training a final model (no test rows), optionally ``val_fold`` held out
+    for early stopping (``"auto"``: the last listed fold)."""
+    folds = dataset.folds
+    if val_fold == "auto":
+        val_fold = folds[-1]
+    elif val_fold is not None:
+        val_fold = _known_fold(val_fold, folds, "validation")
+    if val_fold is not None and len(folds) < 2:
+        raise DatasetError(f"cannot hold out a validation fold: the metadata lists {_listing(folds)}")
+    fold = dataset.meta["fold"].to_numpy()
+    return Split(test_fold=None, val_fold=val_fold, train=np.flatnonzero(fold != val_fold),
+                 val=np.flatnonzero(fold == val_fold), test=np.array([], dtype=np.int64))
 
 
 def _listing(folds) -> str:

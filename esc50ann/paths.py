@@ -1,26 +1,53 @@
 """Where things live under a data root: the dataset, the feature cache, the runs.
 
-    data/                    the root (``--data-dir``, else ``$ESC50ANN_DATA_DIR``, else ./data)
+    <data root>/             --data-dir, else $ESC50ANN_DATA_DIR, else the checkout's data/ when
+                             running from a source checkout, else the per-user data directory
+                             (platformdirs: ~/.local/share/esc50ann on Linux)
       dataset.json           what the dataset stage verified (esc50ann.dataset)
       downloads/             downloaded archives
       ESC-50-master/         the extracted dataset
       cache/features/        feature cache entries (esc50ann.cache)
       runs/<name>-<stamp>/   one folder per cross-validation run (esc50ann.report)
+
+The default never depends on the working directory: every directory a user stands in shares one
+copy of the 600 MB dataset.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import platformdirs
+
 DATA_DIR_ENV = "ESC50ANN_DATA_DIR"
-DEFAULT_DATA_DIR = "data"
+APP_NAME = "esc50ann"
 
 
 def data_dir(path: str | Path | None = None) -> Path:
-    """The data root: ``path``, else ``$ESC50ANN_DATA_DIR``, else ``./data``."""
+    """The data root: ``path``, else ``$ESC50ANN_DATA_DIR``, else :func:`default_data_dir`."""
     if path in (None, ""):
-        path = os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
+        path = os.environ.get(DATA_DIR_ENV) or default_data_dir()
     return Path(path).expanduser()
+
+
+def default_data_dir() -> Path:
+    """The checkout's ``data/`` when the package runs from a source checkout, else the per-user
+    data directory (``platformdirs.user_data_dir("esc50ann")``)."""
+    checkout = source_checkout()
+    return checkout / "data" if checkout is not None else Path(platformdirs.user_data_dir(APP_NAME))
+
+
+def source_checkout() -> Path | None:
+    """The repository this package is imported from, or None when it is installed (a wheel).
+
+    A checkout is recognised by its ``pyproject.toml`` naming this project beside the package.
+    """
+    root = Path(__file__).resolve().parent.parent
+    try:
+        text = (root / "pyproject.toml").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return root if 'name = "esc50ann"' in text else None
 
 
 def feature_cache_dir(root: str | Path) -> Path:

@@ -23,32 +23,17 @@ import numpy as np
 
 from esc50ann import config as config_mod
 from esc50ann import dataset as dataset_mod
+from esc50ann import folds as folds_mod
 from esc50ann import paths
+from esc50ann import progress as progress_mod
 from esc50ann import features as features_mod
 from esc50ann.config import PipelineConfig
 from esc50ann.dataset import Dataset
-from esc50ann.errors import ConfigError, Esc50Error
+from esc50ann.errors import Esc50Error
 from esc50ann.evaluate import CVResult, cross_validate, fit_fold, make_splits
-from esc50ann.features import FeatureConfig, FeatureSet
+from esc50ann.features import FeatureSet
 from esc50ann.model import ANNClassifier
 from esc50ann.report import write_run
-
-PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
-
-
-def resolve_pipeline(name_or_path: str | Path | None) -> Path:
-    """A pipeline file path: an existing path as given, else ``pipelines/<name>.toml`` of this checkout."""
-    if name_or_path is None:
-        name_or_path = "default"
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    name = path.name if path.suffix == ".toml" else f"{path.name}.toml"
-    for folder in (Path("pipelines"), PIPELINES_DIR):
-        if (folder / name).is_file():
-            return folder / name
-    raise Esc50Error(f"{name_or_path}: pipeline file not found (looked in ., ./pipelines and {PIPELINES_DIR})")
-
 
 @dataclass
 class RunResult:
@@ -73,25 +58,34 @@ class Pipeline:
     n_jobs : int
         Processes for feature extraction (-1: all cores).
     progress : bool
-        Show progress bars.
+        Progress on stderr: bars on a terminal, a line per stage (and per fold) elsewhere; False
+        prints nothing (``--quiet``).
+    verbose : bool
+        Also a line per training epoch (``-v``).
     """
 
     def __init__(self, config: PipelineConfig, *, data_dir=None, source=None, n_jobs: int = -1,
-                 progress: bool = True):
+                 progress: bool = True, verbose: bool = False):
         self.config = config
         self.data_dir = paths.data_dir(data_dir)
         # Precedence: argument (--source), then $ESC50ANN_SOURCE, then the pipeline file.
         self.source = source or os.environ.get(dataset_mod.SOURCE_ENV) or config.dataset.source
         self.n_jobs = n_jobs
         self.progress = progress
+        self.verbose = verbose
         self.timings: dict[str, float] = {}
         self._dataset: Dataset | None = None
         self._features: FeatureSet | None = None
 
     @classmethod
-    def from_toml(cls, path, **kwargs) -> "Pipeline":
-        """Read ``path`` (or a name under ``pipelines/``) and build the pipeline."""
-        return cls(config_mod.load(resolve_pipeline(path)), **kwargs)
+    def from_toml(cls, path, *, overrides: dict[str, Any] | None = None, **kwargs) -> "Pipeline":
+        """Read ``path`` (or a built-in pipeline's name: ``"default"``, ``"quick"``, ...) and build the
+        pipeline; ``overrides`` sets dotted keys (``{"training.learning_rate": 0.01}``), checked as
+        the file is (see ``esc50ann.config.override``)."""
+        config = config_mod.load(config_mod.find(path))
+        if overrides:
+            config = config_mod.override(config, overrides, where="--set")
+        return cls(config, **kwargs)
 
     # --- stages -------------------------------------------------------------------------------
 
@@ -102,6 +96,9 @@ class Pipeline:
                 full = dataset_mod.prepare(self.source, self.data_dir, sha256=self.config.dataset.sha256,
                                            n_jobs=self.n_jobs, progress=self.progress)
                 self._dataset = full.subset(self.config.dataset.subset)
+            d = self._dataset
+            self._note("dataset", f"{len(d)} clips, {len(d.classes)} classes, folds "
+                                  f"{','.join(map(str, d.folds))} in {d.root}")
         return self._dataset
 
     def features(self) -> FeatureSet:
@@ -113,21 +110,33 @@ class Pipeline:
                                                       n_jobs=self.n_jobs, progress=self.progress)
             if self._features.skipped:  # keep dataset rows aligned with feature rows
                 self._dataset = dataset.select(self._features.filenames)
+            f = self._features
+            self._note("features", f"{f.X.shape[0]} x {f.X.shape[1]} "
+                                   f"{'from the cache' if f.from_cache else 'computed'} (key {f.key})"
+                                   + (f", {len(f.skipped)} clips skipped" if f.skipped else ""))
         return self._features
 
     def cross_validate(self, folds=None, n_jobs: int | None = None) -> CVResult:
         """Train and test the model once per test fold (``folds`` default: the config's, else all)."""
         folds = folds or self.config.dataset.folds or None
+        listed = self.download().folds
+        unknown = [f for f in folds or () if f not in listed]
+        if unknown:
+            raise Esc50Error(f"folds {','.join(map(str, unknown))}: not in the metadata "
+                             f"(folds: {','.join(map(str, listed))})")
         if folds is not None and len(set(folds)) < 2:
             raise Esc50Error(f"folds {','.join(map(str, folds))}: cross-validation needs at least two test "
                              "folds (train one model with `esc50ann train --test-fold K`)")
         feats = self.features()
         evaluation = self.config.evaluation
         with self._timed("cross_validation"):
-            return cross_validate(
+            cv = cross_validate(
                 np.asarray(feats.X), self.download(), self.config.estimator_params(), folds=folds,
                 validation=evaluation.validation, refit=evaluation.refit,
-                n_jobs=n_jobs or evaluation.n_jobs, progress=self.progress)
+                n_jobs=n_jobs or evaluation.n_jobs, progress=self.progress, verbose=self.verbose)
+        self._note("cross_validation", f"accuracy {100 * cv.accuracy_mean:.1f} % ± {100 * cv.accuracy_std:.1f} "
+                                       f"over folds {','.join(map(str, cv.folds))}")
+        return cv
 
     def report(self, cv: CVResult, out=None) -> RunResult:
         """Write the run folder (``out``, default ``<data_dir>/runs/<name>-<timestamp>``)."""
@@ -140,22 +149,36 @@ class Pipeline:
                      "fold_train_seconds": {str(k): f.seconds for k, f in cv.folds.items()}}
             metrics = write_run(run_dir, cv, self.download(), pipeline=self.config.to_dict(),
                                 timings=dict(self.timings), extra=extra, model_metadata=self.model_metadata())
+        self._note("report", str(run_dir))
         return RunResult(run_dir, metrics, cv)
 
     def run(self, folds=None, out=None, n_jobs: int | None = None) -> RunResult:
         """All stages: download, features, cross-validation, report."""
         return self.report(self.cross_validate(folds=folds, n_jobs=n_jobs), out=out)
 
-    def train(self, test_fold: int) -> ANNClassifier:
-        """Train one model with ``test_fold`` held out (validation and refit as in cross-validation)."""
+    def train(self, test_fold: int | None = None) -> ANNClassifier:
+        """Train one model with ``test_fold`` held out, or (``None``) the final model on every fold.
+
+        Validation and refit work as in cross-validation; for the final model the last listed
+        fold drives early stopping (when the pipeline uses it) and the refit then uses every clip.
+        The model's ``metadata_`` carries what ``esc50ann predict`` needs (feature configuration,
+        class names) and, with a test fold, its accuracy there.
+        """
         feats, dataset = self.features(), self.download()
         evaluation = self.config.evaluation
-        split, = make_splits(dataset, [test_fold], evaluation.validation)
+        if test_fold is None:
+            split = folds_mod.final_split(dataset, "auto" if evaluation.validation == "auto" else None)
+        else:
+            split, = make_splits(dataset, [test_fold], evaluation.validation)
         with self._timed("train"):
             result = fit_fold(np.asarray(feats.X), dataset.targets, split, self.config.estimator_params(),
-                              refit=evaluation.refit)
+                              refit=evaluation.refit, callback=self._epoch_callback(test_fold))
+        self._note("train", f"{split.train.size + split.val.size} clips" + (
+            f", test fold {test_fold} accuracy {100 * result.accuracy:.1f} %" if test_fold is not None else ""))
         result.model.metadata_ = {**self.model_metadata(), "test_fold": test_fold,
-                                  "test_accuracy": result.accuracy}
+                                  "test_accuracy": result.accuracy,
+                                  "trained_on_folds": sorted(set(dataset.meta["fold"].to_numpy()[
+                                      np.concatenate([split.train, split.val])].tolist()))}
         return result.model
 
     # --- helpers ------------------------------------------------------------------------------
@@ -188,6 +211,19 @@ class Pipeline:
                 continue
         raise Esc50Error(f"{base}: too many runs with this name and time stamp")
 
+    def _epoch_callback(self, fold):
+        """Per-epoch lines for a single model's training (``verbose``)."""
+        if not (self.progress and self.verbose):
+            return None
+        total = self.config.estimator_params().get("max_epochs", ANNClassifier().max_epochs)
+        label = "final model" if fold is None else f"fold {fold}"
+        return lambda row: progress_mod.note(f"{label} epoch {row['epoch']}/{total}: loss {row['loss']:.4f}")
+
+    def _note(self, stage: str, result: str) -> None:
+        """The stage's line: what it gave and how long it took."""
+        progress_mod.note(f"{stage.replace('_', '-')}: {result} ({self.timings.get(stage, 0.0):.1f} s)",
+                          enabled=self.progress)
+
     @contextlib.contextmanager
     def _timed(self, stage: str):
         """Add the block's wall time to ``self.timings[stage]`` (reported in metrics.json)."""
@@ -196,39 +232,3 @@ class Pipeline:
             yield
         finally:
             self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
-
-
-@dataclass
-class Prediction:
-    """Top-k classes of one clip: (category, probability) pairs, most probable first."""
-
-    path: Path
-    top: list[tuple[str, float]]
-
-
-def predict_files(model_path, paths, top: int = 5) -> list[Prediction]:
-    """Classify WAV files of any length, rate or channel count with a saved model.
-
-    The model file carries its feature configuration, so the clip is turned into features
-    exactly as the training clips were.
-    """
-    model = ANNClassifier.load(model_path)
-    meta = getattr(model, "metadata_", None) or {}
-    if "features" not in meta:
-        raise Esc50Error(f"{model_path}: model has no feature configuration (not saved by an esc50ann pipeline)")
-    try:
-        feature_config = FeatureConfig(**meta["features"])
-    except (TypeError, ConfigError) as exc:
-        raise Esc50Error(f"{model_path}: feature configuration not understood ({exc})") from None
-    names = {int(k): v for k, v in meta.get("class_names", {}).items()}
-    results = []
-    for path in paths:
-        x = features_mod.clip_features(Path(path), feature_config)
-        if x.shape[0] != model.n_features_in_:
-            raise Esc50Error(f"{path}: gives {x.shape[0]} features, the model {model_path} expects "
-                             f"{model.n_features_in_}")
-        proba = model.predict_proba(x[None, :])[0]
-        order = np.argsort(proba)[::-1][:top]
-        results.append(Prediction(Path(path), [(names.get(int(model.classes_[i]), str(model.classes_[i])),
-                                                float(proba[i])) for i in order]))
-    return results

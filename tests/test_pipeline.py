@@ -12,7 +12,8 @@ from esc50ann.dataset import Dataset
 from esc50ann.errors import DatasetError
 from esc50ann.evaluate import cross_validate
 from esc50ann.features import FeatureConfig, clip_features
-from esc50ann.pipeline import Pipeline, predict_files
+from esc50ann.pipeline import Pipeline
+from esc50ann.predict import predict_files
 
 
 
