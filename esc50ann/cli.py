@@ -133,7 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed in one line
+        return exc.code if isinstance(exc.code, int) else 1
     args.progress = not getattr(args, "quiet", False)
     args.verbose = getattr(args, "verbose", False) and args.progress
     args.data_dir = getattr(args, "data_dir", None)

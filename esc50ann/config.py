@@ -131,7 +131,8 @@ def find(name_or_path: str | Path | None = None) -> Path:
     if path.is_file():
         return path
     builtin = builtin_pipelines()
-    name = path.stem if path.suffix == ".toml" and path.parent == Path(".") else str(path)
+    # "quick", "quick.toml" and "pipelines/quick.toml" (the checkout's path) all name a built-in.
+    name = path.stem if path.suffix == ".toml" and path.parent in (Path("."), Path("pipelines")) else str(path)
     if name in builtin:
         return builtin[name]
     raise ConfigError(f"{name_or_path}: pipeline file not found (built-in pipelines: {', '.join(builtin)})")

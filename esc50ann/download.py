@@ -10,6 +10,7 @@ import errno
 import http.client
 import os
 import re
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -35,6 +36,7 @@ class _RangeRefused(_Retryable):
     """HTTP 416: the partial file is no prefix of the remote one; start over."""
 
 
+OFFLINE_HINT = "to use a local copy, pass --source PATH (a .zip or an extracted folder) or set ESC50ANN_SOURCE"
 
 
 def fetch(url: str, dest: Path, *, sha256: str | None = None, retries: int = 4,
@@ -87,6 +89,7 @@ def fetch(url: str, dest: Path, *, sha256: str | None = None, retries: int = 4,
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    progress_mod.note(f"fetching {url} into {dest.parent}", enabled=progress)
     _download_with_retries(url, part, retries=retries, backoff=backoff, timeout=timeout,
                            progress=progress)
     check_sha256(part, sha256, name=url, remove=True)
@@ -129,7 +132,7 @@ def _download_with_retries(url: str, part: Path, *, retries: int, backoff: float
             return
         except _Retryable as e:
             if attempt == attempts - 1:
-                raise DownloadError(f"{url}: {e} (gave up after {attempts} attempts)") from None
+                raise DownloadError(f"{url}: {e} (gave up after {attempts} attempts; {OFFLINE_HINT})") from None
             time.sleep(backoff * 2 ** attempt)
 
 
@@ -156,6 +159,10 @@ def _download_once(url: str, part: Path, *, timeout: float, progress: bool) -> N
             mode, offset = "wb", 0
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length and length.isdigit() else None
+        size = f"{total / 1e6:.1f} MB" if total is not None else "size not given"
+        resumed = f", resuming at {offset / 1e6:.1f} MB" if offset else ""
+        progress_mod.note(f"downloading {url} ({size}{resumed}) to {part.with_name(part.name.removesuffix('.part'))}",
+                          enabled=progress)
         written = _stream(response, part, mode, offset, total, url, progress)
     if total is not None and written != total:
         raise _Retryable(f"incomplete download: {written} of {total} bytes")
@@ -179,6 +186,9 @@ def _open(url: str, offset: int, timeout: float):
             raise _Retryable(reason) from None
         raise DownloadError(f"{url}: {reason}") from None
     except urllib.error.URLError as e:
+        if isinstance(e.reason, socket.gaierror):  # no DNS: offline or a wrong host, not transient
+            raise DownloadError(f"{url}: cannot resolve host {urlparse(url).hostname!r} (offline?); "
+                                f"{OFFLINE_HINT}") from None
         raise _Retryable(f"cannot connect ({one_line(e.reason)})") from None
     except (TimeoutError, ConnectionError, http.client.HTTPException) as e:
         raise _Retryable(f"connection failed ({one_line(e)})") from None

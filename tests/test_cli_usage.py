@@ -1,0 +1,213 @@
+"""The command as people use it every day: built-in pipelines, --set/--seed, the data root, a final
+model, predictions on folders of real-world recordings, and progress readable in a log."""
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import synth
+from esc50ann import cli, paths
+
+
+def esc50ann(capsys, *args):
+    code = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def data(synth_archive, tmp_path_factory):
+    root = tmp_path_factory.mktemp("usage")
+    (root / "tiny.toml").write_text(synth.TINY_PIPELINE)
+    assert cli.main(["--quiet", "download", "--source", str(synth_archive), "--data-dir", str(root / "data")]) == 0
+    return root
+
+
+def test_pipelines_lists_every_builtin_with_a_description(capsys):
+    code, out, _ = esc50ann(capsys, "pipelines")
+    assert code == 0
+    names = [line.split()[0] for line in out.strip().splitlines()]
+    assert names == ["default", "original", "quick"]
+    assert all(len(line.split(None, 1)) == 2 for line in out.strip().splitlines())  # each has a description
+
+
+def test_pipelines_show_prints_a_file_that_loads_back(capsys, tmp_path):
+    from esc50ann import config
+
+    code, out, _ = esc50ann(capsys, "pipelines", "show", "quick")
+    assert code == 0 and 'name = "quick"' in out
+    (tmp_path / "copy.toml").write_text(out)
+    assert config.load(tmp_path / "copy.toml").dataset.subset == "esc10"
+    code, _, err = esc50ann(capsys, "pipelines", "show", "nope")
+    assert code == 1 and err.startswith("esc50ann: error:") and "default, original, quick" in err
+
+
+def test_set_and_seed_reach_the_run(data, tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    code, _, err = esc50ann(capsys, "--quiet", "run", data / "tiny.toml", "--data-dir", data / "data", "--out", out_dir,
+                            "--jobs", 1, "--set", "training.max_epochs=3", "--set", "model.hidden_layer_sizes=[8]",
+                            "--set", "training.solver=sgd", "--seed", 7)
+    assert code == 0, err
+    pipeline = json.loads((out_dir / "metrics.json").read_text())["pipeline"]
+    assert pipeline["training"]["max_epochs"] == 3 and pipeline["training"]["solver"] == "sgd"
+    assert pipeline["training"]["random_state"] == 7 and pipeline["model"]["hidden_layer_sizes"] == [8]
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("training.lerning_rate=0.1", ["lerning_rate"]),
+    ("training.learning_rate=fast", ["learning_rate"]),
+    ("nosection.key=1", ["nosection.key"]),
+    ("justtext", ["--set", "section.key=value"]),
+])
+def test_bad_set_is_one_line(data, capsys, setting, words):
+    code, _, err = esc50ann(capsys, "run", data / "tiny.toml", "--data-dir", data / "data", "--set", setting)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and err.startswith("esc50ann: error:"), err
+    assert all(w in err for w in words), err
+
+
+def test_data_root_does_not_depend_on_the_working_directory(monkeypatch, tmp_path):
+    monkeypatch.delenv(paths.DATA_DIR_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    checkout = paths.source_checkout()
+    assert checkout is not None and paths.data_dir() == checkout / "data"  # running from this checkout
+    monkeypatch.setattr(paths, "source_checkout", lambda: None)  # as from an installed wheel
+    import platformdirs
+
+    assert paths.data_dir() == paths.Path(platformdirs.user_data_dir("esc50ann"))
+    assert not str(paths.data_dir()).startswith(str(tmp_path))
+    monkeypatch.setenv(paths.DATA_DIR_ENV, str(tmp_path / "env"))
+    assert paths.data_dir() == tmp_path / "env"
+    assert paths.data_dir(tmp_path / "arg") == tmp_path / "arg"
+
+
+@pytest.fixture(scope="module")
+def final_model(data, tmp_path_factory):
+    model = tmp_path_factory.mktemp("model") / "m.npz"
+    assert cli.main(["--quiet", "train", str(data / "tiny.toml"), "--all", "--save", str(model),
+                     "--data-dir", str(data / "data")]) == 0
+    return model
+
+
+@pytest.fixture
+def recordings(tmp_path):
+    """A folder with a good clip, a 12 s recording, a silent one, a very short one and a bad file."""
+    folder = tmp_path / "recordings"
+    (folder / "sub").mkdir(parents=True)
+    sf.write(folder / "dog.wav", synth.tone(0, 11), synth.SAMPLE_RATE)
+    sf.write(folder / "sub" / "long.wav", synth.tone(36, 12, duration=12.0), synth.SAMPLE_RATE)
+    sf.write(folder / "silent.wav", np.zeros(5 * synth.SAMPLE_RATE, np.float32), synth.SAMPLE_RATE)
+    sf.write(folder / "blip.wav", synth.tone(1, 13, duration=0.5), synth.SAMPLE_RATE)
+    (folder / "broken.wav").write_bytes(b"RIFF....not a wave at all")
+    (folder / "notes.txt").write_text("not audio, and not an audio name: ignored")
+    return folder
+
+
+def test_train_all_uses_every_fold(final_model):
+    from esc50ann.model import ANNClassifier
+
+    meta = ANNClassifier.load(final_model).metadata_
+    assert meta["trained_on_folds"] == [1, 2, 3] and meta["test_fold"] is None
+
+
+def test_predict_a_folder_reports_bad_files_and_predicts_the_rest(final_model, recordings, capsys):
+    code, out, err = esc50ann(capsys, "predict", final_model, recordings, "--format", "json", "--top", 2)
+    assert code == 1  # one file failed
+    results = json.loads(out)  # stdout is pure JSON; messages went to stderr
+    assert [r["file"].split("recordings/")[1] for r in results] == ["blip.wav", "dog.wav", "silent.wav", "sub/long.wav"]
+    assert all(len(r["top"]) == 2 for r in results)
+    by_name = {r["file"].rsplit("/", 1)[1]: r for r in results}
+    assert by_name["long.wav"]["n_windows"] == 4  # 12 s in 5 s windows every 2.5 s: 0, 2.5, 5, 7 (end)
+    assert by_name["dog.wav"]["n_windows"] == 1 and by_name["dog.wav"]["warnings"] == []
+    assert any("silent" in w for w in by_name["silent.wav"]["warnings"])
+    assert any("0.50 s" in w for w in by_name["blip.wav"]["warnings"])
+    errors = [line for line in err.splitlines() if line.startswith("esc50ann: error:")]
+    assert len(errors) == 1 and "broken.wav" in errors[0]
+
+
+def test_long_recordings_average_their_windows(final_model, recordings):
+    from esc50ann.predict import Predictor
+
+    predictor = Predictor(final_model, hop=5.0)
+    result = predictor.predict(recordings / "sub" / "long.wav", top=50)
+    assert [start for start, _ in result.windows] == [0.0, 5.0, 7.0]
+    window_proba = predictor.model.predict_proba(predictor._windows(*_read(recordings / "sub" / "long.wav"))[1])
+    np.testing.assert_allclose(result.proba, window_proba.mean(axis=0), rtol=1e-6)
+
+
+def _read(path):
+    from esc50ann import audio
+
+    return audio.read_audio(path, 44100)
+
+
+def test_predict_formats_parse_back(final_model, recordings, capsys):
+    clip = recordings / "dog.wav"
+    _, table, _ = esc50ann(capsys, "predict", final_model, clip, "--top", 3)
+    _, as_csv, _ = esc50ann(capsys, "predict", final_model, clip, "--top", 3, "--format", "csv")
+    _, as_json, _ = esc50ann(capsys, "predict", final_model, clip, "--top", 3, "--format", "json")
+    rows = list(csv.DictReader(io.StringIO(as_csv)))
+    top = json.loads(as_json)[0]["top"]
+    assert [r["category"] for r in rows] == [t["category"] for t in top]
+    assert [float(r["probability"]) for r in rows] == pytest.approx([t["probability"] for t in top], abs=1e-6)
+    assert table.startswith(f"{clip}: {top[0]['category']} ")
+
+
+def test_predict_per_window_and_glob(final_model, recordings, capsys):
+    code, out, err = esc50ann(capsys, "predict", final_model, f"{recordings}/**/long*.wav", "--per-window",
+                              "--format", "csv", "--top", 1)
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["window_start_s"] for r in rows] == ["", "0.000", "2.500", "5.000", "7.000"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--top", "0"], ["--top", "0"]),
+    (["--hop", "-1"], ["--hop"]),
+])
+def test_predict_bad_options(final_model, recordings, capsys, args, words):
+    code, _, err = esc50ann(capsys, "predict", final_model, recordings / "dog.wav", *args)
+    assert code == 1 and err.startswith("esc50ann: error:") and all(w in err for w in words), err
+
+
+def test_missing_file_says_no_such_file(final_model, tmp_path, capsys):
+    code, _, err = esc50ann(capsys, "predict", final_model, tmp_path / "nothere.wav")
+    assert code == 1 and "no such file" in err and "nothere.wav" in err
+
+
+def test_model_saved_from_python_explains_what_predict_needs(tmp_path, capsys):
+    from esc50ann.model import ANNClassifier
+
+    X, y = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32), np.arange(20) % 2
+    ANNClassifier(hidden_layer_sizes=(3,), max_epochs=1).fit(X, y).save(tmp_path / "bare.npz")
+    code, _, err = esc50ann(capsys, "predict", tmp_path / "bare.npz", tmp_path / "x.wav")
+    assert code == 1 and "feature configuration" in err and "esc50ann train" in err
+
+
+def test_log_has_stage_lines_and_no_carriage_returns(data, tmp_path, capsys):
+    """stderr here is not a terminal: a line per stage and per fold, no bars."""
+    code, _, err = esc50ann(capsys, "run", data / "tiny.toml", "--data-dir", data / "data", "--out", tmp_path / "r",
+                            "--set", "training.max_epochs=2", "-v")
+    assert code == 0, err
+    assert "\r" not in err
+    for stage in ("dataset:", "features:", "cross-validation:", "report:"):
+        assert any(line.startswith(stage) for line in err.splitlines()), (stage, err)
+    assert "fold 1: accuracy" in err and "fold 3 epoch 2/2" in err  # parallel folds report epochs too
+
+
+def test_quiet_prints_only_the_result(data, tmp_path, capsys):
+    code, out, err = esc50ann(capsys, "--quiet", "run", data / "tiny.toml", "--data-dir", data / "data",
+                              "--out", tmp_path / "r", "--set", "training.max_epochs=2")
+    assert code == 0 and err == "" and "run folder" in out
+
+
+def test_unknown_folds_are_named_before_counting(data, capsys):
+    code, _, err = esc50ann(capsys, "run", data / "tiny.toml", "--data-dir", data / "data", "--folds", "4")
+    assert code == 1 and "folds 4: not in the metadata" in err, err
+
+
+def test_report_of_a_missing_folder(tmp_path, capsys):
+    code, _, err = esc50ann(capsys, "report", tmp_path / "nope")
+    assert code == 1 and "no such run folder" in err

@@ -1,0 +1,47 @@
+"""What a user installs is a wheel: build it, install it into a fresh virtual environment and run a
+built-in pipeline by name from a directory outside the checkout."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def run(*args, cwd, env=None):
+    result = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, f"{args}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def test_wheel_installs_and_runs_a_builtin_pipeline_from_anywhere(tmp_path, synth_archive):
+    # Build from a copy of the sources, so the checkout gets no build/ folder.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(CHECKOUT / name, src / name)
+    for folder in ("esc50ann", "pipelines"):
+        shutil.copytree(CHECKOUT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", src,
+        "-w", tmp_path / "dist", cwd=tmp_path)
+    wheel, = (tmp_path / "dist").glob("esc50ann-*.whl")
+
+    # A fresh environment; dependencies come from this interpreter's site-packages (no network).
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv, cwd=tmp_path)
+    python, command = venv / "bin" / "python", venv / "bin" / "esc50ann"
+    run(sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", wheel, cwd=tmp_path)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    data = tmp_path / "data"
+    result = run(command, "run", "quick", "--source", synth_archive, "--data-dir", data, "--out", elsewhere / "run",
+                 "--set", "training.max_epochs=2", "--jobs", 1, cwd=elsewhere)
+    assert "\r" not in result.stderr and "cross-validation:" in result.stderr
+    metrics = json.loads((elsewhere / "run" / "metrics.json").read_text())
+    assert metrics["pipeline"]["name"] == "quick" and metrics["folds"] == [1, 2, 3]
+    loaded = run(python, "-c", "import esc50ann; from esc50ann.pipeline import Pipeline; "
+                 "print(esc50ann.__file__, Pipeline.from_toml('pipelines/default.toml').config.name)",
+                 cwd=elsewhere).stdout.split()
+    assert loaded[0].startswith(str(venv)) and loaded[1] == "default"  # the wheel's, not this checkout's
