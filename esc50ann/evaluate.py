@@ -45,6 +45,7 @@ class FoldResult:
     best_epoch: int | None
     model: ANNClassifier = field(repr=False)
     seconds: float = 0.0
+    refitted: bool = False  # the model was retrained on train + validation after early stopping
 
     @property
     def accuracy(self) -> float | None:
@@ -130,6 +131,7 @@ def fit_fold(X: np.ndarray, y: np.ndarray, split: Split, params: dict[str, Any],
         test_fold=split.test_fold, val_fold=split.val_fold, test_index=split.test, y_true=y[split.test],
         y_pred=model.classes_[np.argmax(proba, axis=1)], proba=proba, history=history,
         best_epoch=best_epoch, model=model, seconds=time.perf_counter() - start,
+        refitted=early_stopping and refit,
     )
 
 

@@ -29,7 +29,7 @@ from esc50ann import progress as progress_mod
 from esc50ann import features as features_mod
 from esc50ann.config import PipelineConfig
 from esc50ann.dataset import Dataset
-from esc50ann.errors import Esc50Error
+from esc50ann.errors import DatasetError, Esc50Error
 from esc50ann.evaluate import CVResult, cross_validate, fit_fold, make_splits
 from esc50ann.features import FeatureSet
 from esc50ann.model import ANNClassifier
@@ -122,7 +122,7 @@ class Pipeline:
         listed = self.download().folds
         unknown = [f for f in folds or () if f not in listed]
         if unknown:
-            raise Esc50Error(f"folds {','.join(map(str, unknown))}: not in the metadata "
+            raise DatasetError(f"folds {','.join(map(str, unknown))}: not in the metadata "
                              f"(folds: {','.join(map(str, listed))})")
         if folds is not None and len(set(folds)) < 2:
             raise Esc50Error(f"folds {','.join(map(str, folds))}: cross-validation needs at least two test "

@@ -113,46 +113,59 @@ def summary(metrics: dict[str, Any], per_class: pd.DataFrame, confused: list[tup
     return "\n".join(lines) + "\n"
 
 
-def plot_confusion(confusion: pd.DataFrame, path: Path) -> None:
-    """A readable confusion matrix: class names on both axes, counts as colour."""
+def plot_confusion(confusion: pd.DataFrame, *, normalize: bool = False):
+    """A readable confusion matrix: class names on both axes, counts (or, with ``normalize``,
+    each true class's row as fractions) as colour. Returns a matplotlib ``Figure``."""
     from matplotlib.figure import Figure
 
+    values = confusion.to_numpy(dtype=float)
+    if normalize:
+        values = values / np.maximum(values.sum(axis=1, keepdims=True), 1)
     n = len(confusion)
     size = max(6.0, 0.28 * n + 3)
     fig = Figure(figsize=(size, size), layout="constrained")
     ax = fig.add_subplot()
-    image = ax.imshow(confusion.to_numpy(), cmap="Blues")
+    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else None)
     ax.set_xticks(range(n), confusion.columns, rotation=90, fontsize=7 if n > 20 else 9)
     ax.set_yticks(range(n), confusion.index, fontsize=7 if n > 20 else 9)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title("Confusion matrix (all test folds)")
-    fig.colorbar(image, ax=ax, shrink=0.6, label="clips")
-    _save(fig, path)
+    ax.set_title("Confusion matrix, all test folds" + (" (rows normalised)" if normalize else ""))
+    fig.colorbar(image, ax=ax, shrink=0.6, label="fraction of the true class" if normalize else "clips")
+    return fig
 
 
-def plot_learning_curves(cv: CVResult, path: Path) -> None:
-    """Loss and accuracy per epoch, one colour per fold; solid: training, dashed: validation."""
+def plot_learning_curves(cv: CVResult):
+    """Loss and accuracy per epoch, one colour per fold; solid: training, dashed: validation.
+    Returns a matplotlib ``Figure`` whose title says what was run."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 4), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
+    validated = False
     for fold in cv.folds.values():
         history = pd.DataFrame(fold.history)
         if history.empty:
             continue
         for ax, train_col, val_col in ((loss_ax, "loss", "val_loss"), (acc_ax, "accuracy", "val_accuracy")):
-            line, = ax.plot(history["epoch"], history[train_col], label=f"fold {fold.test_fold} train")
+            line, = ax.plot(history["epoch"], history[train_col], label=f"fold {fold.test_fold} training")
             if val_col in history and history[val_col].notna().any():
+                validated = True
                 ax.plot(history["epoch"], history[val_col], color=line.get_color(), linestyle="--",
                         label=f"fold {fold.test_fold} validation (fold {fold.val_fold})")
-    for ax, label in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+    for ax, label in ((loss_ax, "loss"), (acc_ax, "accuracy (training: running, over the epoch)")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("Learning curves (before refit on training + validation folds)")
-    _save(fig, path)
+    if not validated:
+        title = "Learning curves: training on every non-test fold (no validation fold)"
+    elif any(f.refitted for f in cv.folds.values()):
+        title = "Learning curves with early stopping on a validation fold (before the refit on training + validation)"
+    else:
+        title = "Learning curves with a validation fold"
+    fig.suptitle(title)
+    return fig
 
 
 def _save(fig, path: Path) -> None:
@@ -174,8 +187,9 @@ def write_run(run_dir: Path, cv: CVResult, dataset: Dataset, *, pipeline: dict[s
     write_text(run_dir / "predictions.csv", predictions.to_csv(index=False))
     write_text(run_dir / "per_class.csv", per_class.to_csv(index=False))
     write_text(run_dir / "confusion.csv", confusion.to_csv())
-    plot_confusion(confusion, run_dir / "confusion.png")
-    plot_learning_curves(cv, run_dir / "learning_curves.png")
+    _save(plot_confusion(confusion), run_dir / "confusion.png")
+    _save(plot_confusion(confusion, normalize=True), run_dir / "confusion_normalized.png")
+    _save(plot_learning_curves(cv), run_dir / "learning_curves.png")
     if save_models:
         for fold in cv.folds.values():
             fold.model.metadata_ = {**(model_metadata or {}), "test_fold": fold.test_fold}

@@ -70,3 +70,36 @@ def test_summary_lists_worst_class_first(result):
     text = summary(metrics, per_class, most_confused(confusion_table(predictions, cv)))
     assert text.index("| cat | 1 / 3 |") < text.index("| dog | 3 / 3 |")
     assert "| cat | dog | 2 |" in text and "75.0 %" in text
+
+
+def test_plots_return_figures_and_normalised_rows_sum_to_one(result):
+    from matplotlib.figure import Figure
+
+    from esc50ann.report import plot_confusion
+
+    cv, dataset = result
+    confusion = confusion_table(predictions_table(cv, dataset), cv)
+    counts, fractions = plot_confusion(confusion), plot_confusion(confusion, normalize=True)
+    assert isinstance(counts, Figure) and isinstance(fractions, Figure)
+    shown = fractions.axes[0].images[0].get_array()
+    np.testing.assert_allclose(np.asarray(shown).sum(axis=1), [1.0, 1.0])
+    assert np.asarray(counts.axes[0].images[0].get_array()).tolist() == [[1, 2], [0, 3]]
+    assert "normalised" in fractions.axes[0].get_title()
+
+
+@pytest.mark.parametrize("val_fold, refitted, words, absent", [
+    (None, False, "no validation fold", "refit"),
+    (2, True, "before the refit", "no validation"),
+    (2, False, "with a validation fold", "refit"),
+])
+def test_learning_curve_title_says_what_ran(result, val_fold, refitted, words, absent):
+    from esc50ann.report import plot_learning_curves
+
+    cv, _ = result
+    for f in cv.folds.values():
+        f.val_fold, f.refitted = val_fold, refitted
+        f.history = [{"epoch": e, "loss": 1.0 / e, "accuracy": 0.5, "seconds": 0.1,
+                      "val_loss": 1.0 / e if val_fold else None, "val_accuracy": 0.5 if val_fold else None}
+                     for e in (1, 2, 3)]
+    title = plot_learning_curves(cv)._suptitle.get_text()
+    assert words in title and absent not in title
