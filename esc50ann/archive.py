@@ -12,15 +12,14 @@ import os
 import re
 import shutil
 import stat
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
 from typing import Callable
 
 
-from esc50ann.errors import DatasetError, one_line
-from esc50ann.fileio import CHUNK
+from esc50ann.errors import DatasetError, StorageError, one_line
+from esc50ann.fileio import CHUNK, owned_name, remove_stale
 from esc50ann import progress as progress_mod
 
 META_CSV = "meta/esc50.csv"
@@ -77,8 +76,10 @@ def extract(archive: Path, dest_parent: Path, *, max_uncompressed: int = 4 * 2**
         prefix = dataset_prefix(infos, archive)
         members = [i for i in infos if i.filename.startswith(prefix) and i.filename != prefix]
         dest_parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest_parent))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the dataset folder should not be
+        for pattern in (".extract-*", ".old-*"):  # left by a killed extraction (~280 MB each)
+            remove_stale(dest_parent, pattern)
+        tmp = dest_parent / owned_name(".extract-")
+        tmp.mkdir()
         try:
             _extract_members(zf, members, prefix, tmp, archive, progress)
             if check is not None:
@@ -156,15 +157,17 @@ def _extract_one(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, archi
         raise DatasetError(f"{archive}: damaged member {info.filename!r} ({one_line(e)})") from None
     except OSError as e:
         if e.errno == errno.ENOSPC:
-            raise DatasetError(f"{archive}: disk full while writing {target}") from None
-        raise DatasetError(f"{archive}: cannot write {target} ({one_line(e)})") from None
+            raise StorageError(f"{archive}: disk full while writing {target} (the archive is kept; "
+                               "free space and run again)") from None
+        raise StorageError(f"{archive}: cannot write {target} ({one_line(e)})") from None
 
 
 def _swap_in(new: Path, final: Path) -> None:
     """Rename the complete folder ``new`` to ``final``, replacing an older one last."""
     old = None
     if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=".old-", dir=final.parent))
+        old = final.parent / owned_name(".old-")
+        old.mkdir()
         os.replace(final, old / final.name)
     os.replace(new, final)
     if old is not None:

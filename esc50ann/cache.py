@@ -25,11 +25,11 @@ This module knows nothing about audio features; ``esc50ann.features`` builds on 
 from __future__ import annotations
 
 import hashlib
+import errno
 import json
 import os
 import shutil
 import time
-import uuid
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,9 +38,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from esc50ann.errors import FeatureError
+from esc50ann.errors import FeatureError, StorageError
 from esc50ann import fileio
-from esc50ann.fileio import atomic_path, file_lock, write_text
+from esc50ann.fileio import atomic_path, file_lock, owned_name, remove_stale, write_text
 
 ARRAY_FILE = "features.npy"
 MANIFEST_FILE = "manifest.json"
@@ -198,27 +198,16 @@ def commit(cache_dir: Path, key: str, parts: Iterable[np.ndarray], *, n_cols: in
     """
     _check_key(key)
     cache_dir = Path(cache_dir)
-    for stale in cache_dir.glob(f".{key}.tmp-*"):  # left by a writer killed mid-commit
+    for stale in cache_dir.glob(f".{key}.tmp-*"):  # left by a writer killed mid-commit (we hold the lock)
         _remove_dir(stale)
-    tmp = cache_dir / f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    for pattern in (".*.tmp-*", ".*.del-*"):  # other keys' leftovers, when their owner is gone
+        remove_stale(cache_dir, pattern)
+    tmp = cache_dir / owned_name(f".{key}.tmp-")
     tmp.mkdir(parents=True)
     try:
         shape = (len(filenames), int(n_cols))
         array_path = tmp / ARRAY_FILE
-        if shape[0] == 0:
-            np.save(array_path, np.zeros(shape, np.float32))
-        else:  # stream the blocks to disk: flat features of 2000 clips are ~0.5 GB
-            out = np.lib.format.open_memmap(array_path, mode="w+", dtype=np.float32, shape=shape)
-            row = 0
-            for part in parts:
-                out[row:row + len(part)] = part
-                row += len(part)
-            if row != shape[0]:
-                raise FeatureError(f"cache entry {key}: got {row} rows for {shape[0]} filenames")
-            out.flush()
-            del out
-        with open(array_path, "rb") as f:
-            os.fsync(f.fileno())
+        _write_rows(array_path, parts, shape, key)
         size = array_path.stat().st_size
         scope = _scope(size)
         manifest = {
@@ -250,6 +239,48 @@ def commit(cache_dir: Path, key: str, parts: Iterable[np.ndarray], *, n_cols: in
     return entry
 
 
+def _write_rows(path: Path, parts: Iterable[np.ndarray], shape: tuple[int, int], key: str) -> None:
+    """Stream row blocks into a ``.npy`` file of ``shape`` with ordinary writes (flat features of
+    2000 clips are ~0.5 GB), its space reserved first.
+
+    Not through a memory map: when the disk cannot supply a mapped page's block the process gets
+    SIGBUS and dies without a word. Here a full disk is an ``OSError`` (ENOSPC), raised as a
+    one-line ``FeatureError`` naming the file.
+    """
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": shape}
+    rows = 0
+    try:
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            f.flush()
+            _reserve(f, f.tell() + shape[0] * shape[1] * 4)
+            for part in parts:
+                part = np.ascontiguousarray(part, dtype=np.float32)
+                f.write(part.data)
+                rows += len(part)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise StorageError(f"{path}: no space left on the device for the feature cache entry "
+                               f"({shape[0]} x {shape[1]} float32, {shape[0] * shape[1] * 4 / 2**20:.0f} MiB); "
+                               "free space or choose another --data-dir") from None
+        raise
+    if rows != shape[0]:
+        raise FeatureError(f"cache entry {key}: got {rows} rows for {shape[0]} filenames")
+
+
+def _reserve(f, size: int) -> None:
+    """Claim the file's blocks up front, so a full disk fails here rather than half-way."""
+    try:
+        os.posix_fallocate(f.fileno(), 0, size)
+    except AttributeError:  # no posix_fallocate on this platform: the writes will tell
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+
+
 def _write_manifest(folder: Path, manifest: dict) -> None:
     write_text(folder / MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")
 
@@ -259,7 +290,7 @@ def _remove_dir(path: Path) -> None:
     path = Path(path)
     if not path.exists():
         return
-    doomed = path.with_name(f".{path.name}.del-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    doomed = path.with_name(owned_name(f".{path.name}.del-"))
     try:
         os.replace(path, doomed)
     except OSError:

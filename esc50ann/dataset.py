@@ -24,7 +24,7 @@ from joblib import Parallel, delayed
 from esc50ann import fileio, paths
 from esc50ann.archive import DATASET_FOLDER, extract
 from esc50ann.download import DEFAULT_SOURCE, check_sha256, fetch
-from esc50ann.errors import DatasetError, one_line
+from esc50ann.errors import DatasetError, StorageError, one_line
 from esc50ann.fileio import file_lock, write_text
 from esc50ann.metadata import load_metadata
 from esc50ann import progress as progress_mod
@@ -284,12 +284,12 @@ def prepare(source: str | Path | None = None, data_dir: Path | str | None = None
     # With no source named anywhere, a dataset already verified here (say the offline dev
     # copy) is what the caller means, not a 600 MB download of the default.
     wanted = None if unspecified else source
-    done = _recorded(data_dir, wanted)
+    done = _recorded(data_dir, wanted, sha256)
     if done is not None:
         return done
     with file_lock(data_dir / LOCK):  # a second prepare() waits here, then finds the record
         # Another prepare() may have finished this while we waited for the lock.
-        done = _recorded(data_dir, wanted)
+        done = _recorded(data_dir, wanted, sha256)
         if done is not None:
             return done
         # The previous record stays until the new dataset is validated: if anything below
@@ -300,7 +300,7 @@ def prepare(source: str | Path | None = None, data_dir: Path | str | None = None
         else:
             dataset = _extract_and_validate(local, data_dir, downloaded=_is_url(source),
                                             n_jobs=n_jobs, progress=progress)
-        write_record(data_dir, source, dataset)  # atomic: replaces the previous record
+        write_record(data_dir, source, dataset, archive_sha256=sha256)  # atomic: replaces the previous record
     return dataset
 
 
@@ -337,15 +337,23 @@ def resolve_source(source: str | Path | None = None) -> str:
 def _obtain(source: str, data_dir: Path, *, sha256: str | None, progress: bool) -> Path:
     """A local file or folder for ``source``: downloads URLs, uses local paths in place."""
     if _is_url(source):
-        name = Path(urlparse(source).path).name or "esc50"
-        dest = data_dir / "downloads" / (name if name.endswith(".zip") else name + ".zip")
-        return fetch(source, dest, sha256=sha256, progress=progress)
+        return fetch(source, download_path(source, data_dir), sha256=sha256, progress=progress)
     path = Path(source)
     if not path.exists():
         raise DatasetError(f"source {path}: no such file or folder")
     if path.is_file():
         check_sha256(path, sha256)
+    elif sha256:
+        raise DatasetError(f"source {path}: a folder has no archive checksum to check (--sha256 is for archives)")
     return path
+
+
+def download_path(url: str, data_dir: Path) -> Path:
+    """Where the download of ``url`` is kept: named by the URL, not just its file name, so two
+    sources that share a name (two mirrors' ``master.zip``) never stand in for each other."""
+    name = Path(urlparse(url).path).name or "esc50"
+    name = name if name.endswith(".zip") else name + ".zip"
+    return Path(data_dir) / "downloads" / f"{fileio.sha256(url.encode())[:12]}-{name}"
 
 
 def _is_url(source: str) -> bool:
@@ -388,6 +396,8 @@ def _extract(archive: Path, data_dir: Path, *, downloaded: bool, progress: bool,
     """``extract``, dropping a downloaded archive that turns out bad so a rerun fetches it anew."""
     try:
         return extract(archive, data_dir, progress=progress, check=check)
+    except StorageError:  # the disk's fault, not the archive's: keep the download
+        raise
     except DatasetError as e:
         if not downloaded:
             raise
@@ -436,10 +446,12 @@ def read_record(data_dir: Path) -> dict | None:
     return record
 
 
-def write_record(data_dir: Path, source: str, dataset: Dataset) -> Path:
-    """Atomically write ``data_dir/dataset.json`` describing a verified ``dataset``."""
+def write_record(data_dir: Path, source: str, dataset: Dataset, *, archive_sha256: str | None = None) -> Path:
+    """Atomically write ``data_dir/dataset.json`` describing a verified ``dataset`` (and the
+    archive checksum it was checked against, if one was given)."""
     record = {
         "source": source,
+        "archive_sha256": archive_sha256.strip().lower() if archive_sha256 else None,
         "root": str(Path(dataset.root).resolve()),
         "verified_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "n_clips": len(dataset),
@@ -448,9 +460,10 @@ def write_record(data_dir: Path, source: str, dataset: Dataset) -> Path:
     return write_text(Path(data_dir) / RECORD, json.dumps(record, indent=1) + "\n")
 
 
-def _recorded(data_dir: Path, source: str | None) -> Dataset | None:
-    """The recorded dataset if it came from ``source`` (any, if None) and still matches its
-    metadata; else None.
+def _recorded(data_dir: Path, source: str | None, sha256: str | None = None) -> Dataset | None:
+    """The recorded dataset if it came from ``source`` (any, if None), was checked against the
+    checksum ``sha256`` (when one is given: a checksum given is always checked) and still matches
+    its metadata; else None.
 
     Costs one small JSON and one CSV read: no hashing, no audio decoding.
     """
@@ -459,6 +472,8 @@ def _recorded(data_dir: Path, source: str | None) -> Dataset | None:
     except DatasetError:
         return None  # a damaged record is simply redone
     if record is None or (source is not None and record["source"] != source):
+        return None
+    if sha256 and (record.get("archive_sha256") or "") != sha256.strip().lower():
         return None
     root = Path(record["root"])
     csv_path = root / "meta" / "esc50.csv"

@@ -35,3 +35,8 @@ class ConfigError(Esc50Error, ValueError):
 
 class ModelError(Esc50Error):
     """Training diverged, or a model file is damaged or of another architecture."""
+
+
+class StorageError(Esc50Error):
+    """The disk could not take a write (full, quota, unwritable): nothing read was at fault, so
+    nothing already downloaded or cached is discarded for it."""

@@ -7,7 +7,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -81,6 +84,46 @@ def file_lock(path: str | Path, *, blocking: bool = True):
         yield True
     finally:
         lock.release()
+
+
+def owned_name(prefix: str) -> str:
+    """A temporary name that records its owner: ``<prefix><pid>-<random>``, so a later run can
+    tell a live writer's temporary from one left by a killed process (``remove_stale``)."""
+    return f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+_OWNER = re.compile(r"(\d+)-[0-9a-f]{8}$")
+
+
+def remove_stale(folder: str | Path, pattern: str) -> list[Path]:
+    """Remove temporaries in ``folder`` matching the glob ``pattern`` whose owner process is gone.
+
+    Names come from ``owned_name``; a temporary of a live process (this one included) is kept.
+    Returns what was removed.
+    """
+    removed = []
+    for path in Path(folder).glob(pattern):
+        match = _OWNER.search(path.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def _umask() -> int:

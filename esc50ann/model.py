@@ -217,9 +217,13 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
         net = self.network_
         proba = np.empty((len(X), len(self.classes_)), np.float64)
-        for lo in range(0, len(X), _PREDICT_CHUNK):
-            proba[lo:lo + _PREDICT_CHUNK] = net.forward(self._transform(X[lo:lo + _PREDICT_CHUNK],
-                                                                        net.dtype))
+        with np.errstate(over="ignore", invalid="ignore"):
+            for lo in range(0, len(X), _PREDICT_CHUNK):
+                proba[lo:lo + _PREDICT_CHUNK] = net.forward(self._transform(X[lo:lo + _PREDICT_CHUNK],
+                                                                            net.dtype))
+        if not np.isfinite(proba).all():  # finite but huge weights overflow here
+            raise ModelError("the model gives non-finite probabilities (training diverged to huge weights): "
+                             f"lower the learning rate (now {self.learning_rate:g})")
         if net.output.name != "softmax":
             # Independent sigmoid units do not sum to one: normalise (uniform if all are 0).
             total = proba.sum(axis=1, keepdims=True)

@@ -54,6 +54,9 @@ def write(path, arrays: dict[str, np.ndarray], header: dict) -> Path:
         text = json.dumps(header, default=json_default)
     except (TypeError, ValueError) as exc:
         raise ModelError(f"{path}: cannot store the model header ({one_line(exc)})") from None
+    for name, array in arrays.items():  # a diverged network is never written as a model
+        if np.issubdtype(np.asarray(array).dtype, np.floating) and not np.isfinite(array).all():
+            raise ModelError(f"{path}: refusing to save non-finite values in {name!r} (training diverged)")
     arrays = {**arrays, "header": np.frombuffer(text.encode("utf-8"), dtype=np.uint8)}
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:

@@ -166,6 +166,11 @@ def train(net, X, Y, *, optimizer, batch_size=32, max_epochs=100, rng=None,
             if stopper is not None and stopper.update(net, epoch, row["val_loss"]):
                 break
     best_epoch = stopper.restore(net, len(history)) if stopper is not None else len(history)
+    # The loss is checked before each update, so the last update can still overflow: check
+    # the weights the caller gets, or a "trained" network of inf/NaN would be saved and scored.
+    if not all(np.isfinite(p).all() for p in net.params):
+        raise ModelError(f"training diverged at epoch {len(history)} (weights not finite after the last "
+                         f"update): lower the learning rate (now {optimizer.learning_rate:g})")
     return history, best_epoch
 
 

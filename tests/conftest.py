@@ -7,6 +7,10 @@ from pathlib import Path
 for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 
+import re  # noqa: E402
+import threading  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+
 import pytest  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
@@ -27,3 +31,71 @@ def synth_archive(tmp_path_factory) -> Path:
 def synth_folder(tmp_path_factory) -> Path:
     """A synthetic extracted ESC-50-master folder, built once per session. Treat as read-only."""
     return synth.make_dataset_folder(tmp_path_factory.mktemp("folder"))
+
+
+# --------------------------------------------------------------------------- a local HTTP server
+
+PAYLOAD = os.urandom(300_000)  # several reads' worth, so a cut lands mid-transfer
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Serves ``server.files``; behaviour switches live on the server (see ``http_server``)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def do_GET(self):
+        srv = self.server
+        srv.requests.append({"path": self.path, "range": self.headers.get("Range")})
+        if srv.status:
+            self.send_error(srv.status)
+            return
+        data = srv.files.get(self.path)
+        if data is None:
+            self.send_error(404)
+            return
+        start, wanted = 0, self.headers.get("Range")
+        if wanted and not srv.ignore_range:
+            start = int(re.fullmatch(r"bytes=(\d+)-", wanted)[1])
+            if start >= len(data):
+                self.send_error(416)
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if srv.cut_after is not None:
+            # Promise the whole body, send part of it, hang up: a dropped connection.
+            n, srv.cut_after = srv.cut_after, None
+            self.wfile.write(body[:n])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="session")
+def server():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture
+def http_server(server):
+    """The shared server, reset: serves /data.bin = PAYLOAD; honours Range; no faults."""
+    server.files = {"/data.bin": PAYLOAD}
+    server.requests, server.status, server.ignore_range, server.cut_after = [], None, False, None
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    return server
+
+

@@ -84,7 +84,7 @@ def test_prepare_from_folder_in_place(synth_folder, tmp_path):
     d = prepare(synth_folder, tmp_path / "data", progress=False)
     assert d.root == synth_folder and len(d) == 24 and d.manifest is not None
     record = json.loads((tmp_path / "data" / "dataset.json").read_text())
-    assert set(record) == {"source", "root", "verified_at", "n_clips", "files"}
+    assert set(record) == {"source", "archive_sha256", "root", "verified_at", "n_clips", "files"}
     assert record["n_clips"] == 24 and record["files"] == d.manifest
     assert not (tmp_path / "data" / "ESC-50-master").exists()  # nothing copied
 

@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,68 +13,7 @@ from esc50ann.download import DEFAULT_SOURCE, check_sha256, fetch
 from esc50ann.fileio import sha256 as sha256_file
 from esc50ann.errors import DatasetError, DownloadError
 
-PAYLOAD = os.urandom(300_000)  # several reads' worth, so a cut lands mid-transfer
-
-
-class Handler(BaseHTTPRequestHandler):
-    """Serves ``server.files``; behaviour switches live on the server (see ``http_server``)."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-    def do_GET(self):
-        srv = self.server
-        srv.requests.append({"path": self.path, "range": self.headers.get("Range")})
-        if srv.status:
-            self.send_error(srv.status)
-            return
-        data = srv.files.get(self.path)
-        if data is None:
-            self.send_error(404)
-            return
-        start, wanted = 0, self.headers.get("Range")
-        if wanted and not srv.ignore_range:
-            start = int(re.fullmatch(r"bytes=(\d+)-", wanted)[1])
-            if start >= len(data):
-                self.send_error(416)
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if srv.cut_after is not None:
-            # Promise the whole body, send part of it, hang up: a dropped connection.
-            n, srv.cut_after = srv.cut_after, None
-            self.wfile.write(body[:n])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        self.wfile.write(body)
-
-
-@pytest.fixture(scope="module")
-def server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    srv.daemon_threads = True
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-
-
-@pytest.fixture
-def http_server(server):
-    """The shared server, reset: serves /data.bin = PAYLOAD; honours Range; no faults."""
-    server.files = {"/data.bin": PAYLOAD}
-    server.requests, server.status, server.ignore_range, server.cut_after = [], None, False, None
-    server.url = f"http://127.0.0.1:{server.server_address[1]}"
-    return server
+from conftest import PAYLOAD
 
 
 def quick(url, dest, **kw):
@@ -211,7 +147,7 @@ def test_prepare_downloads_extracts_and_verifies(http_server, synth_archive, tmp
     data_dir = tmp_path / "data"
     d = ds.prepare(url, data_dir, progress=False)
     assert len(d) == 24 and d.folds == [1, 2, 3]
-    assert (data_dir / "downloads" / "ESC-50-master.zip").is_file()
+    assert ds.download_path(url, data_dir).is_file() and ds.download_path(url, data_dir).name.endswith("-ESC-50-master.zip")
     assert d.root == data_dir / "ESC-50-master"
     assert sha256_file(d.root / "audio" / d.meta.filename[0]) == d.manifest[d.meta.filename[0]]
     n = len(http_server.requests)
@@ -224,4 +160,4 @@ def test_prepare_drops_a_download_that_is_not_a_zip(http_server, tmp_path):
     http_server.files["/broken.zip"] = b"<html>not a zip</html>"
     with pytest.raises(DatasetError, match="not a readable zip.*removed the download"):
         ds.prepare(http_server.url + "/broken.zip", tmp_path, progress=False)
-    assert not (tmp_path / "downloads" / "broken.zip").exists()
+    assert not ds.download_path(http_server.url + "/broken.zip", tmp_path).exists()

@@ -1,0 +1,171 @@
+"""Faults that used to lose data or crash, each caused for real or at the system call that fails."""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import synth
+from esc50ann import archive, cache, dataset as ds
+from esc50ann.errors import DownloadError, StorageError
+from esc50ann.fileio import owned_name, remove_stale
+
+
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+# 1. disk full while committing a feature-cache entry ---------------------------------------------
+
+def test_full_disk_on_cache_commit_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "posix_fallocate", _enospc)
+    parts = [np.ones((10, 7), np.float32)] * 3
+    with pytest.raises(StorageError, match="no space left.*30 x 7") as info:
+        cache.commit(tmp_path, "a" * 16, parts, n_cols=7, filenames=[f"{i}.wav" for i in range(30)],
+                     skipped=[], info={})
+    assert "\n" not in str(info.value) and str(tmp_path) in str(info.value)
+    assert list(tmp_path.iterdir()) == [tmp_path / ".locks"] or list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MiB tmpfs (root with mount rights only; otherwise skipped)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_full_disk_for_real_no_sigbus(small_disk):
+    """On a full tmpfs a memory-mapped write killed the process with SIGBUS; now it is an error."""
+    code = (f"import numpy as np, sys; sys.path.insert(0, {str(os.getcwd())!r})\n"
+            "from esc50ann import cache\n"
+            "from esc50ann.errors import StorageError\n"
+            "try:\n"
+            f"    cache.commit({str(small_disk)!r}, 'b' * 16, [np.ones((64, 8192), np.float32)], n_cols=8192,\n"
+            "                 filenames=[str(i) for i in range(64)], skipped=[], info={})\n"
+            "except StorageError as e:\n"
+            "    print(e); sys.exit(1)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, (result.returncode, result.stderr)  # not -SIGBUS
+    assert "no space left" in result.stdout
+    assert not [p for p in small_disk.iterdir() if p.name.startswith(".")and p.name != ".locks"]
+
+
+# 2. disk full while extracting keeps the good download -----------------------------------------
+
+def test_full_disk_while_extracting_keeps_the_download(http_server, synth_archive, tmp_path, monkeypatch):
+    http_server.files["/ESC-50-master.zip"] = synth_archive.read_bytes()
+    url = http_server.url + "/ESC-50-master.zip"
+    monkeypatch.setattr(archive.shutil, "copyfileobj", _enospc)
+    with pytest.raises(StorageError, match="disk full.*archive is kept"):
+        ds.prepare(url, tmp_path, progress=False)
+    kept = ds.download_path(url, tmp_path)
+    assert kept.read_bytes() == synth_archive.read_bytes()
+    assert not list(tmp_path.glob(".extract-*"))
+    monkeypatch.undo()
+    n = len(http_server.requests)
+    assert len(ds.prepare(url, tmp_path, progress=False)) == 24  # the rerun uses the kept archive
+    assert len(http_server.requests) == n
+
+
+# 3. another URL with the same file name is another download ------------------------------------
+
+def test_same_file_name_from_another_url_is_downloaded_anew(http_server, synth_archive, tmp_path):
+    other = synth.make_archive(tmp_path / "other.zip", n_folds=2)
+    http_server.files["/a/master.zip"] = synth_archive.read_bytes()
+    http_server.files["/b/master.zip"] = other.read_bytes()
+    first = ds.prepare(http_server.url + "/a/master.zip", tmp_path / "data", progress=False)
+    second = ds.prepare(http_server.url + "/b/master.zip", tmp_path / "data", progress=False)
+    assert first.folds == [1, 2, 3] and second.folds == [1, 2]
+    record = json.loads((tmp_path / "data" / "dataset.json").read_text())
+    assert record["source"].endswith("/b/master.zip") and record["n_clips"] == len(second)
+
+
+# 4. a checksum given is always checked ----------------------------------------------------------
+
+def test_sha256_is_checked_even_when_the_dataset_is_recorded(http_server, synth_archive, tmp_path):
+    http_server.files["/ESC-50-master.zip"] = synth_archive.read_bytes()
+    url = http_server.url + "/ESC-50-master.zip"
+    ds.prepare(url, tmp_path, progress=False)
+    with pytest.raises(DownloadError, match="checksum mismatch"):
+        ds.prepare(url, tmp_path, sha256="0" * 64, progress=False)
+    assert ds.download_path(url, tmp_path).is_file()  # a good download is not deleted for it
+    from esc50ann.fileio import sha256
+
+    right = sha256(synth_archive)
+    assert len(ds.prepare(url, tmp_path, sha256=right, progress=False)) == 24
+    assert json.loads((tmp_path / "dataset.json").read_text())["archive_sha256"] == right
+
+
+# stale temporaries of killed processes ----------------------------------------------------------
+
+def test_temporaries_of_dead_processes_are_removed_live_ones_kept(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a pid that is gone
+    dead = tmp_path / f".extract-{child.pid}-0123abcd"
+    dead.mkdir()
+    (dead / "big.wav").write_bytes(b"x" * 1000)
+    mine = tmp_path / owned_name(".extract-")
+    mine.mkdir()
+    assert remove_stale(tmp_path, ".extract-*") == [dead]
+    assert not dead.exists() and mine.exists()
+
+
+def test_extraction_killed_with_sigkill_is_cleaned_by_the_next_run(synth_archive, tmp_path):
+    """Kill a real extraction half-way (kill -9), then extract again: no .extract-* left."""
+    code = ("import sys, time; sys.path.insert(0, %r)\n"
+            "from esc50ann import archive\n"
+            "real = archive._extract_one\n"
+            "def slow(*a):\n"
+            "    real(*a); print('wrote', flush=True); time.sleep(30)\n"
+            "archive._extract_one = slow\n"
+            "archive.extract(%r, %r, progress=False)\n") % (os.getcwd(), str(synth_archive), str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "wrote"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(list(tmp_path.glob(".extract-*"))) == 1  # what the kill left
+    archive.extract(synth_archive, tmp_path, progress=False)
+    assert not list(tmp_path.glob(".extract-*")) and (tmp_path / "ESC-50-master" / "meta" / "esc50.csv").is_file()
+
+
+# 5. overflow on the final update ----------------------------------------------------------------
+
+def test_overflow_on_the_last_update_is_the_divergence_error():
+    from esc50ann.errors import ModelError
+    from esc50ann.model import ANNClassifier
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(64, 5)).astype(np.float32), np.arange(64) % 4
+    model = ANNClassifier(hidden_layer_sizes=(8,), solver="sgd", learning_rate=1e100, batch_size=64, max_epochs=1)
+    with pytest.raises(ModelError, match=r"^training diverged at epoch 1 \(weights not finite"):
+        model.fit(X, y)  # one batch: its loss was finite, the update that followed was not
+
+
+def test_non_finite_weights_are_never_written(tmp_path):
+    from esc50ann import modelfile
+    from esc50ann.errors import ModelError
+
+    with pytest.raises(ModelError, match="non-finite values in 'W1'"):
+        modelfile.write(tmp_path / "m.npz", {"W1": np.array([[np.inf]], np.float32)}, {})
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_diverging_run_exits_1_and_writes_no_model(synth_archive, tmp_path, capsys):
+    from esc50ann import cli
+
+    code = cli.main(["--quiet", "run", "quick", "--source", str(synth_archive), "--data-dir", str(tmp_path / "d"),
+                     "--out", str(tmp_path / "run"), "--jobs", "1", "--set", "training.solver=sgd",
+                     "--set", "training.learning_rate=1e38", "--set", "training.batch_size=10000",
+                     "--set", "training.max_epochs=1", "--set", "evaluation.validation=none"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("esc50ann: error:") and "diverged" in err and err.count("\n") == 1
+    assert not list((tmp_path / "run").glob("*.npz")) and not (tmp_path / "run" / "metrics.json").exists()
