@@ -127,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hop", type=_positive_float,
                    help="seconds between windows of a recording longer than the model's clip (default: half a clip)")
     p.add_argument("--per-window", action="store_true", help="also list each window's prediction")
+    p = command("sweep", "try many configurations of a pipeline, chosen by nested cross-validation")
+    p.add_argument("sweep_file", type=Path, help="sweep file (see sweeps/)")
+    p.add_argument("--out", type=Path, help="report folder; rerun into it to resume (default: <data-dir>/runs/sweep-...)")
+    p.add_argument("--jobs", type=int, default=-1, help="local worker processes (default: all cores)")
+    p.add_argument("--cluster", help="tcp://host:8786 (a Dask scheduler) or local:N (a LocalCluster of N workers)")
     p = command("report", "print the report of a finished run")
     p.add_argument("run_dir", type=Path)
     return parser
@@ -308,6 +313,15 @@ def _json(results, per_window) -> str:
 _FORMATS = {"table": _table, "csv": _csv, "json": _json}
 
 
+def cmd_sweep(args) -> None:
+    from esc50ann import sweep
+
+    result = sweep.run(args.sweep_file, data_dir=args.data_dir, source=args.source, out=args.out,
+                       n_jobs=args.jobs, cluster=args.cluster, progress=args.progress)
+    print((result.out_dir / "report.md").read_text(encoding="utf-8"))
+    print(f"sweep folder: {result.out_dir}")
+
+
 def cmd_report(args) -> None:
     from esc50ann.report import load_run
 
@@ -319,4 +333,4 @@ def cmd_report(args) -> None:
 
 COMMANDS = {"download": cmd_download, "info": cmd_info, "pipelines": cmd_pipelines, "features": cmd_features,
             "cache": cmd_cache,
-            "run": cmd_run, "cv": cmd_run, "train": cmd_train, "predict": cmd_predict, "report": cmd_report}
+            "run": cmd_run, "cv": cmd_run, "sweep": cmd_sweep, "train": cmd_train, "predict": cmd_predict, "report": cmd_report}

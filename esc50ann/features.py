@@ -210,10 +210,15 @@ def _run_chunks(tasks, config, bases, n_workers):
         for task in tasks:
             yield task, _chunk_worker(task[2], task[3], config, bases)
         return
-    from joblib import Parallel, delayed, parallel_config
+    import contextlib
 
-    # One BLAS/OpenMP thread per worker: n_workers processes already fill the cores.
-    with parallel_config(backend="loky", inner_max_num_threads=1):
+    from joblib import Parallel, delayed, parallel_config
+    from joblib.parallel import get_active_backend
+
+    # One BLAS/OpenMP thread per worker: n_workers processes already fill the cores. A caller
+    # that chose the Dask backend (a cluster, ``esc50ann.sweep``) keeps it.
+    on_dask = type(get_active_backend()[0]).__name__.startswith("Dask")
+    with contextlib.nullcontext() if on_dask else parallel_config(backend="loky", inner_max_num_threads=1):
         results = Parallel(n_jobs=n_workers, return_as="generator")(
             delayed(_chunk_worker)(t[2], t[3], config, bases) for t in tasks)
         yield from zip(tasks, results)

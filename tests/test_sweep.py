@@ -1,0 +1,165 @@
+"""Sweeps: strict files, nested cross-validation that never lets the test fold choose, resume, and
+the same numbers on a Dask LocalCluster (127.0.0.1)."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import synth
+from esc50ann import cli, sweep as sweep_mod
+from esc50ann.errors import ConfigError
+from esc50ann.sweep import Sweep, Task, tasks_for
+
+SWEEP = """
+name = "tiny-sweep"
+pipeline = "tiny.toml"
+[values]
+"training.learning_rate" = [0.001, 0.03]
+"model.hidden_layer_sizes" = [[4], [16]]
+"""
+
+
+@pytest.fixture(scope="module")
+def workdir(synth_archive, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    (root / "tiny.toml").write_text(synth.TINY_PIPELINE.replace("max_epochs = 30", "max_epochs = 8")
+                                    .replace("patience = 5", "patience = 0"))
+    (root / "tiny-sweep.toml").write_text(SWEEP)
+    assert cli.main(["--quiet", "download", "--source", str(synth_archive), "--data-dir", str(root / "data")]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def finished(workdir):
+    out = workdir / "out"
+    result = sweep_mod.run(workdir / "tiny-sweep.toml", data_dir=workdir / "data", out=out, n_jobs=1, progress=False)
+    return result, out
+
+
+def test_grid_is_every_combination(workdir):
+    sweep = Sweep.from_toml(workdir / "tiny-sweep.toml")
+    assert len(sweep.configurations) == 4
+    assert {json.dumps(c, sort_keys=True) for c in sweep.configurations} == {
+        json.dumps({"training.learning_rate": lr, "model.hidden_layer_sizes": h}, sort_keys=True)
+        for lr in (0.001, 0.03) for h in ([4], [16])}
+    assert sweep.pipelines[0].training["learning_rate"] == 0.001 and sweep.pipelines[0].model["hidden_layer_sizes"] == [4]
+
+
+def test_random_sampling_is_seeded_and_within_ranges(workdir, tmp_path):
+    text = ('pipeline = "{}"\nmode = "random"\nn_samples = 20\nseed = {}\n[values]\n'
+            '"training.learning_rate" = {{ loguniform = [1e-4, 1e-1] }}\n"training.max_epochs" = {{ uniform = [2, 9] }}\n'
+            '"training.solver" = ["sgd", "adam"]\n')
+    for seed in (1, 2):
+        (tmp_path / f"r{seed}.toml").write_text(text.format(workdir / "tiny.toml", seed))
+    a, again, b = (Sweep.from_toml(tmp_path / f) for f in ("r1.toml", "r1.toml", "r2.toml"))
+    assert a.configurations == again.configurations != b.configurations
+    rates = [c["training.learning_rate"] for c in a.configurations]
+    assert all(1e-4 <= r <= 1e-1 for r in rates)
+    assert all(isinstance(c["training.max_epochs"], int) and 2 <= c["training.max_epochs"] <= 9 for c in a.configurations)
+
+
+@pytest.mark.parametrize("values, words", [
+    ('"training.lerning_rate" = [0.1]', ["lerning_rate"]),
+    ('"training.learning_rate" = ["fast"]', ["learning_rate"]),
+    ('"training.learning_rate" = []', ["learning_rate", "empty"]),
+    ('"training.learning_rate" = { loguniform = [1e-4, 1e-1] }', ["random"]),
+    ('"training.learning_rate" = { loguniform = [0, 1] }', ["loguniform"]),
+    ("", ["[values]"]),
+])
+def test_bad_sweep_files_are_one_line_errors(workdir, tmp_path, capsys, values, words):
+    path = tmp_path / "bad.toml"
+    path.write_text(f'pipeline = "{workdir / "tiny.toml"}"\n[values]\n{values}\n')
+    with pytest.raises(ConfigError) as info:
+        Sweep.from_toml(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and all(w in message for w in words), message
+    assert cli.main(["sweep", str(path), "--data-dir", str(workdir / "data")]) == 1
+    assert capsys.readouterr().err.startswith("esc50ann: error:")
+
+
+def test_tasks_cover_inner_and_outer_splits():
+    tasks = tasks_for(2, [1, 2, 3])
+    assert len(tasks) == 2 * 3 * 3
+    assert Task(0, 1, None) in tasks and Task(1, 3, 2) in tasks
+    assert not [t for t in tasks if t.inner == t.outer]
+
+
+def test_nested_choice_uses_inner_scores_only(finished):
+    result, _ = finished
+    scores = result.scores
+    for outer, chosen in result.chosen.items():
+        inner = scores[(scores.outer == outer) & scores.inner.notna()]
+        means = inner.groupby("config")["accuracy"].mean()
+        assert chosen == means.idxmax() and set(inner["inner"]) == {1, 2, 3} - {outer}
+        score = scores[(scores.outer == outer) & scores.inner.isna() & (scores.config == chosen)]["accuracy"]
+        assert result.nested_fold_accuracy[outer] == score.iloc[0]
+    outer = scores[scores.inner.isna()]
+    assert result.optimistic_mean == pytest.approx(outer.groupby("config")["accuracy"].mean().max())
+    assert result.optimistic_mean >= result.nested_mean - 1e-12  # selection on the test folds can only flatter
+
+
+def test_test_fold_never_influences_the_choice(finished, monkeypatch):
+    """Poison the outer test fold's results: the chosen configurations stay the same."""
+    result, _ = finished
+    scores = result.scores.copy()
+    real = sweep_mod._summarise
+    poisoned = []
+    for outer in result.chosen:
+        rows = [dict(r) for r in _results_of(result)]
+        for r in rows:  # every fit that was scored on the outer fold gets a fake score
+            if r["inner"] is None and r["outer"] == outer:
+                r["accuracy"] = 1.0 if r["config"] != result.chosen[outer] else 0.0
+        poisoned.append(real(result.sweep, _DatasetStub(), rows).chosen[outer])
+    assert poisoned == list(result.chosen.values())
+    assert scores.equals(result.scores)
+
+
+class _DatasetStub:
+    targets = np.zeros(100, dtype=int)
+    names_by_target = {0: "x"}
+
+
+def _results_of(result):
+    for row in result.scores.itertuples():
+        yield {"config": row.config, "outer": row.outer, "inner": None if pd.isna(row.inner) else row.inner,
+               "accuracy": row.accuracy, "seconds": row.seconds, "epochs": row.epochs,
+               "test_index": [0], "y_pred": [0]}
+
+
+def test_report_files(finished):
+    result, out = finished
+    table = pd.read_csv(out / "sweep.csv")
+    assert len(table) == 4 * 9 and {"config", "outer", "inner", "accuracy", "training.learning_rate"} <= set(table)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["nested_accuracy_mean"] == pytest.approx(result.nested_mean)
+    assert set(metrics["chosen_configuration"]) == {"1", "2", "3"}
+    report = (out / "report.md").read_text()
+    assert "Nested accuracy" in report and "Optimistic" in report
+    assert (out / "scores.png").stat().st_size > 0
+    assert result.per_class["total"].sum() == 24  # every clip predicted once, by its outer fold's choice
+
+
+def test_resume_runs_only_the_missing_tasks(finished, workdir, monkeypatch):
+    result, out = finished
+    tasks = sorted((out / "tasks").glob("*.json"))
+    for path in tasks[:5]:  # as if killed before these finished
+        path.unlink()
+    ran = []
+    real = sweep_mod.run_task
+    monkeypatch.setattr(sweep_mod, "run_task", lambda *a: ran.append(a[2]) or real(*a))
+    again = sweep_mod.run(workdir / "tiny-sweep.toml", data_dir=workdir / "data", out=out, n_jobs=1, progress=False)
+    assert len(ran) == 5
+    pd.testing.assert_frame_equal(again.scores.drop(columns="seconds"), result.scores.drop(columns="seconds"))
+
+
+def test_local_cluster_gives_the_same_numbers(finished, workdir, tmp_path):
+    pytest.importorskip("distributed")
+    result, _ = finished
+    on_cluster = sweep_mod.run(workdir / "tiny-sweep.toml", data_dir=workdir / "data", out=tmp_path / "c",
+                               cluster="local:2", progress=False)
+    key = ["config", "outer", "inner"]
+    a = result.scores.sort_values(key).reset_index(drop=True)
+    b = on_cluster.scores.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
+    assert on_cluster.chosen == result.chosen
