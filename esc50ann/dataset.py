@@ -59,6 +59,11 @@ class Dataset:
     meta: pd.DataFrame
     manifest: dict[str, str] | None = field(default=None, repr=False)
 
+    def __repr__(self):
+        subset = " (ESC-10)" if len(self.classes) == 10 and self.meta["esc10"].all() else ""
+        return (f"Dataset({len(self)} clips, {len(self.classes)} classes{subset}, folds "
+                f"{','.join(map(str, self.folds))}, {self.root})")
+
     def __len__(self) -> int:
         return len(self.meta)
 

@@ -51,6 +51,11 @@ class FoldResult:
     def accuracy(self) -> float | None:
         return float(np.mean(self.y_true == self.y_pred)) if len(self.y_true) else None
 
+    def __repr__(self):
+        acc = "no test fold" if self.accuracy is None else f"accuracy {100 * self.accuracy:.1f} %"
+        return (f"FoldResult(test fold {self.test_fold}, validation fold {self.val_fold}, {len(self.y_true)} "
+                f"test clips, {acc}, {len(self.history)} epochs, {self.seconds:.1f} s)")
+
 
 @dataclass
 class CVResult:
@@ -63,6 +68,11 @@ class CVResult:
     folds: dict[int, FoldResult]
     classes: np.ndarray  # class ids, shape (n_classes,)
     class_names: list[str]
+
+    def __repr__(self):
+        folds = ", ".join(f"{k}: {100 * a:.1f} %" for k, a in self.fold_accuracy.items())
+        return (f"CVResult(accuracy {100 * self.accuracy_mean:.1f} % ± {100 * self.accuracy_std:.1f} over "
+                f"{len(self.folds)} folds ({folds}), {len(self.classes)} classes)")
 
     @property
     def names_by_target(self) -> dict[int, str]:

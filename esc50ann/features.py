@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import scipy
 import soundfile as sf
 
@@ -138,19 +139,61 @@ def feature_shape(config: FeatureConfig, sample_rate: int = 44100) -> tuple[int]
 
 @dataclass
 class FeatureSet:
-    """Output of ``extract``.
+    """Output of ``extract``: one row of features per clip, with its labels and names.
 
+    Attributes
+    ----------
     X : np.ndarray, shape (n_clips, n_features), float32 (read-only memory map when cached)
-    filenames : row order = ``dataset.meta`` order minus ``skipped``
-    skipped : (filename, reason) of clips left out (``on_error="skip"``)
+    filenames : list of str
+        Row order = ``dataset.meta`` order minus ``skipped``.
+    skipped : list of (filename, reason)
+        Clips left out (``on_error="skip"``).
+    key : str
+        The cache entry.
+    from_cache : bool
+    config : FeatureConfig
+    meta : pandas.DataFrame
+        The dataset's metadata rows of ``filenames``, in row order (index 0..n-1).
     """
 
-    X: np.ndarray
-    filenames: list[str]
+    X: np.ndarray = field(repr=False)
+    filenames: list[str] = field(repr=False)
     skipped: list[tuple[str, str]]
     key: str
     from_cache: bool
     config: FeatureConfig = field(repr=False)
+    meta: pd.DataFrame = field(default=None, repr=False)
+
+    def __repr__(self):
+        return (f"FeatureSet({self.X.shape[0]} clips x {self.X.shape[1]} features, {self.config.representation}, "
+                f"key {self.key}, {'from the cache' if self.from_cache else 'computed'}"
+                + (f", {len(self.skipped)} skipped" if self.skipped else "") + ")")
+
+    @property
+    def y(self) -> np.ndarray:
+        """Class id (``target``) of every row, shape (n_clips,)."""
+        return self.meta["target"].to_numpy()
+
+    @property
+    def feature_names(self) -> list[str]:
+        """A name per column: ``logmel_mean_0`` ... ``mfcc_std_diff_39`` (``stats``) or
+        ``logmel_3_t12`` (band 3, time step 12; ``flat``)."""
+        return feature_names(self.config, self.X.shape[1])
+
+    def to_frame(self) -> pd.DataFrame:
+        """The features as a DataFrame indexed by filename, joined with the metadata columns."""
+        frame = pd.DataFrame(np.asarray(self.X), columns=self.feature_names, index=pd.Index(self.filenames, name="filename"))
+        return self.meta.set_index("filename").join(frame)
+
+
+def feature_names(config: FeatureConfig, n_features: int) -> list[str]:
+    """Column names of a feature matrix of ``config`` with ``n_features`` columns."""
+    channels = [("logmel", config.n_mels)] + ([("delta", config.n_mels)] if config.deltas else []) + (
+        [("mfcc", config.n_mfcc)] if config.n_mfcc else [])
+    if config.representation == "stats":
+        return [f"{name}_{stat}_{band}" for name, bands in channels for stat in audio.STATS for band in range(bands)]
+    steps = n_features // sum(bands for _, bands in channels)
+    return [f"{name}_{band}_t{t}" for name, bands in channels for band in range(bands) for t in range(steps)]
 
 
 def _librosa_version() -> str:
@@ -256,8 +299,10 @@ def extract(dataset: "Dataset", config: FeatureConfig, cache_dir: Path, *, n_job
     skipped = [(str(a), str(b)) for a, b in entry.manifest["skipped"]]
     if skipped and config.on_error == "raise":
         raise _bad(*skipped[0])
-    return FeatureSet(X=entry.array, filenames=list(entry.manifest["filenames"]), skipped=skipped,
-                      key=key, from_cache=not computed, config=config)
+    filenames = list(entry.manifest["filenames"])
+    meta = dataset.meta.set_index("filename").loc[filenames].reset_index()
+    return FeatureSet(X=entry.array, filenames=filenames, skipped=skipped, key=key, from_cache=not computed,
+                      config=config, meta=meta)
 
 
 def _compute(dataset, config, cache_dir, key, n_jobs, progress) -> cache.Entry:

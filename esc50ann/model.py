@@ -77,7 +77,11 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         The epoch whose weights the model holds (the last one without early stopping).
     n_iter_ : int
         Epochs run.
-    class_names_, metadata_ : optional, set by the caller; saved and loaded with the model.
+    class_names_ : list of str, optional
+        The category name of each of ``classes_`` (set by the caller, e.g. ``Pipeline.train``; a
+        dict label -> name is accepted too); saved with the model, loaded as a list.
+    metadata_ : dict, optional
+        Set by the caller (a pipeline stores its feature configuration here); saved and loaded.
     """
 
     def __init__(self, hidden_layer_sizes=(1024,), activation="tanh", output="softmax",
@@ -236,6 +240,20 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         proba = self.predict_proba(X)  # first: it raises NotFittedError before classes_ is touched
         return self.classes_[np.argmax(proba, axis=1)]
 
+    def predict_names(self, X):
+        """The category name of the most probable class for each row of X, shape (n_samples,)
+        (needs ``class_names_``)."""
+        names = self._names_by_label()
+        return np.array([names[_plain(label)] for label in self.predict(X)], dtype=object)
+
+    def _names_by_label(self) -> dict:
+        names = getattr(self, "class_names_", None)
+        if names is None:
+            raise AttributeError("this model has no class_names_: set it, or train it with a Pipeline")
+        if isinstance(names, dict):
+            return {_plain(k): v for k, v in names.items()}
+        return {_plain(c): n for c, n in zip(self.classes_, names)}
+
     # --- model files (format: esc50ann.modelfile) --------------------------------------------
 
     def save(self, path):
@@ -262,7 +280,7 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
             "classes": classes.tolist(),
             "classes_dtype": "object" if classes.dtype == object else classes.dtype.str,
             "feature_names_in": getattr(self, "feature_names_in_", np.array([])).tolist() or None,
-            "class_names": None if class_names is None else [[k, v] for k, v in dict(class_names).items()],
+            "class_names": None if class_names is None else [[_plain(k), v] for k, v in self._names_by_label().items()],
             "metadata": getattr(self, "metadata_", None),
             "history": self.history_,
             "best_epoch": self.best_epoch_,
@@ -306,10 +324,16 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         model.best_epoch_ = header.get("best_epoch")
         model.n_iter_ = len(model.history_)
         if header.get("class_names") is not None:
-            model.class_names_ = {k: v for k, v in header["class_names"]}
+            names = {k: v for k, v in header["class_names"]}
+            model.class_names_ = [names.get(_plain(c), str(c)) for c in model.classes_]
         if header.get("metadata") is not None:
             model.metadata_ = header["metadata"]
         return model
+
+
+def _plain(label):
+    """A class label as a plain Python value (numpy scalars are not JSON)."""
+    return label.item() if isinstance(label, np.generic) else label
 
 
 def load_model(path):

@@ -77,6 +77,11 @@ class Pipeline:
         self._dataset: Dataset | None = None
         self._features: FeatureSet | None = None
 
+    def __repr__(self):
+        stages = [name for name, done in (("dataset", self._dataset), ("features", self._features)) if done is not None]
+        return (f"Pipeline({self.config.name!r}, data_dir={str(self.data_dir)!r}, source={self.source!r}, "
+                f"loaded: {', '.join(stages) or 'nothing yet'})")
+
     @classmethod
     def from_toml(cls, path, *, overrides: dict[str, Any] | None = None, **kwargs) -> "Pipeline":
         """Read ``path`` (or a built-in pipeline's name: ``"default"``, ``"quick"``, ...) and build the
@@ -175,6 +180,8 @@ class Pipeline:
                               refit=evaluation.refit, callback=self._epoch_callback(test_fold))
         self._note("train", f"{split.train.size + split.val.size} clips" + (
             f", test fold {test_fold} accuracy {100 * result.accuracy:.1f} %" if test_fold is not None else ""))
+        names = dataset.names_by_target
+        result.model.class_names_ = [names[int(c)] for c in result.model.classes_]
         result.model.metadata_ = {**self.model_metadata(), "test_fold": test_fold,
                                   "test_accuracy": result.accuracy,
                                   "trained_on_folds": sorted(set(dataset.meta["fold"].to_numpy()[

@@ -112,7 +112,7 @@ def test_same_seed_identical_results():
 def fitted():
     X, y = blobs(4, 10, dim=6)
     clf = ANNClassifier(hidden_layer_sizes=(8, 5), max_epochs=3).fit(X, np.array(list("abcd"))[y])
-    clf.class_names_ = {0: "dog", 1: "rooster"}
+    clf.class_names_ = {"a": "ant", "b": "bee", "c": "cat", "d": "dog"}  # a dict is accepted, loaded as a list
     clf.metadata_ = {"features": {"n_mels": 64}, "test_fold": 1}
     return clf, X
 
@@ -125,7 +125,8 @@ def test_save_load_roundtrip(fitted, tmp_path):
         np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
         assert list(loaded.classes_) == list(clf.classes_)
         assert loaded.get_params() == clf.get_params()
-        assert loaded.class_names_ == clf.class_names_ and loaded.metadata_ == clf.metadata_
+        assert loaded.class_names_ == ["ant", "bee", "cat", "dog"] and loaded.metadata_ == clf.metadata_
+        assert list(loaded.predict_names(X[:3])) == [dict(zip("abcd", loaded.class_names_))[c] for c in clf.predict(X[:3])]
         assert loaded.history_ == clf.history_ and loaded.best_epoch_ == clf.best_epoch_
     with np.load(path, allow_pickle=False) as npz:
         header = json.loads(npz["header"].tobytes().decode())
