@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tomllib
 import time
 from pathlib import Path
 
 from esc50ann import __version__
-from esc50ann.errors import Esc50Error
+from esc50ann.errors import Esc50Error, one_line
 
 
 def _folds(text: str) -> list[int]:
@@ -75,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print only errors and the final result")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="also a line per training epoch")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an internal error")
     settings = _Parser(add_help=False)
     settings.add_argument("--set", dest="settings", metavar="SECTION.KEY=VALUE", type=_setting, action="append",
                           default=[], help="override a pipeline key (repeatable), checked like the file")
@@ -155,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
         print("esc50ann: interrupted (caches stay valid; an unfinished run folder has no metrics.json)",
               file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: one line for the user, the traceback on request
+        if getattr(args, "debug", False) or os.environ.get("ESC50ANN_DEBUG"):  # the test suite sets it
+            raise
+        print(f"esc50ann: internal error: {type(exc).__name__}: {one_line(exc)} (run with --debug for the "
+              "traceback)", file=sys.stderr)
+        return 2
 
 
 def _pipeline(args, name, n_jobs=-1):

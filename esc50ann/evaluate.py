@@ -25,6 +25,7 @@ from esc50ann.errors import DatasetError
 from esc50ann.folds import Split
 from esc50ann.model import ANNClassifier
 from esc50ann import progress as progress_mod
+from esc50ann.worker import exit_with_parent
 
 
 @dataclass
@@ -264,6 +265,7 @@ def _put_row(queue, fold, row):
 
 
 def _fit_fold_single_thread(X, y, split, params, refit, callback=None):
+    exit_with_parent()
     # Parallel folds share the cores; one BLAS thread each avoids oversubscription.
     with threadpool_limits(limits=1):
         return fit_fold(X, y, split, params, refit=refit, callback=callback)

@@ -23,6 +23,7 @@ from esc50ann import audio, cache
 from esc50ann.errors import ConfigError, FeatureError, one_line
 from esc50ann.params import Boolean, Integral, Interval, Options, Real, validate
 from esc50ann import progress as progress_mod
+from esc50ann.worker import exit_with_parent
 
 if TYPE_CHECKING:  # importing dataset pulls in pandas; workers do not need it
     from esc50ann.dataset import Dataset
@@ -231,6 +232,7 @@ def _numeric_versions() -> dict:
 
 def _chunk_worker(paths: list[str], names: list[str], config: FeatureConfig, bases: dict):
     """Features of one chunk: (array (n_ok, d) float32, failures [(filename, reason)])."""
+    exit_with_parent()
     audio.MEL_BASES.update(bases)  # built once in the parent: workers skip importing librosa.core
     rows, failures = [], []
     for path, name in zip(paths, names):

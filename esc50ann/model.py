@@ -219,7 +219,7 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         """Class probabilities, shape (n_samples, n_classes), columns in the order of ``classes_``."""
         check_is_fitted(self, "network_")
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
-        net = self.network_
+        net = _float64(self.network_)
         proba = np.empty((len(X), len(self.classes_)), np.float64)
         with np.errstate(over="ignore", invalid="ignore"):
             for lo in range(0, len(X), _PREDICT_CHUNK):
@@ -329,6 +329,17 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         if header.get("metadata") is not None:
             model.metadata_ = header["metadata"]
         return model
+
+
+def _float64(net):
+    """``net`` in float64 for scoring. BLAS picks kernels by matrix shape, so in float32 a row's
+    probabilities change in the last digits with the batch it is scored in; in float64 they
+    agree far below any decision (scikit-learn's subset-invariance check). Training keeps float32."""
+    if net.dtype == np.float64:
+        return net
+    return MLP.from_arrays([w.astype(np.float64) for w in net.weights], [b.astype(np.float64) for b in net.biases],
+                           None if net.b0 is None else net.b0.astype(np.float64),
+                           net.activation.name, net.output.name, net.cost.name)
 
 
 def _plain(label):

@@ -45,6 +45,7 @@ from esc50ann.fileio import json_default, sha256, write_text
 from esc50ann.folds import split as split_folds
 from esc50ann.params import InstanceOf, Interval, Integral, Options, validate
 from esc50ann.pipeline import Pipeline
+from esc50ann.worker import exit_with_parent
 
 RANGES = ("loguniform", "uniform")
 _CONSTRAINTS = {
@@ -423,13 +424,15 @@ def _execute(todo, sweep, dataset, features, n_jobs, client, progress):
                 pipe.evaluation.refit)
 
     bar = progress_mod.bar(total=len(todo), desc="sweep tasks", unit="task", enabled=progress)
-    every, start = max(1, len(todo) // 10), time.perf_counter()
+    every, start, finished = max(1, len(todo) // 10), time.perf_counter(), 0
 
     def tick():
+        nonlocal finished
+        finished += 1
         bar.update()
-        if progress and not progress_mod.interactive() and (bar.n % every == 0 or bar.n == len(todo)):
-            eta = (time.perf_counter() - start) / bar.n * (len(todo) - bar.n)
-            progress_mod.note(f"sweep tasks: {bar.n}/{len(todo)} done, about {eta:.0f} s to go")
+        if progress and not progress_mod.interactive() and (finished % every == 0 or finished == len(todo)):
+            eta = (time.perf_counter() - start) / finished * (len(todo) - finished)
+            progress_mod.note(f"sweep tasks: {finished}/{len(todo)} done, about {eta:.0f} s to go")
 
     with bar:
         if client is not None:
@@ -454,6 +457,7 @@ def _execute(todo, sweep, dataset, features, n_jobs, client, progress):
 
 
 def _tagged(task, *args):
+    exit_with_parent()
     return task, run_task(*args)
 
 

@@ -12,6 +12,9 @@ import threading  # noqa: E402
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
 
 import pytest  # noqa: E402
+
+# Reaching the CLI's last-resort guard ("internal error") is a bug: in tests it re-raises.
+os.environ["ESC50ANN_DEBUG"] = "1"
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/synth.py, shared by every test module

@@ -211,3 +211,15 @@ def test_unknown_folds_are_named_before_counting(data, capsys):
 def test_report_of_a_missing_folder(tmp_path, capsys):
     code, _, err = esc50ann(capsys, "report", tmp_path / "nope")
     assert code == 1 and "no such run folder" in err
+
+
+def test_an_internal_error_is_one_line_without_a_traceback(monkeypatch, capsys):
+    def broken(args):
+        raise RuntimeError("a bug\nwith two lines")
+
+    monkeypatch.setitem(cli.COMMANDS, "pipelines", broken)
+    monkeypatch.delenv("ESC50ANN_DEBUG")
+    code, _, err = esc50ann(capsys, "pipelines")
+    assert code == 2 and err == "esc50ann: internal error: RuntimeError: a bug with two lines (run with --debug for the traceback)\n"
+    with pytest.raises(RuntimeError):
+        cli.main(["pipelines", "--debug"])

@@ -5,6 +5,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,3 +171,41 @@ def test_diverging_run_exits_1_and_writes_no_model(synth_archive, tmp_path, caps
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("esc50ann: error:") and "diverged" in err and err.count("\n") == 1
     assert not list((tmp_path / "run").glob("*.npz")) and not (tmp_path / "run" / "metrics.json").exists()
+
+
+# worker processes die with their parent --------------------------------------------------------
+
+def _children(pid):
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the worker processes")
+def test_loky_workers_exit_when_the_run_is_killed():
+    code = ("import sys, time; sys.path.insert(0, %r)\n"
+            "from joblib import Parallel, delayed\n"
+            "from esc50ann.worker import exit_with_parent\n"
+            "def task(i):\n"
+            "    exit_with_parent(); print('working', flush=True); time.sleep(120)\n"
+            "Parallel(n_jobs=2)(delayed(task)(i) for i in range(2))\n") % os.getcwd()
+    env = {k: v for k, v in os.environ.items() if k != "ESC50ANN_MAIN_PID"}  # the child is its own main process
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "working"
+    workers = [pid for pid in _children(proc.pid) if "loky" in Path(f"/proc/{pid}/cmdline").read_text()]
+    assert workers
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.2)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "workers outlived their killed parent"

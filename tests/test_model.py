@@ -10,8 +10,10 @@ from esc50ann.errors import ConfigError, ModelError
 from esc50ann.model import ANNClassifier, load_model
 
 
-# Small, fast instances (the estimator checks fit dozens of tiny data sets).
+# The defaults, as a user meets them, and two small variants (the estimator checks fit dozens
+# of tiny data sets).
 @parametrize_with_checks([
+    ANNClassifier(),
     ANNClassifier(hidden_layer_sizes=(16,), loss="cross_entropy", solver="adam",
                   learning_rate=0.01, max_epochs=30, patience=None),
     ANNClassifier(hidden_layer_sizes=(8, 4), output="sigmoid", solver="momentum", max_epochs=20,
