@@ -166,7 +166,7 @@ def test_diverging_run_exits_1_and_writes_no_model(synth_archive, tmp_path, caps
 
     code = cli.main(["--quiet", "run", "quick", "--source", str(synth_archive), "--data-dir", str(tmp_path / "d"),
                      "--out", str(tmp_path / "run"), "--jobs", "1", "--set", "training.solver=sgd",
-                     "--set", "training.learning_rate=1e38", "--set", "training.batch_size=10000",
+                     "--set", "training.learning_rate=1e100", "--set", "training.batch_size=10000",
                      "--set", "training.max_epochs=1", "--set", "evaluation.validation=none"])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("esc50ann: error:") and "diverged" in err and err.count("\n") == 1
