@@ -55,6 +55,12 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         restore the best weights.  None (or no validation set) runs all ``max_epochs`` and keeps
         the last weights; with None a validation set is still scored every epoch (``val_loss``,
         ``val_accuracy`` in ``history_``) but never stops training or picks the weights.
+    early_stopping : bool, default=False
+        Without an explicit ``X_val`` (as inside a scikit-learn ``Pipeline`` or ``GridSearchCV``),
+        hold out a stratified ``validation_fraction`` of the training rows (seeded by
+        ``random_state``) and use it as the validation set for ``patience``.
+    validation_fraction : float, default=0.1
+        Share of the training rows held out by ``early_stopping``.
     standardize : bool, default=True
         Scale every feature to zero mean and unit variance using the training X only.
     dtype : {"float32", "float64"}, default="float32"
@@ -87,7 +93,8 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, hidden_layer_sizes=(1024,), activation="tanh", output="softmax",
                  loss="squared_error", input_bias=True, solver="sgd", learning_rate=0.01,
                  momentum=0.9, batch_size=32, max_epochs=100, weight_decay=0.0, patience=10,
-                 standardize=True, dtype="float32", random_state=0, verbose=False):
+                 early_stopping=False, validation_fraction=0.1, standardize=True, dtype="float32",
+                 random_state=0, verbose=False):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.output = output
@@ -100,6 +107,8 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         self.max_epochs = max_epochs
         self.weight_decay = weight_decay
         self.patience = patience
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
         self.standardize = standardize
         self.dtype = dtype
         self.random_state = random_state
@@ -118,6 +127,8 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         "max_epochs": [Interval(Integral, 1)],
         "weight_decay": [Interval(Real, 0)],
         "patience": [Interval(Integral, 1), None],
+        "early_stopping": [Boolean()],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "standardize": [Boolean()],
         "dtype": [Options("float32", "float64")],
         "random_state": [Interval(Integral, 0), InstanceOf(np.random.Generator, np.random.RandomState), None],
@@ -159,10 +170,13 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         self._validate_params()
         X, y = validate_data(self, X, y, dtype=(np.float64, np.float32))
         check_classification_targets(y)
-        self.classes_, y_idx = np.unique(y, return_inverse=True)
+        self.classes_ = np.unique(y)
         dtype = np.dtype(str(self.dtype))
         if (X_val is None) != (y_val is None):
             raise ConfigError("X_val and y_val must be given together")
+        if self.early_stopping and X_val is None:
+            X, y, X_val, y_val = self._validation_split(X, y)
+        y_idx = np.searchsorted(self.classes_, y)
 
         if self.standardize:
             self.mean_ = X.mean(axis=0, dtype=np.float64)
@@ -192,6 +206,20 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
             verbose=bool(self.verbose))
         self.n_iter_ = len(self.history_)
         return self
+
+    def _validation_split(self, X, y):
+        """``early_stopping``: a stratified, seeded hold-out of ``validation_fraction`` of the rows
+        (plain random when a class is too small to stratify)."""
+        from sklearn.model_selection import train_test_split
+
+        seed = int(self._rng().integers(2**31))
+        try:
+            X_train, X_val, y_train, y_val = train_test_split(X, y, test_size=self.validation_fraction,
+                                                              stratify=y, random_state=seed)
+        except ValueError:  # a class with a single row, or fewer validation rows than classes
+            X_train, X_val, y_train, y_val = train_test_split(X, y, test_size=self.validation_fraction,
+                                                              random_state=seed)
+        return X_train, y_train, X_val, y_val
 
     def _encode(self, y_val, n):
         y_val = np.asarray(y_val)

@@ -233,3 +233,22 @@ def test_predict_proba_scores_every_chunk(monkeypatch):
     monkeypatch.setattr(model_mod, "_PREDICT_CHUNK", 7)  # 40 rows: 6 chunks, the last partial
     np.testing.assert_allclose(clf.predict_proba(X), whole, rtol=1e-6)
     np.testing.assert_array_equal(clf.predict(X), clf.classes_[whole.argmax(axis=1)])
+
+
+def test_early_stopping_without_x_val_works_inside_sklearn_tools():
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(120, 6)), rng.integers(0, 4, 120)  # no signal: validation loss soon rises
+    clf = ANNClassifier(hidden_layer_sizes=(32,), solver="adam", learning_rate=0.05, max_epochs=200, patience=3,
+                        early_stopping=True, validation_fraction=0.2)
+    clf.fit(X, y)
+    assert clf.n_iter_ < 200 and clf.history_[0]["val_loss"] is not None
+    assert clf.best_epoch_ < clf.n_iter_ or clf.n_iter_ == 200
+    search = GridSearchCV(make_pipeline(FunctionTransformer(), clf), {"annclassifier__learning_rate": [0.01, 0.05]}, cv=2)
+    search.fit(X, y)
+    assert search.best_estimator_[-1].history_[0]["val_loss"] is not None  # it validated inside the search
+    off = ANNClassifier(hidden_layer_sizes=(8,), max_epochs=5, patience=3).fit(X, y)
+    assert off.n_iter_ == 5 and off.history_[0]["val_loss"] is None  # no X_val, no early_stopping: no validation
