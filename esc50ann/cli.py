@@ -135,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="report folder; rerun into it to resume (default: <data-dir>/runs/sweep-...)")
     p.add_argument("--jobs", type=int, default=-1, help="local worker processes (default: all cores)")
     p.add_argument("--cluster", help="tcp://host:8786 (a Dask scheduler) or local:N (a LocalCluster of N workers)")
+    command("runs", "list the finished runs under the data root, newest first")
     p = command("report", "print the report of a finished run")
     p.add_argument("run_dir", type=Path)
     return parser
@@ -331,6 +332,19 @@ def cmd_sweep(args) -> None:
     print(f"sweep folder: {result.out_dir}")
 
 
+def cmd_runs(args) -> None:
+    from esc50ann import paths
+    from esc50ann.report import list_runs
+
+    runs_dir = paths.runs_dir(paths.data_dir(args.data_dir))
+    runs = list_runs(runs_dir)
+    if runs.empty:
+        print(f"no finished runs in {runs_dir}")
+    for r in runs.itertuples():
+        print(f"{r.finished[:19].replace('T', ' ')}  {r.pipeline:<12s}  folds {r.folds:<9s}  "
+              f"{100 * r.accuracy:5.1f} %  {r.folder}")
+
+
 def cmd_report(args) -> None:
     from esc50ann.report import load_run
 
@@ -342,4 +356,4 @@ def cmd_report(args) -> None:
 
 COMMANDS = {"download": cmd_download, "info": cmd_info, "pipelines": cmd_pipelines, "features": cmd_features,
             "cache": cmd_cache,
-            "run": cmd_run, "cv": cmd_run, "sweep": cmd_sweep, "train": cmd_train, "predict": cmd_predict, "report": cmd_report}
+            "run": cmd_run, "cv": cmd_run, "sweep": cmd_sweep, "runs": cmd_runs, "train": cmd_train, "predict": cmd_predict, "report": cmd_report}

@@ -148,7 +148,8 @@ class Pipeline:
         run_dir = Path(out) if out else self._new_run_dir()
         feats = self.features()
         with self._timed("report"):
-            extra = {"feature_shape": list(feats.X.shape), "feature_cache_key": feats.key,
+            record = dataset_mod.read_record(self.data_dir) or {}
+            extra = {"source": record.get("source"), "feature_shape": list(feats.X.shape), "feature_cache_key": feats.key,
                      "features_from_cache": feats.from_cache,
                      "skipped_clips": [list(s) for s in feats.skipped],
                      "fold_train_seconds": {str(k): f.seconds for k, f in cv.folds.items()}}

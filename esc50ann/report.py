@@ -9,19 +9,23 @@ A run folder holds::
 """
 from __future__ import annotations
 
+import base64
+import html
 import json
 import platform
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import confusion_matrix
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 import esc50ann
 from esc50ann.dataset import Dataset
 from esc50ann.errors import Esc50Error
 from esc50ann.evaluate import CVResult
+from esc50ann.model import ANNClassifier
 from esc50ann.fileio import atomic_path, json_default, write_text
 
 
@@ -43,12 +47,16 @@ def predictions_table(cv: CVResult, dataset: Dataset) -> pd.DataFrame:
 
 
 def per_class_table(predictions: pd.DataFrame, cv: CVResult) -> pd.DataFrame:
-    """Per class: category, target, correct, total, accuracy, then accuracy per test fold."""
+    """Per class: category, target, correct, total, accuracy (= recall: the share of the class's
+    clips recognised), precision, recall, F1 (scikit-learn's), then accuracy per test fold."""
     hit = predictions["true_target"] == predictions["predicted_target"]
     grouped = hit.groupby(predictions["true_target"])
     table = pd.DataFrame({"correct": grouped.sum().astype(int), "total": grouped.size()})
     table["accuracy"] = table["correct"] / table["total"]
     by_fold = hit.groupby([predictions["true_target"], predictions["fold"]]).mean().unstack("fold")
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        predictions["true_target"], predictions["predicted_target"], labels=table.index, zero_division=0)
+    table["precision"], table["recall"], table["f1"] = precision, recall, f1
     for fold in by_fold.columns:
         table[f"fold_{fold}"] = by_fold[fold]
     table.insert(0, "category", [cv.names_by_target[t] for t in table.index])
@@ -77,11 +85,20 @@ def metrics(cv: CVResult, per_class: pd.DataFrame, *, pipeline: dict[str, Any],
     import librosa
     import sklearn
 
+    truth = np.concatenate([f.y_true for f in cv.folds.values()])
+    guess = np.concatenate([f.y_pred for f in cv.folds.values()])
     return {
+        "finished": datetime.now().astimezone().isoformat(timespec="seconds"),
         "accuracy_mean": cv.accuracy_mean,
         "accuracy_std": cv.accuracy_std,
         "fold_accuracy": {str(k): v for k, v in cv.fold_accuracy.items()},
+        "macro_f1": float(f1_score(truth, guess, labels=cv.classes, average="macro", zero_division=0)),
+        "chance": 1.0 / len(cv.classes),
         "per_class_accuracy": dict(zip(per_class["category"], per_class["accuracy"].astype(float))),
+        "per_class_precision": dict(zip(per_class["category"], per_class["precision"].astype(float))),
+        "per_class_recall": dict(zip(per_class["category"], per_class["recall"].astype(float))),
+        "per_class_f1": dict(zip(per_class["category"], per_class["f1"].astype(float))),
+        "seed": pipeline.get("training", {}).get("random_state", ANNClassifier().random_state),
         "n_clips": int(per_class["total"].sum()),
         "folds": list(cv.folds),
         "validation_folds": {str(k): f.val_fold for k, f in cv.folds.items()},
@@ -94,23 +111,90 @@ def metrics(cv: CVResult, per_class: pd.DataFrame, *, pipeline: dict[str, Any],
     }
 
 
+IMAGES = (("confusion.png", "Confusion matrix"), ("confusion_normalized.png", "Confusion matrix, rows normalised"),
+          ("learning_curves.png", "Learning curves"))
+
+
+def settings_lines(metrics: dict[str, Any]) -> list[str]:
+    """What was run, in a few lines: source, features, network, training, evaluation, seed."""
+    pipe = metrics["pipeline"]
+    defaults = ANNClassifier().get_params()  # a pipeline file lists only what it changes
+    f, e = pipe.get("features", {}), pipe.get("evaluation", {})
+    m, t = ({**defaults, **pipe.get(k, {})} for k in ("model", "training"))
+    return [
+        f"- source: {metrics.get('source') or 'the dataset in the data root'}",
+        f"- features: {f.get('representation')} of a {f.get('n_mels')}-band log-mel"
+        + (" + delta" if f.get("deltas") else "") + (f" + {f.get('n_mfcc')} MFCC" if f.get("n_mfcc") else "")
+        + f" ({'x'.join(map(str, metrics.get('feature_shape', [])))})",
+        f"- network: {m.get('hidden_layer_sizes')} {m.get('activation')}, {m.get('output')} output, "
+        f"{m.get('loss')} loss, input bias {m.get('input_bias')}",
+        f"- training: {t.get('solver')}, learning rate {t.get('learning_rate')}, batch {t.get('batch_size')}, "
+        f"{t.get('max_epochs')} epochs max, weight decay {t.get('weight_decay')}, patience {t.get('patience')}",
+        f"- evaluation: validation {e.get('validation')}, refit {e.get('refit')}; seed {metrics.get('seed')}; "
+        f"finished {metrics.get('finished', '?')}",
+    ]
+
+
 def summary(metrics: dict[str, Any], per_class: pd.DataFrame, confused: list[tuple[str, str, int]] = ()) -> str:
-    """The text printed at the end of a run and kept as ``report.md``: folds, mean ± std, per class."""
+    """The text printed at the end of a run and kept as ``report.md``: settings, folds, mean ± std,
+    macro-F1 and chance, per class (precision, recall, F1), the images."""
     name = metrics["pipeline"].get("name", "run")
     lines = [f"# {name}: cross-validation over {len(metrics['folds'])} test folds, {metrics['n_clips']} test clips", "",
              f"**Accuracy: {100 * metrics['accuracy_mean']:.1f} % ± {100 * metrics['accuracy_std']:.1f}** "
-             "(mean ± sample standard deviation over test folds)",
-             "", "| fold | " + " | ".join(metrics["fold_accuracy"]) + " |",
-             "|---|" + "---|" * len(metrics["fold_accuracy"]),
-             "| accuracy | " + " | ".join(f"{100 * v:.1f} %" for v in metrics["fold_accuracy"].values()) + " |",
-             "", "## Per-class accuracy (worst first)", "",
-             "| category | correct / total | accuracy |", "|---|---|---|"]
+             "(mean ± sample standard deviation over test folds)"]
+    if "macro_f1" in metrics:
+        lines.append(f"macro-F1 {100 * metrics['macro_f1']:.1f} %; chance {100 * metrics['chance']:.1f} %")
+    lines += ["", "## Settings", "", *settings_lines(metrics),
+              "", "| fold | " + " | ".join(metrics["fold_accuracy"]) + " |",
+              "|---|" + "---|" * len(metrics["fold_accuracy"]),
+              "| accuracy | " + " | ".join(f"{100 * v:.1f} %" for v in metrics["fold_accuracy"].values()) + " |",
+              "", "## Per-class accuracy (worst first)", "",
+              "| category | correct / total | accuracy | precision | F1 |", "|---|---|---|---|---|"]
     for row in per_class.sort_values(["accuracy", "category"]).itertuples():
-        lines.append(f"| {row.category} | {row.correct} / {row.total} | {100 * row.accuracy:.1f} % |")
+        lines.append(f"| {row.category} | {row.correct} / {row.total} | {100 * row.accuracy:.1f} % | "
+                     f"{100 * row.precision:.1f} % | {100 * row.f1:.1f} % |")
     if confused:
         lines += ["", "## Most confused pairs", "", "| true | predicted as | clips |", "|---|---|---|"]
         lines += [f"| {t} | {p} | {n} |" for t, p, n in confused]
+    lines += ["", "## Images", ""] + [f"![{title}]({file})" for file, title in IMAGES]
     return "\n".join(lines) + "\n"
+
+
+def html_page(metrics: dict[str, Any], per_class: pd.DataFrame, run_dir: Path) -> str:
+    """``report.html``: one self-contained page (styles and images inline, no network) with the
+    summary, settings, per-fold table, per-class table (worst first) and the images."""
+    esc = html.escape
+    name = esc(str(metrics["pipeline"].get("name", "run")))
+    folds = "".join(f"<tr><td>{esc(k)}</td><td>{100 * v:.1f} %</td></tr>" for k, v in metrics["fold_accuracy"].items())
+    rows = "".join(
+        f"<tr><td>{esc(str(r.category))}</td><td>{r.correct} / {r.total}</td><td>{100 * r.accuracy:.1f} %</td>"
+        f"<td>{100 * r.precision:.1f} %</td><td>{100 * r.f1:.1f} %</td></tr>"
+        for r in per_class.sort_values(["accuracy", "category"]).itertuples())
+    images = ""
+    for file, title in IMAGES:
+        path = Path(run_dir) / file
+        if path.is_file():
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            images += f'<figure><img alt="{esc(title)}" src="data:image/png;base64,{data}"><figcaption>{esc(title)}</figcaption></figure>'
+    settings = "".join(f"<li>{esc(line[2:])}</li>" for line in settings_lines(metrics))
+    f1 = (f"<p>macro-F1 {100 * metrics['macro_f1']:.1f} % · chance {100 * metrics['chance']:.1f} %</p>"
+          if "macro_f1" in metrics else "")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>esc50ann run: {name}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em auto; max-width: 70em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: .25em .6em; }}
+th {{ background: #eef; }} .big {{ font-size: 1.6em; font-weight: bold; }} img {{ max-width: 100%; }}
+</style></head><body>
+<h1>{name}: cross-validation over {len(metrics["folds"])} test folds, {metrics["n_clips"]} test clips</h1>
+<p class="big" id="accuracy">Accuracy {100 * metrics["accuracy_mean"]:.1f} % ± {100 * metrics["accuracy_std"]:.1f}</p>
+{f1}<h2>Settings</h2><ul>{settings}</ul>
+<h2>Per fold</h2><table id="folds"><tr><th>test fold</th><th>accuracy</th></tr>{folds}</table>
+<h2>Per class (worst first)</h2>
+<table id="per-class"><tr><th>category</th><th>correct / total</th><th>accuracy (recall)</th><th>precision</th><th>F1</th></tr>{rows}</table>
+<h2>Images</h2>{images}
+</body></html>
+"""
 
 
 def plot_confusion(confusion: pd.DataFrame, *, normalize: bool = False):
@@ -196,6 +280,7 @@ def write_run(run_dir: Path, cv: CVResult, dataset: Dataset, *, pipeline: dict[s
             fold.model.save(run_dir / f"fold-{fold.test_fold}.npz")
     result = metrics(cv, per_class, pipeline=pipeline, timings=timings, extra=extra)
     write_text(run_dir / "report.md", summary(result, per_class, most_confused(confusion)))
+    write_text(run_dir / "report.html", html_page(result, per_class, run_dir))
     write_text(run_dir / "metrics.json", json.dumps(result, indent=2, default=json_default))
     return result
 
@@ -212,3 +297,21 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], str]:
         raise Esc50Error(f"{metrics_path}: damaged metrics file ({exc})") from None
     report_path = run_dir / "report.md"
     return result, report_path.read_text(encoding="utf-8") if report_path.is_file() else ""
+
+
+def list_runs(runs_dir: Path) -> pd.DataFrame:
+    """Finished runs under ``runs_dir`` (folders with a readable ``metrics.json``), newest first:
+    finished, pipeline, folds, accuracy, folder. Unreadable folders are left out."""
+    rows = []
+    for path in Path(runs_dir).glob("*/metrics.json"):
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+            rows.append({"finished": result.get("finished") or datetime.fromtimestamp(path.stat().st_mtime)
+                         .astimezone().isoformat(timespec="seconds"),
+                         "pipeline": result["pipeline"]["name"], "folds": ",".join(map(str, result["folds"])),
+                         "accuracy": float(result["accuracy_mean"]), "folder": str(path.parent)})
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    columns = ["finished", "pipeline", "folds", "accuracy", "folder"]
+    return pd.DataFrame(rows, columns=columns).sort_values("finished", ascending=False, ignore_index=True)
+
