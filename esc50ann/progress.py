@@ -8,8 +8,13 @@ with its time and result instead (``note``). ``quiet`` keeps only errors and the
 from __future__ import annotations
 
 import sys
+import warnings
 
 from tqdm import tqdm
+
+# Our bars are plain text (tqdm.std) everywhere. A library that imports tqdm.auto later (librosa's
+# pooch) would warn "IProgress not found" in a notebook without ipywidgets: nothing is missing.
+warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
 
 
 def interactive() -> bool:

@@ -1,0 +1,27 @@
+"""The walkthrough notebook runs top to bottom (nbclient) on the synthetic archive and shows its
+plots inline, without warnings from the package."""
+import os
+from pathlib import Path
+
+import pytest
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "examples" / "walkthrough.ipynb"
+
+
+def test_walkthrough_executes_with_inline_plots(synth_archive, tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.setenv("ESC50ANN_SOURCE", str(synth_archive))
+    monkeypatch.setenv("ESC50ANN_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 2  # the confusion matrix and the learning curves, inline
+    stderr = "".join(o.get("text", "") for o in outputs if o.get("name") == "stderr")
+    assert "Warning" not in stderr and "IProgress" not in stderr, stderr
+    assert (tmp_path / "walkthrough-model.npz").is_file()
+    assert os.environ["ESC50ANN_SOURCE"] == str(synth_archive)
