@@ -24,12 +24,18 @@ from esc50ann import progress as progress_mod
 
 META_CSV = "meta/esc50.csv"
 DATASET_FOLDER = "ESC-50-master"
-# Deflate cannot exceed ~1032:1, so a higher declared ratio is forged; members under
-# RATIO_MIN_SIZE are exempt because tiny or silent files legitimately compress very well.
+# Bounds from what ESC-50 needs: 2000 clips x 5 s x 44.1 kHz x 16 bit = 882 MB of audio (the
+# official zip is ~600 MB, about 1.5:1). An archive may declare at most 1.5 GB in total, at most
+# 20:1 overall (audio barely compresses; 300 MiB of zeros squeezes 900:1), at most 10,000
+# members; one member may not inflate more than 1000:1 unless it is tiny (silence compresses).
+MAX_UNCOMPRESSED = 1_500_000_000
+MAX_TOTAL_RATIO = 20
+MAX_MEMBERS = 10_000
 MAX_RATIO = 1000
 RATIO_MIN_SIZE = 1 << 20
 
-def extract(archive: Path, dest_parent: Path, *, max_uncompressed: int = 4 * 2**30,
+
+def extract(archive: Path, dest_parent: Path, *, max_uncompressed: int = MAX_UNCOMPRESSED,
             progress: bool = True, check: Callable[[Path], object] | None = None) -> Path:
     """Unpack the dataset folder of a zip archive into ``dest_parent/ESC-50-master``.
 
@@ -110,6 +116,8 @@ def check_members(infos: list[zipfile.ZipInfo], archive: Path, *, max_uncompress
             raise DatasetError(f"{archive}: refusing member {name!r} ('..' in path)")
         if stat.S_ISLNK(info.external_attr >> 16):
             raise DatasetError(f"{archive}: refusing member {name!r} (symbolic link)")
+        if info.flag_bits & 0x1:
+            raise DatasetError(f"{archive}: member {name!r} is encrypted (ESC-50 archives are not)")
         if info.file_size > RATIO_MIN_SIZE and info.file_size > MAX_RATIO * max(info.compress_size, 1):
             raise DatasetError(f"{archive}: refusing member {name!r} (compression ratio "
                                f"{info.file_size // max(info.compress_size, 1)}:1 looks like a zip bomb)")
@@ -117,6 +125,13 @@ def check_members(infos: list[zipfile.ZipInfo], archive: Path, *, max_uncompress
     if total > max_uncompressed:
         raise DatasetError(f"{archive}: refusing to extract {total} bytes "
                            f"(more than the {max_uncompressed}-byte limit; zip bomb?)")
+    if len(infos) > MAX_MEMBERS:
+        raise DatasetError(f"{archive}: refusing an archive of {len(infos)} members (ESC-50 has about 2,000; "
+                           f"the limit is {MAX_MEMBERS})")
+    packed = sum(i.compress_size for i in infos)
+    if total > RATIO_MIN_SIZE and total > MAX_TOTAL_RATIO * max(packed, 1):
+        raise DatasetError(f"{archive}: refusing to extract {total} bytes from {packed} (overall compression "
+                           f"ratio {total // max(packed, 1)}:1, over {MAX_TOTAL_RATIO}:1; zip bomb?)")
 
 
 def dataset_prefix(infos: list[zipfile.ZipInfo], archive: Path) -> str:

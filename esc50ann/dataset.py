@@ -331,9 +331,14 @@ def resolve_source(source: str | Path | None = None) -> str:
     """The source to use, normalised: URLs as given, local paths (and file:// URLs) absolute."""
     source = source if source not in (None, "") else (os.environ.get(SOURCE_ENV) or DEFAULT_SOURCE)
     text = str(source)
-    scheme = urlparse(text).scheme.lower()
+    try:
+        scheme = urlparse(text).scheme.lower()
+    except ValueError as e:
+        raise DatasetError(f"source {text}: malformed URL ({one_line(e)})") from None
     if scheme in ("http", "https"):
         return text
+    if "://" in text and scheme != "file":  # ftp://, s3://, ...: not a local path
+        raise DatasetError(f"source {text}: unsupported URL scheme {scheme!r} (use http, https, file or a local path)")
     if scheme == "file":
         text = url2pathname(urlparse(text).path)
     return str(Path(text).expanduser().resolve())

@@ -39,8 +39,13 @@ class _RangeRefused(_Retryable):
 OFFLINE_HINT = "to use a local copy, pass --source PATH (a .zip or an extracted folder) or set ESC50ANN_SOURCE"
 
 
+STALL_BYTES = 16 * 1024  # a transfer slower than this per STALL_SECONDS counts as stalled
+STALL_SECONDS = 60.0
+
+
 def fetch(url: str, dest: Path, *, sha256: str | None = None, retries: int = 4,
-          backoff: float = 1.0, timeout: float = 30, progress: bool = True) -> Path:
+          backoff: float = 1.0, timeout: float = 30, stall_seconds: float = STALL_SECONDS,
+          progress: bool = True) -> Path:
     """Download ``url`` to ``dest``, resuming and retrying as needed.
 
     Bytes stream into ``dest + ".part"``, which is renamed to ``dest`` only once complete
@@ -65,6 +70,9 @@ def fetch(url: str, dest: Path, *, sha256: str | None = None, retries: int = 4,
         Seconds before the first retry; doubled for each further one (0 in tests).
     timeout : float
         Socket timeout in seconds for connecting and for each read.
+    stall_seconds : float
+        A server trickling fewer than ``STALL_BYTES`` in this many seconds is given up on (and
+        retried), so a download never hangs on a connection that is alive but useless.
     progress : bool
         Show a tqdm progress bar.
 
@@ -79,7 +87,11 @@ def fetch(url: str, dest: Path, *, sha256: str | None = None, retries: int = 4,
         Offline, HTTP error, disk full, bad checksum, a scheme other than http(s); the
         message names the URL.
     """
-    scheme = urlparse(url).scheme.lower()
+    try:
+        scheme = urlparse(url).scheme.lower()
+        urlparse(url).port  # noqa: B018 - a malformed host or port raises here, not mid-download
+    except ValueError as e:
+        raise DownloadError(f"{url}: malformed URL ({one_line(e)})") from None
     if scheme not in ("http", "https"):
         raise DownloadError(f"{url}: unsupported URL scheme {scheme!r} (only http and https "
                             f"are downloaded; give a local archive as a path)")
@@ -91,7 +103,7 @@ def fetch(url: str, dest: Path, *, sha256: str | None = None, retries: int = 4,
     part = dest.with_name(dest.name + ".part")
     progress_mod.note(f"fetching {url} into {dest.parent}", enabled=progress)
     _download_with_retries(url, part, retries=retries, backoff=backoff, timeout=timeout,
-                           progress=progress)
+                           stall_seconds=stall_seconds, progress=progress)
     check_sha256(part, sha256, name=url, remove=True)
     os.replace(part, dest)
     return dest
@@ -123,12 +135,12 @@ def check_sha256(path: Path, expected: str | None, *, name: str | None = None,
 
 
 def _download_with_retries(url: str, part: Path, *, retries: int, backoff: float,
-                           timeout: float, progress: bool) -> None:
+                           timeout: float, stall_seconds: float, progress: bool) -> None:
     """Call ``_download_once`` until it completes, sleeping ``backoff * 2**k`` between tries."""
     attempts = max(0, int(retries)) + 1
     for attempt in range(attempts):
         try:
-            _download_once(url, part, timeout=timeout, progress=progress)
+            _download_once(url, part, timeout=timeout, stall_seconds=stall_seconds, progress=progress)
             return
         except _Retryable as e:
             if attempt == attempts - 1:
@@ -136,14 +148,14 @@ def _download_with_retries(url: str, part: Path, *, retries: int, backoff: float
             time.sleep(backoff * 2 ** attempt)
 
 
-def _download_once(url: str, part: Path, *, timeout: float, progress: bool) -> None:
+def _download_once(url: str, part: Path, *, timeout: float, stall_seconds: float, progress: bool) -> None:
     """One HTTP request appending to (206) or rewriting (200) ``part``.
 
     Raises ``_Retryable`` for transient failures and ``DownloadError`` for final ones.
     """
     offset = part.stat().st_size if part.exists() else 0
     try:
-        response = _open(url, offset, timeout)
+        response = _open(url, offset, min(timeout, stall_seconds))
     except _RangeRefused:
         part.unlink(missing_ok=True)
         raise
@@ -163,7 +175,7 @@ def _download_once(url: str, part: Path, *, timeout: float, progress: bool) -> N
         resumed = f", resuming at {offset / 1e6:.1f} MB" if offset else ""
         progress_mod.note(f"downloading {url} ({size}{resumed}) to {part.with_name(part.name.removesuffix('.part'))}",
                           enabled=progress)
-        written = _stream(response, part, mode, offset, total, url, progress)
+        written = _stream(response, part, mode, offset, total, url, progress, stall_seconds)
     if total is not None and written != total:
         raise _Retryable(f"incomplete download: {written} of {total} bytes")
 
@@ -178,7 +190,9 @@ def _open(url: str, offset: int, timeout: float):
         return urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as e:
         e.close()
-        reason = f"HTTP {e.code} {e.reason}"
+        if 300 <= e.code < 400:  # urllib gave up following redirects (a loop, or too many)
+            raise DownloadError(f"{url}: redirect loop or too many redirects (HTTP {e.code})") from None
+        reason = f"HTTP {e.code} {one_line(e.reason)}"
         if e.code == 416 and offset:
             # The .part is no prefix of the current file (e.g. longer): drop it, start over.
             raise _RangeRefused(reason) from None
@@ -201,9 +215,10 @@ def _range_start(response) -> int | None:
 
 
 def _stream(response, part: Path, mode: str, offset: int, total: int | None, url: str,
-            progress: bool) -> int:
+            progress: bool, stall_seconds: float = STALL_SECONDS) -> int:
     """Copy the response body into ``part``; return the file's size afterwards."""
     written = offset
+    window_start, window_bytes = time.monotonic(), 0
     try:
         with open(part, mode) as f, progress_mod.bar(total=total, initial=offset, unit="B", unit_scale=True,
                                          unit_divisor=1024, desc=part.name.removesuffix(".part"),
@@ -218,6 +233,11 @@ def _stream(response, part: Path, mode: str, offset: int, total: int | None, url
                 f.write(block)
                 written += len(block)
                 bar.update(len(block))
+                window_bytes += len(block)
+                if time.monotonic() - window_start >= stall_seconds:
+                    if window_bytes < STALL_BYTES:
+                        raise _Retryable(f"stalled: {window_bytes} bytes in the last {stall_seconds:g} s")
+                    window_start, window_bytes = time.monotonic(), 0
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise DownloadError(f"{url}: disk full while writing {part}") from None

@@ -9,6 +9,7 @@ for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import re  # noqa: E402
 import threading  # noqa: E402
+import time  # noqa: E402
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
 
 import pytest  # noqa: E402
@@ -52,6 +53,12 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         srv = self.server
         srv.requests.append({"path": self.path, "range": self.headers.get("Range")})
+        if self.path in getattr(srv, "redirects", {}):
+            self.send_response(302)
+            self.send_header("Location", srv.redirects[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if srv.status:
             self.send_error(srv.status)
             return
@@ -79,6 +86,12 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
+        if getattr(srv, "trickle", None):  # alive but useless: a byte now and then
+            for byte in body[:50]:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(srv.trickle)
+            return
         self.wfile.write(body)
 
 
@@ -98,6 +111,7 @@ def http_server(server):
     """The shared server, reset: serves /data.bin = PAYLOAD; honours Range; no faults."""
     server.files = {"/data.bin": PAYLOAD}
     server.requests, server.status, server.ignore_range, server.cut_after = [], None, False, None
+    server.redirects, server.trickle = {}, None
     server.url = f"http://127.0.0.1:{server.server_address[1]}"
     return server
 

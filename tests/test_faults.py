@@ -209,3 +209,70 @@ def test_loky_workers_exit_when_the_run_is_killed():
     for pid in alive:
         os.kill(pid, signal.SIGKILL)
     assert not alive, "workers outlived their killed parent"
+
+
+# hostile archives and URLs -----------------------------------------------------------------------
+
+def _zip(path, members):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members:
+            zf.writestr(name, data)
+    return path
+
+
+def test_many_small_zero_members_are_refused_as_a_whole(tmp_path):
+    from esc50ann.errors import DatasetError
+
+    bomb = _zip(tmp_path / "bomb.zip", [("ESC-50-master/meta/esc50.csv", b"filename\n")] +
+                [(f"ESC-50-master/audio/{i}.wav", b"\0" * (1 << 20)) for i in range(40)])
+    assert bomb.stat().st_size < 200_000  # 40 MiB of zeros in a few hundred KB
+    with pytest.raises(DatasetError, match="overall compression ratio"):
+        archive.extract(bomb, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "ESC-50-master").exists()
+
+
+def test_encrypted_member_is_one_line(tmp_path):
+    import zipfile
+
+    from esc50ann.errors import DatasetError
+
+    path = _zip(tmp_path / "enc.zip", [("ESC-50-master/meta/esc50.csv", b"filename\n")])
+    data = bytearray(path.read_bytes())
+    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # set the "encrypted" flag bit
+        at = data.find(signature)
+        data[at + offset] |= 1
+    path.write_bytes(bytes(data))
+    assert zipfile.ZipFile(path).infolist()[0].flag_bits & 1
+    with pytest.raises(DatasetError, match="is encrypted"):
+        archive.extract(path, tmp_path / "out", progress=False)
+
+
+def test_redirect_loop_is_one_line(http_server, tmp_path):
+    from esc50ann.download import fetch
+
+    http_server.redirects = {"/a": "/b", "/b": "/a"}
+    with pytest.raises(DownloadError, match="redirect loop") as info:
+        fetch(http_server.url + "/a", tmp_path / "x", backoff=0, progress=False)
+    assert "\n" not in str(info.value)
+
+
+def test_a_trickling_server_is_given_up_on(http_server, tmp_path):
+    from esc50ann.download import fetch
+
+    http_server.trickle = 0.05
+    with pytest.raises(DownloadError, match="stalled"):
+        fetch(http_server.url + "/data.bin", tmp_path / "x", retries=0, stall_seconds=0.5, progress=False)
+
+
+@pytest.mark.parametrize("source, words", [
+    ("ftp://example.org/ESC-50.zip", ["unsupported URL scheme 'ftp'"]),
+    ("http://[::1", ["malformed URL"]),
+])
+def test_bad_sources_are_one_line(tmp_path, source, words):
+    from esc50ann.errors import Esc50Error
+
+    with pytest.raises(Esc50Error) as info:
+        ds.prepare(source, tmp_path, progress=False)
+    assert "\n" not in str(info.value) and all(w in str(info.value) for w in words)
