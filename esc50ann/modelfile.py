@@ -12,6 +12,7 @@ can never run code.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -79,15 +80,67 @@ def read(path) -> tuple[dict[str, np.ndarray], dict]:
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}  # reads (and CRC-checks) all now
-    except AttributeError:  # np.load returned a bare array (a .npy), which has no .files
-        raise ModelError(f"{path}: not an esc50ann model file (a .npy, not an .npz)") from None
+        with zipfile.ZipFile(path) as zf:
+            declared = _declared_members(path, zf)
+            header = _read_header(path, {"header": _load_member(zf, "header")})
+            _check_declared(path, declared, header["architecture"])
+            arrays = {name: _load_member(zf, name) for name in declared}  # only now: all checked
+    except ModelError:
+        raise
     except Exception as exc:  # zip/npy/CRC/truncation errors all mean the same thing here
         raise ModelError(f"{path}: not a readable model file ({one_line(exc)})") from None
-    header = _read_header(path, arrays)
     _check_arrays(path, arrays, header["architecture"])
     return arrays, header
+
+
+MAX_HEADER_BYTES = 64 << 20  # the JSON header (history, class names): generous, but bounded
+
+
+def _declared_members(path, zf) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Name -> (shape, dtype) of every ``.npy`` member, read from the member headers alone."""
+    declared = {}
+    for info in zf.infolist():
+        if not info.filename.endswith(".npy"):
+            raise ModelError(f"{path}: unexpected member {info.filename!r} in the model file")
+        with zf.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ModelError(f"{path}: member {info.filename!r} has .npy format version {version}")
+            shape, _, dtype = read_header(member, max_header_size=10_000)
+        if dtype.hasobject:
+            raise ModelError(f"{path}: member {info.filename!r} holds Python objects (never loaded)")
+        if int(np.prod(shape, dtype=np.float64)) * dtype.itemsize > info.file_size:
+            raise ModelError(f"{path}: member {info.filename!r} declares {shape} {dtype} but holds "
+                             f"{info.file_size} bytes")
+        declared[info.filename[:-4]] = (tuple(shape), dtype)
+    header = declared.get("header")
+    if header is None:
+        raise ModelError(f"{path}: not an esc50ann model file (no 'header' array)")
+    if header[1] != np.uint8 or len(header[0]) != 1 or header[0][0] > MAX_HEADER_BYTES:
+        raise ModelError(f"{path}: the model header is not a JSON text of at most {MAX_HEADER_BYTES} bytes")
+    return declared
+
+
+def _check_declared(path, declared, arch) -> None:
+    """Names, dtypes and shapes of the members against the header, before any array is loaded."""
+    expected = expected_shapes(arch)
+    unknown = sorted(set(declared) - set(expected) - {"header"})
+    if unknown:
+        raise ModelError(f"{path}: unknown array {unknown[0]!r} in the model file")
+    for name, shape in expected.items():
+        if name not in declared:
+            raise ModelError(f"{path}: array {name!r} is missing")
+        if declared[name][0] != tuple(shape):
+            raise ModelError(f"{path}: array {name!r} has shape {declared[name][0]}, the header says {tuple(shape)}")
+        if name != "classes" and declared[name][1].kind != "f":
+            raise ModelError(f"{path}: array {name!r} is not floating point")
+
+
+def _load_member(zf, name) -> np.ndarray:
+    with zf.open(f"{name}.npy") as member:
+        return np.lib.format.read_array(member, allow_pickle=False)
 
 
 def _read_header(path, arrays):

@@ -276,3 +276,45 @@ def test_bad_sources_are_one_line(tmp_path, source, words):
     with pytest.raises(Esc50Error) as info:
         ds.prepare(source, tmp_path, progress=False)
     assert "\n" not in str(info.value) and all(w in str(info.value) for w in words)
+
+
+# model files are checked from their member headers before any array is loaded -------------------
+
+def _model(tmp_path):
+    from esc50ann.model import ANNClassifier
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(20, 4)).astype(np.float32), np.arange(20) % 2
+    return ANNClassifier(hidden_layer_sizes=(3,), max_epochs=1).fit(X, y).save(tmp_path / "m.npz")
+
+
+def _add_member(path, name, header_shape, dtype="<f8", payload=b"\0" * 64):
+    import zipfile
+
+    header = {"descr": dtype, "fortran_order": False, "shape": header_shape}
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, header)
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.writestr(name, buffer.getvalue() + payload)
+
+
+@pytest.mark.parametrize("member, shape, words", [
+    ("junk.npy", (2 ** 28,), ["declares", "junk.npy"]),     # 2 GiB declared, 64 bytes held
+    ("junk.npy", (8,), ["unknown array 'junk'"]),
+    ("notes.txt", (8,), ["unexpected member 'notes.txt'"]),
+])
+def test_crafted_members_are_refused_before_loading(tmp_path, monkeypatch, member, shape, words):
+    from esc50ann import modelfile
+    from esc50ann.errors import ModelError
+
+    path = _model(tmp_path)
+    _add_member(path, member, shape)
+    loaded = []
+    real = modelfile._load_member
+    monkeypatch.setattr(modelfile, "_load_member", lambda zf, name: loaded.append(name) or real(zf, name))
+    with pytest.raises(ModelError) as info:
+        modelfile.read(path)
+    assert all(w in str(info.value) for w in words), info.value
+    assert set(loaded) <= {"header"}  # nothing but the JSON header was read
