@@ -188,7 +188,7 @@ def cmd_download(args) -> None:
 def cmd_info(args) -> int:
     from esc50ann.dataset import load
 
-    dataset = load(args.data_dir)
+    dataset = load(args.data_dir, check_files=not args.verify)  # --verify reports changed files itself
     info = dataset.summary()
     print(f"root:     {info['root']}")
     print(f"clips:    {info['n_clips']}  (ESC-10 subset: {info['n_esc10']})")

@@ -6,6 +6,8 @@ input: the validated metadata, the audio paths, the folds and the class names. T
 """
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import io
 import json
@@ -292,6 +294,9 @@ def prepare(source: str | Path | None = None, data_dir: Path | str | None = None
     done = _recorded(data_dir, wanted, sha256)
     if done is not None:
         return done
+    if unspecified:  # a recorded dataset whose files changed: repair it from where it came from
+        with contextlib.suppress(DatasetError):
+            source = (read_record(data_dir) or {}).get("source") or source
     with file_lock(data_dir / LOCK):  # a second prepare() waits here, then finds the record
         # Another prepare() may have finished this while we waited for the lock.
         done = _recorded(data_dir, wanted, sha256)
@@ -309,8 +314,11 @@ def prepare(source: str | Path | None = None, data_dir: Path | str | None = None
     return dataset
 
 
-def load(data_dir: Path | str | None = None) -> Dataset:
+def load(data_dir: Path | str | None = None, *, check_files: bool = True) -> Dataset:
     """Open the dataset that ``prepare`` recorded in ``data_dir/dataset.json``.
+
+    With ``check_files`` (the default) every audio file's size and modification time must still
+    be those recorded at verification (cheap: no hashing); ``Dataset.verify`` re-hashes them.
 
     Raises
     ------
@@ -324,6 +332,10 @@ def load(data_dir: Path | str | None = None) -> Dataset:
     root = Path(record["root"])
     if not (root / "meta" / "esc50.csv").is_file():
         raise DatasetError(f"{data_dir / RECORD}: dataset folder {root} is gone: run `esc50ann download` again")
+    changed = changed_files(root, record) if check_files else []
+    if changed:
+        raise DatasetError(f"{root / 'audio' / changed[0]}: changed since verification ({len(changed)} file(s)); "
+                           "run `esc50ann download` to repair it from the kept archive")
     return Dataset(root, load_metadata(root / "meta" / "esc50.csv"), dict(record["files"]))
 
 
@@ -466,6 +478,7 @@ def write_record(data_dir: Path, source: str, dataset: Dataset, *, archive_sha25
         "verified_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "n_clips": len(dataset),
         "files": dict(dataset.manifest or {}),
+        "stats": file_stats(dataset.root, list(dataset.meta["filename"])),
     }
     return write_text(Path(data_dir) / RECORD, json.dumps(record, indent=1) + "\n")
 
@@ -493,6 +506,28 @@ def _recorded(data_dir: Path, source: str | None, sha256: str | None = None) -> 
         meta = load_metadata(csv_path)
     except DatasetError:
         return None
-    if set(meta["filename"]) != set(record["files"]):
+    if set(meta["filename"]) != set(record["files"]) or changed_files(root, record):
         return None
     return Dataset(root, meta, dict(record["files"]))
+
+
+def file_stats(root: Path, filenames: list[str]) -> dict[str, list[int]]:
+    """filename -> [size, mtime_ns] of each audio file: a cheap fingerprint checked on every load."""
+    stats = {}
+    for name in filenames:
+        try:
+            st = os.stat(Path(root) / "audio" / name)
+            stats[name] = [st.st_size, st.st_mtime_ns]
+        except OSError:
+            stats[name] = None
+    return stats
+
+
+def changed_files(root: Path, record: dict) -> list[str]:
+    """Audio files whose size or modification time differs from what was verified (none when the
+    record predates the fingerprints)."""
+    recorded = record.get("stats")
+    if not isinstance(recorded, dict):
+        return []
+    now = file_stats(root, list(recorded))
+    return [name for name, stat in recorded.items() if now[name] != stat]

@@ -84,7 +84,7 @@ def test_prepare_from_folder_in_place(synth_folder, tmp_path):
     d = prepare(synth_folder, tmp_path / "data", progress=False)
     assert d.root == synth_folder and len(d) == 24 and d.manifest is not None
     record = json.loads((tmp_path / "data" / "dataset.json").read_text())
-    assert set(record) == {"source", "archive_sha256", "root", "verified_at", "n_clips", "files"}
+    assert set(record) == {"source", "archive_sha256", "root", "verified_at", "n_clips", "files", "stats"}
     assert record["n_clips"] == 24 and record["files"] == d.manifest
     assert not (tmp_path / "data" / "ESC-50-master").exists()  # nothing copied
 
@@ -268,7 +268,10 @@ def test_dataset_verify_against_manifest(folder, tmp_path):
     assert d.verify(progress=False) == []
     name = d.meta["filename"][0]
     (folder / "audio" / name).write_bytes(synth.wav_bytes(synth.tone(36, seed=5)))
-    assert load(tmp_path).verify(progress=False) == [(name, "changed since verification (sha256 mismatch)")]
+    with pytest.raises(DatasetError, match=f"{name}: changed since verification"):
+        load(tmp_path)  # size/mtime fingerprint: caught on every load without hashing
+    assert load(tmp_path, check_files=False).verify(progress=False) == [
+        (name, "changed since verification (sha256 mismatch)")]
 
 
 # ----------------------------------------------------------------------------- Dataset

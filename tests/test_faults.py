@@ -318,3 +318,24 @@ def test_crafted_members_are_refused_before_loading(tmp_path, monkeypatch, membe
         modelfile.read(path)
     assert all(w in str(info.value) for w in words), info.value
     assert set(loaded) <= {"header"}  # nothing but the JSON header was read
+
+
+# tampered files are noticed on load and repaired from the kept archive ---------------------------
+
+def test_tampered_dataset_is_repaired_from_the_kept_archive(http_server, synth_archive, tmp_path, capsys):
+    from esc50ann import cli
+    from esc50ann.errors import DatasetError
+
+    http_server.files["/ESC-50-master.zip"] = synth_archive.read_bytes()
+    url = http_server.url + "/ESC-50-master.zip"
+    d = ds.prepare(url, tmp_path, progress=False)
+    clip = d.root / "audio" / d.meta.filename[3]
+    good = clip.read_bytes()
+    clip.write_bytes(good[:-100])  # truncated by someone
+    with pytest.raises(DatasetError, match="changed since verification"):
+        ds.load(tmp_path)
+    n = len(http_server.requests)
+    assert cli.main(["--quiet", "download", "--data-dir", str(tmp_path)]) == 0  # no --source: repair
+    assert "dataset ready" in capsys.readouterr().out
+    assert clip.read_bytes() == good and len(http_server.requests) == n  # from the kept archive, no download
+    assert len(ds.load(tmp_path)) == 24
