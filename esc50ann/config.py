@@ -157,6 +157,8 @@ def load(path: str | Path) -> PipelineConfig:
         raise ConfigError(f"{path}: cannot read pipeline file ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8") from None
     return from_dict(doc, where=str(path))
 
 

@@ -463,8 +463,14 @@ def read_record(data_dir: Path) -> dict | None:
     except (OSError, ValueError) as e:
         raise DatasetError(f"{path}: damaged ({one_line(e)}); run `esc50ann download` again") from None
     keys = ("source", "root", "verified_at", "n_clips", "files")
-    if not isinstance(record, dict) or any(k not in record for k in keys) or not isinstance(record["files"], dict):
-        raise DatasetError(f"{path}: damaged (expected keys {', '.join(keys)}); run `esc50ann download` again")
+    if (not isinstance(record, dict) or any(k not in record for k in keys)
+            or not isinstance(record["source"], str) or not isinstance(record["root"], str)
+            or not isinstance(record["files"], dict)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in record["files"].items())
+            or not isinstance(record.get("stats", {}), dict)
+            or not isinstance(record.get("archive_sha256") or "", str)):
+        raise DatasetError(f"{path}: damaged (expected an object with string source and root and files "
+                           f"mapping names to checksums); run `esc50ann download` again")
     return record
 
 
@@ -529,5 +535,5 @@ def changed_files(root: Path, record: dict) -> list[str]:
     recorded = record.get("stats")
     if not isinstance(recorded, dict):
         return []
-    now = file_stats(root, list(recorded))
-    return [name for name, stat in recorded.items() if now[name] != stat]
+    now = file_stats(root, [str(name) for name in recorded])
+    return [name for name, stat in recorded.items() if now[str(name)] != stat]

@@ -351,6 +351,8 @@ def _compute(dataset, config, cache_dir, key, n_jobs, progress) -> cache.Entry:
     failed = {f[0] for _, fs in blocks for f in fs}
     skipped = [f for _, fs in blocks for f in fs]
     kept = [nm for nm in names if nm not in failed]
+    if skipped and not kept:
+        raise FeatureError(f"every one of the {n} clips was skipped; the first: {_bad(*skipped[0])}")
     widths = {arr.shape[1] for arr, _ in blocks if len(arr)}
     if len(widths) > 1:
         raise FeatureError(f"cache entry {key}: clips gave different feature sizes {sorted(widths)}")

@@ -82,7 +82,8 @@ def _read_csv(csv_path: Path) -> pd.DataFrame:
 
 def _ints(cells: list[str], column: str, csv_path: Path, minimum: int | None = None) -> np.ndarray:
     for i, v in enumerate(cells):
-        if not _INT.match(v) or (minimum is not None and int(v) < minimum):
+        if (not _INT.match(v) or (minimum is not None and int(v) < minimum)
+                or not -2**63 <= int(v) < 2**63):  # an int64 column
             what = "an integer" if minimum is None else f"an integer >= {minimum}"
             raise DatasetError(f"{csv_path}: {_row(i)}, column {column!r}: expected {what}, got {v!r}")
     return np.array([int(v) for v in cells], dtype=np.int64)

@@ -195,8 +195,13 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
             Yv = np.eye(len(self.classes_), dtype=dtype)[self._encode(y_val, len(Xv))]
 
         rng = self._rng()
-        self.network_ = MLP([X.shape[1], *self.hidden_layer_sizes, len(self.classes_)],
-                            self.activation, self.output, self.loss, bool(self.input_bias), dtype, rng)
+        sizes = [X.shape[1], *self.hidden_layer_sizes, len(self.classes_)]
+        try:
+            self.network_ = MLP(sizes, self.activation, self.output, self.loss, bool(self.input_bias), dtype, rng)
+        except MemoryError:
+            n = sum(a * b for a, b in zip(sizes, sizes[1:]))
+            raise ModelError(f"network {sizes} does not fit in memory ({n:,} weights): choose smaller "
+                             "hidden_layer_sizes") from None
         optimizer = make_optimizer(self.solver, self.learning_rate, weight_decay=self.weight_decay,
                                    momentum=self.momentum)
         self.history_, self.best_epoch_ = train(

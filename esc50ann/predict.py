@@ -107,6 +107,8 @@ class Predictor:
         try:
             y, sr = audio.read_audio(path, self.config.sample_rate)
             starts, X = self._windows(y, sr)
+            if not np.isfinite(X).all():
+                raise FeatureError(f"{path}: its samples give non-finite features (values far outside [-1, 1]?)")
             if X.shape[1] != self.model.n_features_in_:
                 raise FeatureError(f"{path}: gives {X.shape[1]} features, the model {self.model_path} "
                                    f"expects {self.model.n_features_in_}")

@@ -23,7 +23,7 @@ from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_
 
 import esc50ann
 from esc50ann.dataset import Dataset
-from esc50ann.errors import Esc50Error
+from esc50ann.errors import Esc50Error, one_line
 from esc50ann.evaluate import CVResult
 from esc50ann.model import ANNClassifier
 from esc50ann.fileio import atomic_path, json_default, write_text
@@ -293,10 +293,16 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], str]:
         raise Esc50Error(f"{run_dir}: no metrics.json — not a finished run (interrupted, or not a run folder)")
     try:
         result = json.loads(metrics_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise Esc50Error(f"{metrics_path}: damaged metrics file ({exc})") from None
+    except (ValueError, OSError) as exc:  # JSON errors and non-UTF-8 bytes are both ValueErrors
+        raise Esc50Error(f"{metrics_path}: damaged metrics file ({one_line(exc)})") from None
+    if not isinstance(result, dict):
+        raise Esc50Error(f"{metrics_path}: damaged metrics file (not a JSON object)")
     report_path = run_dir / "report.md"
-    return result, report_path.read_text(encoding="utf-8") if report_path.is_file() else ""
+    try:
+        text = report_path.read_text(encoding="utf-8") if report_path.is_file() else ""
+    except (ValueError, OSError) as exc:
+        raise Esc50Error(f"{report_path}: damaged report ({one_line(exc)})") from None
+    return result, text
 
 
 def list_runs(runs_dir: Path) -> pd.DataFrame:

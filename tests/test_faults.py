@@ -2,6 +2,7 @@
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -339,3 +340,92 @@ def test_tampered_dataset_is_repaired_from_the_kept_archive(http_server, synth_a
     assert "dataset ready" in capsys.readouterr().out
     assert clip.read_bytes() == good and len(http_server.requests) == n  # from the kept archive, no download
     assert len(ds.load(tmp_path)) == 24
+
+
+# never a traceback: each input that used to end in one ------------------------------------------
+
+@pytest.fixture(scope="module")
+def user(synth_archive, tmp_path_factory):
+    """A data root with the synthetic dataset and a tiny final model."""
+    from esc50ann import cli
+
+    root = tmp_path_factory.mktemp("user")
+    data = root / "data"
+    assert cli.main(["--quiet", "download", "--source", str(synth_archive), "--data-dir", str(data)]) == 0
+    assert cli.main(["--quiet", "train", "quick", "--all", "--save", str(root / "m.npz"), "--data-dir", str(data),
+                     "--set", "training.max_epochs=1"]) == 0
+    return root
+
+
+def _one_line(capsys, *args):
+    from esc50ann import cli
+
+    code = cli.main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("esc50ann: error: ") and err.count("\n") == 1, (code, err)
+    return err
+
+
+def test_pipeline_file_not_utf8(user, capsys):
+    (user / "bad.toml").write_bytes(b'name = "\xff\xfe"\n')
+    assert "not UTF-8" in _one_line(capsys, "run", user / "bad.toml", "--data-dir", user / "data")
+
+
+def test_network_too_large_for_memory(user, capsys):
+    err = _one_line(capsys, "--quiet", "run", "quick", "--data-dir", user / "data", "--jobs", 1,
+                    "--set", "model.hidden_layer_sizes=[2000000000]")
+    assert "does not fit in memory" in err
+
+
+@pytest.mark.parametrize("metrics, report, words", [
+    (b"\xff{}", None, ["metrics.json", "damaged"]),
+    (b"[1, 2]", None, ["metrics.json", "not a JSON object"]),
+    (b"{}", b"\xff\xfe", ["report.md", "damaged"]),
+])
+def test_report_of_damaged_files(tmp_path, capsys, metrics, report, words):
+    (tmp_path / "metrics.json").write_bytes(metrics)
+    if report is not None:
+        (tmp_path / "report.md").write_bytes(report)
+    err = _one_line(capsys, "report", tmp_path)
+    assert all(w in err for w in words)
+
+
+@pytest.mark.parametrize("change", [{"root": 5}, {"files": {"a.wav": 1}}, {"stats": [1]}, {"source": None}])
+def test_dataset_record_of_the_wrong_shape(user, tmp_path, capsys, change):
+    data = tmp_path / "data"
+    shutil.copytree(user / "data", data, ignore=shutil.ignore_patterns("cache", "runs"))
+    record = json.loads((data / "dataset.json").read_text())
+    (data / "dataset.json").write_text(json.dumps({**record, **change}))
+    assert "dataset.json: damaged" in _one_line(capsys, "info", "--data-dir", data)
+
+
+def test_huge_integer_in_the_metadata(tmp_path, capsys):
+    folder = synth.make_dataset_folder(tmp_path / "d")
+    csv = next(folder.rglob("esc50.csv"))
+    lines = csv.read_text().splitlines()
+    cells = lines[1].split(",")
+    cells[1] = "9" * 30  # the fold
+    lines[1] = ",".join(cells)
+    csv.write_text("\n".join(lines) + "\n")
+    err = _one_line(capsys, "download", "--source", csv.parent.parent, "--data-dir", tmp_path / "data")
+    assert "row" in err and "'fold'" in err
+
+
+def test_predict_on_huge_finite_samples(user, tmp_path, capsys):
+    import soundfile as sf
+
+    sf.write(tmp_path / "huge.wav", np.full(44100 * 5, 3e38, np.float32), 44100, subtype="FLOAT")
+    assert "non-finite features" in _one_line(capsys, "predict", user / "m.npz", tmp_path / "huge.wav")
+
+
+def test_every_clip_skipped(user, monkeypatch, tmp_path, capsys):
+    from esc50ann import features
+    from esc50ann.errors import FeatureError
+
+    def unreadable(path, config):
+        raise FeatureError(f"cannot read audio file {path}")
+
+    monkeypatch.setattr(features, "clip_features", unreadable)
+    (tmp_path / "skip.toml").write_text('[features]\non_error = "skip"\nn_mels = 20\n[model]\nhidden_layer_sizes = [4]\n')
+    err = _one_line(capsys, "--quiet", "run", tmp_path / "skip.toml", "--data-dir", user / "data", "--jobs", 1)
+    assert "every one of the 24 clips was skipped" in err
