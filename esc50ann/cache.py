@@ -111,13 +111,17 @@ def _scope(size: int) -> str:
 def _problem(folder: Path, key: str) -> tuple[str | None, dict | None, np.ndarray | None]:
     """(what is wrong or None, manifest, mapped array) for the entry folder."""
     try:
-        manifest = json.loads((folder / MANIFEST_FILE).read_text())
+        manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
         shape = tuple(manifest["shape"])
         size = int(manifest["file_size"])
         checksum = manifest["checksum"]
+        if (manifest.get("dtype", "float32") != "float32" or not isinstance(checksum, dict)
+                or len(shape) != 2 or not all(type(n) is int and n >= 0 for n in shape)
+                or not isinstance(manifest["filenames"], list) or not isinstance(manifest.get("skipped", []), list)):
+            return "manifest of the wrong shape", None, None
         if manifest.get("key") != key or len(manifest["filenames"]) != shape[0]:
             return "manifest does not match its key or row count", None, None
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         return f"unreadable manifest ({type(e).__name__})", None, None
     array_path = folder / ARRAY_FILE
     try:
@@ -133,7 +137,7 @@ def _problem(folder: Path, key: str) -> tuple[str | None, dict | None, np.ndarra
             array = np.load(array_path, mmap_mode="r")
     except (OSError, ValueError) as e:
         return f"unreadable {ARRAY_FILE} ({type(e).__name__})", None, None
-    if array.shape != shape or array.dtype != np.dtype(manifest.get("dtype", "float32")):
+    if array.shape != shape or array.dtype != np.float32:
         return f"{ARRAY_FILE} holds {array.shape} {array.dtype}, manifest says {shape}", None, None
     if _checksum(array_path, size, checksum.get("scope", "full")) != checksum.get("sha256"):
         return f"{ARRAY_FILE} checksum mismatch", None, None

@@ -72,17 +72,18 @@ class FeatureConfig:
     n_mfcc: int = 0
     on_error: str = "raise"
 
+    # Upper bounds keep a crafted model file or pipeline from asking for absurd work or memory.
     _constraints = {
-        "sample_rate": [Interval(Integral, 1), None],
-        "duration": [Interval(Real, 0, closed="neither")],
-        "n_fft": [Interval(Integral, 2)],
-        "hop_length": [Interval(Integral, 1)],
-        "n_mels": [Interval(Integral, 1)],
+        "sample_rate": [Interval(Integral, 1, 384_000), None],
+        "duration": [Interval(Real, 0, 600, closed="right")],
+        "n_fft": [Interval(Integral, 2, 65_536)],
+        "hop_length": [Interval(Integral, 1, 65_536)],
+        "n_mels": [Interval(Integral, 1, 1024)],
         "fmin": [Interval(Real, 0)],
         "fmax": [Interval(Real, 0, closed="neither"), None],
         "top_db": [Interval(Real, 0), None],
         "representation": [Options("stats", "flat")],
-        "time_pool": [Interval(Integral, 1)],
+        "time_pool": [Interval(Integral, 1, 100_000)],
         "deltas": [Boolean()],
         "n_mfcc": [Interval(Integral, 0)],
         "on_error": [Options("raise", "skip")],
