@@ -32,7 +32,7 @@ from esc50ann.params import Boolean, InstanceOf, Integral, Interval, ListOf, Opt
 SECTIONS = ("dataset", "features", "model", "training", "evaluation")
 # Which estimator parameters each section sets (ANNClassifier's constraint table checks them).
 MODEL_KEYS = ("hidden_layer_sizes", "activation", "output", "loss", "input_bias")
-TRAINING_KEYS = ("solver", "learning_rate", "momentum", "batch_size", "max_epochs", "weight_decay",
+TRAINING_KEYS = ("solver", "learning_rate", "momentum", "batch_size", "max_epochs", "weight_decay", "mixup",
                  "patience", "standardize", "dtype", "random_state")
 
 

@@ -102,8 +102,23 @@ def make_splits(dataset: Dataset, folds=None, validation: str = "auto") -> list[
     return folds_mod.splits(dataset, folds, val_fold="auto" if validation == "auto" else None)
 
 
+def training_rows(X: np.ndarray, y: np.ndarray, rows: np.ndarray, X_aug: np.ndarray | None = None):
+    """The clips ``rows`` (positions) as training data: their features and labels, followed by
+    every augmented copy of each of them when ``X_aug`` (n_clips, n_copies, n_features) is given.
+
+    Returns
+    -------
+    X_rows : ndarray, shape (len(rows) * (1 + n_copies), n_features)
+    y_rows : ndarray, shape (len(rows) * (1 + n_copies),)
+    """
+    if X_aug is None:
+        return X[rows], y[rows]
+    copies = X_aug[rows].reshape(-1, X.shape[1])
+    return np.concatenate([X[rows], copies]), np.concatenate([y[rows], np.repeat(y[rows], X_aug.shape[1])])
+
+
 def fit_fold(X: np.ndarray, y: np.ndarray, split: Split, params: dict[str, Any], *, refit: bool = True,
-             callback: Callable[[dict], None] | None = None) -> FoldResult:
+             callback: Callable[[dict], None] | None = None, X_aug: np.ndarray | None = None) -> FoldResult:
     """Train one estimator for ``split`` and predict its test fold.
 
     Parameters
@@ -119,6 +134,9 @@ def fit_fold(X: np.ndarray, y: np.ndarray, split: Split, params: dict[str, Any],
     refit : bool
         With a validation fold, retrain on train + validation for the epoch count early stopping
         chose, so the validation fold's clips are not lost to training.
+    X_aug : ndarray of shape (n_clips, n_copies, n_features), optional
+        Augmented copies of every clip (``FeatureSet.X_aug``): those of the training clips are
+        added to the training rows; validation and test clips are scored as they are.
 
     Without early stopping (``patience`` None) a validation fold has nothing to choose, so it
     simply joins the training rows.
@@ -126,16 +144,16 @@ def fit_fold(X: np.ndarray, y: np.ndarray, split: Split, params: dict[str, Any],
     start = time.perf_counter()
     model = ANNClassifier(**params)
     early_stopping = split.val.size > 0 and model.patience is not None
+    train_val = np.concatenate([split.train, split.val])
     if early_stopping:
-        model.fit(X[split.train], y[split.train], X_val=X[split.val], y_val=y[split.val], callback=callback)
+        model.fit(*training_rows(X, y, split.train, X_aug), X_val=X[split.val], y_val=y[split.val],
+                  callback=callback)
     else:
-        train = np.concatenate([split.train, split.val])
-        model.fit(X[train], y[train], callback=callback)
+        model.fit(*training_rows(X, y, train_val, X_aug), callback=callback)
     history, best_epoch = model.history_, model.best_epoch_
     if early_stopping and refit:
-        train_val = np.concatenate([split.train, split.val])
         model = ANNClassifier(**{**params, "max_epochs": best_epoch, "patience": None})
-        model.fit(X[train_val], y[train_val])
+        model.fit(*training_rows(X, y, train_val, X_aug))
     proba = (model.predict_proba(X[split.test]) if split.test.size
              else np.empty((0, len(model.classes_)), dtype=np.float32))
     return FoldResult(
@@ -148,7 +166,7 @@ def fit_fold(X: np.ndarray, y: np.ndarray, split: Split, params: dict[str, Any],
 
 def cross_validate(X: np.ndarray, dataset: Dataset, params: dict[str, Any], *, folds=None,
                    validation: str = "auto", refit: bool = True, n_jobs: int = 1,
-                   progress: bool = True, verbose: bool = False) -> CVResult:
+                   progress: bool = True, verbose: bool = False, X_aug: np.ndarray | None = None) -> CVResult:
     """Cross-validate ``ANNClassifier(**params)`` over the dataset's folds.
 
     Parameters
@@ -170,6 +188,8 @@ def cross_validate(X: np.ndarray, dataset: Dataset, params: dict[str, Any], *, f
         fold (see ``esc50ann.progress``). Parallel folds report their epochs too.
     verbose : bool
         Also a line per epoch.
+    X_aug : ndarray of shape (n_clips, n_copies, n_features), optional
+        Augmented copies of every clip; each fold trains on those of its training clips only.
     """
     if X.shape[0] != len(dataset):
         raise DatasetError(f"features have {X.shape[0]} rows but the dataset has {len(dataset)} clips")
@@ -180,11 +200,12 @@ def cross_validate(X: np.ndarray, dataset: Dataset, params: dict[str, Any], *, f
         if n_jobs == 1:
             results = []
             for split in splits:
-                results.append(fit_fold(X, y, split, params, refit=refit, callback=reporter.callback(split.test_fold)))
+                results.append(fit_fold(X, y, split, params, refit=refit, callback=reporter.callback(split.test_fold),
+                                        X_aug=X_aug))
                 reporter.done(results[-1])
         else:
             jobs = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-                delayed(_fit_fold_single_thread)(X, y, s, params, refit, reporter.callback(s.test_fold))
+                delayed(_fit_fold_single_thread)(X, y, s, params, refit, reporter.callback(s.test_fold), X_aug)
                 for s in splits)
             results = []
             for result in jobs:
@@ -264,8 +285,8 @@ def _put_row(queue, fold, row):
     queue.put((fold, row))
 
 
-def _fit_fold_single_thread(X, y, split, params, refit, callback=None):
+def _fit_fold_single_thread(X, y, split, params, refit, callback=None, X_aug=None):
     exit_with_parent()
     # Parallel folds share the cores; one BLAS thread each avoids oversubscription.
     with threadpool_limits(limits=1):
-        return fit_fold(X, y, split, params, refit=refit, callback=callback)
+        return fit_fold(X, y, split, params, refit=refit, callback=callback, X_aug=X_aug)

@@ -21,7 +21,7 @@ import soundfile as sf
 
 from esc50ann import audio, cache
 from esc50ann.errors import ConfigError, FeatureError, one_line
-from esc50ann.params import Boolean, Integral, Interval, Options, Real, validate
+from esc50ann.params import Boolean, Integral, Interval, ListOf, Options, Real, validate
 from esc50ann import progress as progress_mod
 from esc50ann.worker import exit_with_parent
 
@@ -54,6 +54,14 @@ class FeatureConfig:
         Add the delta (first time derivative) log-mel as a second channel.
     n_mfcc : int
         Add this many MFCCs (computed from the log-mel) as a channel; 0 = none.
+    modulation : tuple of float
+        Add the log-mel's modulation spectrum (``audio.modulation_spectrum``): per band, the
+        envelope's spectrum averaged in bins starting at these frequencies (Hz); () = none.
+    pitch_shifts : tuple of float
+        Augmentation: also compute every clip's features pitch-shifted by each of these many
+        semitones (``audio.shifted_mel_basis``; same duration). Stored beside the clip's own
+        features (``FeatureSet.X_aug``); cross-validation trains on the copies of training clips
+        only and never shows a test clip's copy. () = none.
     on_error : {"raise", "skip"}
         A bad clip stops the stage, or is left out and listed in ``FeatureSet.skipped``.
     """
@@ -70,6 +78,8 @@ class FeatureConfig:
     time_pool: int = 1
     deltas: bool = False
     n_mfcc: int = 0
+    modulation: tuple[float, ...] = ()
+    pitch_shifts: tuple[float, ...] = ()
     on_error: str = "raise"
 
     # Upper bounds keep a crafted model file or pipeline from asking for absurd work or memory.
@@ -86,6 +96,8 @@ class FeatureConfig:
         "time_pool": [Interval(Integral, 1, 100_000)],
         "deltas": [Boolean()],
         "n_mfcc": [Interval(Integral, 0)],
+        "modulation": [ListOf(Interval(Real, 0), max_len=64)],
+        "pitch_shifts": [ListOf(Interval(Real, -24, 24), max_len=16)],
         "on_error": [Options("raise", "skip")],
     }
 
@@ -97,6 +109,12 @@ class FeatureConfig:
             raise ConfigError("time_pool applies to representation 'flat' only")
         if self.n_mfcc > self.n_mels:
             raise ConfigError(f"n_mfcc ({self.n_mfcc}) cannot exceed n_mels ({self.n_mels})")
+        if any(b <= a for a, b in zip(self.modulation, self.modulation[1:])):
+            raise ConfigError(f"modulation must list increasing bin edges in Hz (got {list(self.modulation)})")
+        if 0 in self.pitch_shifts or len(set(self.pitch_shifts)) < len(self.pitch_shifts):
+            raise ConfigError(f"pitch_shifts must be distinct non-zero semitones (got {list(self.pitch_shifts)})")
+        object.__setattr__(self, "modulation", tuple(float(v) for v in self.modulation))
+        object.__setattr__(self, "pitch_shifts", tuple(float(v) for v in self.pitch_shifts))
         # Canonical types, so 5 and 5.0 give the same cache key.
         for name, kind in (("duration", float), ("fmin", float), ("fmax", float), ("top_db", float),
                            ("sample_rate", int), ("n_fft", int), ("hop_length", int), ("n_mels", int),
@@ -110,21 +128,39 @@ class FeatureConfig:
         return asdict(self)
 
 
-def clip_features(path, config: FeatureConfig) -> np.ndarray:
-    """The feature vector of one audio file, shape (n_features,), float32."""
+def clip_features(path, config: FeatureConfig, *, augmented: bool = False) -> np.ndarray:
+    """The feature vector of one audio file, shape (n_features,), float32 (see ``signal_features``
+    for ``augmented``)."""
     y, sr = audio.load_clip(path, config.duration, config.sample_rate)
-    return signal_features(y, sr, config)
+    return signal_features(y, sr, config, augmented=augmented)
 
 
-def signal_features(y: np.ndarray, sr: int, config: FeatureConfig) -> np.ndarray:
+def signal_features(y: np.ndarray, sr: int, config: FeatureConfig, *, augmented: bool = False) -> np.ndarray:
     """The feature vector of one clip's samples ``y`` (shape (n_samples,), ``config.duration``
-    seconds at ``sr``), shape (n_features,), float32."""
-    S_db = audio.log_mel(y, sr, n_fft=config.n_fft, hop_length=config.hop_length, n_mels=config.n_mels,
-                         fmin=config.fmin, fmax=config.fmax, top_db=config.top_db)
+    seconds at ``sr``), shape (n_features,), float32.
+
+    With ``augmented``, the vectors of the clip and of each of its ``config.pitch_shifts`` copies
+    one after the other: shape ((1 + len(pitch_shifts)) * n_features,).
+    """
+    mel = dict(n_fft=config.n_fft, hop_length=config.hop_length, n_mels=config.n_mels, fmin=config.fmin,
+               fmax=config.fmax, top_db=config.top_db)
+    if not (augmented and config.pitch_shifts):
+        return _describe(audio.log_mel(y, sr, **mel), sr, config)
+    copies = audio.log_mel(y, sr, semitones=(0.0, *config.pitch_shifts), **mel)
+    return np.concatenate([_describe(S_db, sr, config) for S_db in copies])
+
+
+def _describe(S_db: np.ndarray, sr: int, config: FeatureConfig) -> np.ndarray:
+    """One log-mel (n_mels, T) -> the clip's feature vector (n_features,)."""
     chans = audio.channels(S_db, deltas=config.deltas, n_mfcc=config.n_mfcc)
     if config.representation == "flat":
-        return audio.flatten(chans, config.time_pool)
-    return audio.band_stats(chans)
+        vector = audio.flatten(chans, config.time_pool)
+    else:
+        vector = audio.band_stats(chans)
+    if not config.modulation:
+        return vector
+    mod = audio.modulation_spectrum(S_db, frame_rate=sr / config.hop_length, edges=config.modulation)
+    return np.concatenate([vector, mod.reshape(-1)])
 
 
 def feature_shape(config: FeatureConfig, sample_rate: int = 44100) -> tuple[int]:
@@ -133,8 +169,10 @@ def feature_shape(config: FeatureConfig, sample_rate: int = 44100) -> tuple[int]
     n_frames = 1 + int(round(config.duration * sr)) // config.hop_length
     bands = config.n_mels * (2 if config.deltas else 1) + config.n_mfcc
     if config.representation == "flat":
-        return (bands * math.ceil(n_frames / config.time_pool),)
-    return (len(audio.STATS) * bands,)
+        n = bands * math.ceil(n_frames / config.time_pool)
+    else:
+        n = len(audio.STATS) * bands
+    return (n + config.n_mels * len(config.modulation),)
 
 
 # --------------------------------------------------------------------------- the stage
@@ -146,6 +184,9 @@ class FeatureSet:
     Attributes
     ----------
     X : np.ndarray, shape (n_clips, n_features), float32 (read-only memory map when cached)
+    X_aug : np.ndarray of shape (n_clips, n_copies, n_features), or None
+        The features of each clip's augmented copies (``config.pitch_shifts``, in that order);
+        for training rows only -- cross-validation never shows a test clip's copy.
     filenames : list of str
         Row order = ``dataset.meta`` order minus ``skipped``.
     skipped : list of (filename, reason)
@@ -165,10 +206,13 @@ class FeatureSet:
     from_cache: bool
     config: FeatureConfig = field(repr=False)
     meta: pd.DataFrame = field(default=None, repr=False)
+    X_aug: np.ndarray | None = field(default=None, repr=False)
 
     def __repr__(self):
-        return (f"FeatureSet({self.X.shape[0]} clips x {self.X.shape[1]} features, {self.config.representation}, "
-                f"key {self.key}, {'from the cache' if self.from_cache else 'computed'}"
+        copies = f", {self.X_aug.shape[1]} augmented copies each" if self.X_aug is not None else ""
+        return (f"FeatureSet({self.X.shape[0]} clips x {self.X.shape[1]} features{copies}, "
+                f"{self.config.representation}, key {self.key}, "
+                f"{'from the cache' if self.from_cache else 'computed'}"
                 + (f", {len(self.skipped)} skipped" if self.skipped else "") + ")")
 
     @property
@@ -189,13 +233,17 @@ class FeatureSet:
 
 
 def feature_names(config: FeatureConfig, n_features: int) -> list[str]:
-    """Column names of a feature matrix of ``config`` with ``n_features`` columns."""
+    """Column names of a feature matrix of ``config`` with ``n_features`` columns (modulation bins
+    are named by their lower edge: ``modulation_4hz_17`` is band 17 from 4 Hz)."""
     channels = [("logmel", config.n_mels)] + ([("delta", config.n_mels)] if config.deltas else []) + (
         [("mfcc", config.n_mfcc)] if config.n_mfcc else [])
+    modulation = [f"modulation_{edge:g}hz_{band}" for band in range(config.n_mels) for edge in config.modulation]
     if config.representation == "stats":
-        return [f"{name}_{stat}_{band}" for name, bands in channels for stat in audio.STATS for band in range(bands)]
-    steps = n_features // sum(bands for _, bands in channels)
-    return [f"{name}_{band}_t{t}" for name, bands in channels for band in range(bands) for t in range(steps)]
+        return [f"{name}_{stat}_{band}" for name, bands in channels for stat in audio.STATS
+                for band in range(bands)] + modulation
+    steps = (n_features - len(modulation)) // sum(bands for _, bands in channels)
+    return [f"{name}_{band}_t{t}" for name, bands in channels for band in range(bands)
+            for t in range(steps)] + modulation
 
 
 def _librosa_version() -> str:
@@ -238,7 +286,7 @@ def _chunk_worker(paths: list[str], names: list[str], config: FeatureConfig, bas
     rows, failures = [], []
     for path, name in zip(paths, names):
         try:
-            v = clip_features(path, config)
+            v = clip_features(path, config, augmented=True)
             if not np.isfinite(v).all():
                 raise FeatureError(f"non-finite features computed from {path}")
             rows.append(v)
@@ -304,8 +352,21 @@ def extract(dataset: "Dataset", config: FeatureConfig, cache_dir: Path, *, n_job
         raise _bad(*skipped[0])
     filenames = list(entry.manifest["filenames"])
     meta = dataset.meta.set_index("filename").loc[filenames].reset_index()
-    return FeatureSet(X=entry.array, filenames=filenames, skipped=skipped, key=key, from_cache=not computed,
-                      config=config, meta=meta)
+    X, X_aug = _split_copies(entry.array, 1 + len(config.pitch_shifts))
+    return FeatureSet(X=X, filenames=filenames, skipped=skipped, key=key, from_cache=not computed,
+                      config=config, meta=meta, X_aug=X_aug)
+
+
+def _split_copies(stored: np.ndarray, n_copies: int):
+    """The stored rows (clip, then its augmented copies, side by side) as views ``X`` (n, d) and
+    ``X_aug`` (n, n_copies - 1, d), or None without copies."""
+    if n_copies == 1:
+        return stored, None
+    n, width = stored.shape
+    if width % n_copies:
+        raise FeatureError(f"feature cache: rows of {width} values cannot hold {n_copies} copies")
+    d = width // n_copies
+    return stored[:, :d], stored[:, d:].reshape(n, n_copies - 1, d)
 
 
 def _compute(dataset, config, cache_dir, key, n_jobs, progress) -> cache.Entry:
@@ -333,6 +394,9 @@ def _compute(dataset, config, cache_dir, key, n_jobs, progress) -> cache.Entry:
         try:
             sr = config.sample_rate or sf.info(todo[0][2][0]).samplerate
             audio.mel_basis(sr, config.n_fft, config.n_mels, config.fmin, config.fmax)
+            if config.pitch_shifts:
+                audio.shifted_mel_basis(sr, config.n_fft, config.n_mels, config.fmin, config.fmax,
+                                        (0.0, *config.pitch_shifts))
             bases = dict(audio.MEL_BASES)
         except Exception:  # unreadable first clip: it will be reported by its own task
             pass
@@ -357,7 +421,7 @@ def _compute(dataset, config, cache_dir, key, n_jobs, progress) -> cache.Entry:
     widths = {arr.shape[1] for arr, _ in blocks if len(arr)}
     if len(widths) > 1:
         raise FeatureError(f"cache entry {key}: clips gave different feature sizes {sorted(widths)}")
-    n_cols = widths.pop() if widths else feature_shape(config)[0]
+    n_cols = widths.pop() if widths else feature_shape(config)[0] * (1 + len(config.pitch_shifts))
     info = {"config": config.to_dict(),
             "versions": _versions()}
     return cache.commit(cache_dir, key, (arr for arr, _ in blocks), n_cols=n_cols,

@@ -50,6 +50,10 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
     max_epochs : int, default=100
     weight_decay : float, default=0.0
         L2 penalty ``(weight_decay / 2) ||W||^2`` on the weight matrices.
+    mixup : float, default=0.0
+        Between-class mixing of training rows: 0 is off; otherwise each row of a mini-batch is
+        mixed with another at a ratio drawn from ``Beta(mixup, mixup)``, its target the same mix
+        of the two one-hot labels (``esc50ann.train``). Validation and test rows are never mixed.
     patience : int or None, default=10
         With a validation set, stop after this many epochs without a lower validation loss and
         restore the best weights.  None (or no validation set) runs all ``max_epochs`` and keeps
@@ -92,7 +96,7 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(self, hidden_layer_sizes=(1024,), activation="tanh", output="softmax",
                  loss="squared_error", input_bias=True, solver="sgd", learning_rate=0.01,
-                 momentum=0.9, batch_size=32, max_epochs=100, weight_decay=0.0, patience=10,
+                 momentum=0.9, batch_size=32, max_epochs=100, weight_decay=0.0, mixup=0.0, patience=10,
                  early_stopping=False, validation_fraction=0.1, standardize=True, dtype="float32",
                  random_state=0, verbose=False):
         self.hidden_layer_sizes = hidden_layer_sizes
@@ -106,6 +110,7 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         self.batch_size = batch_size
         self.max_epochs = max_epochs
         self.weight_decay = weight_decay
+        self.mixup = mixup
         self.patience = patience
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
@@ -126,6 +131,7 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         "batch_size": [Interval(Integral, 1)],
         "max_epochs": [Interval(Integral, 1)],
         "weight_decay": [Interval(Real, 0)],
+        "mixup": [Interval(Real, 0, 100)],
         "patience": [Interval(Integral, 1), None],
         "early_stopping": [Boolean()],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
@@ -206,7 +212,7 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
                                    momentum=self.momentum)
         self.history_, self.best_epoch_ = train(
             self.network_, Xs, Y, optimizer=optimizer, batch_size=self.batch_size,
-            max_epochs=self.max_epochs, rng=rng, X_val=Xv, Y_val=Yv,
+            max_epochs=self.max_epochs, rng=rng, mixup=self.mixup, X_val=Xv, Y_val=Yv,
             patience=self.patience if Xv is not None else None, callback=callback,
             verbose=bool(self.verbose))
         self.n_iter_ = len(self.history_)

@@ -138,7 +138,8 @@ class Pipeline:
             cv = cross_validate(
                 np.asarray(feats.X), self.download(), self.config.estimator_params(), folds=folds,
                 validation=evaluation.validation, refit=evaluation.refit,
-                n_jobs=n_jobs or evaluation.n_jobs, progress=self.progress, verbose=self.verbose)
+                n_jobs=n_jobs or evaluation.n_jobs, progress=self.progress, verbose=self.verbose,
+                X_aug=None if feats.X_aug is None else np.asarray(feats.X_aug))
         self._note("cross_validation", f"accuracy {100 * cv.accuracy_mean:.1f} % ± {100 * cv.accuracy_std:.1f} "
                                        f"over folds {','.join(map(str, cv.folds))}")
         return cv
@@ -178,7 +179,8 @@ class Pipeline:
             split, = make_splits(dataset, [test_fold], evaluation.validation)
         with self._timed("train"):
             result = fit_fold(np.asarray(feats.X), dataset.targets, split, self.config.estimator_params(),
-                              refit=evaluation.refit, callback=self._epoch_callback(test_fold))
+                              refit=evaluation.refit, callback=self._epoch_callback(test_fold),
+                              X_aug=None if feats.X_aug is None else np.asarray(feats.X_aug))
         self._note("train", f"{split.train.size + split.val.size} clips" + (
             f", test fold {test_fold} accuracy {100 * result.accuracy:.1f} %" if test_fold is not None else ""))
         names = dataset.names_by_target

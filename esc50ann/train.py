@@ -41,12 +41,19 @@ def _diverged(epoch, loss, optimizer, where="loss"):
 
 
 class _Batches:
-    """Shuffled mini-batches of ``(X, Y)``, gathered into two reused buffers (no fresh arrays per step)."""
+    """Shuffled mini-batches of ``(X, Y)``, gathered into reused buffers (no fresh arrays per step).
 
-    def __init__(self, X, Y, batch_size):
+    With ``mixup > 0`` every row of a batch is mixed with another row of the same batch
+    (Zhang et al. 2018; between-class learning, Tokozume et al. 2018, mixes waveforms the same
+    way): ``x = lam x_i + (1 - lam) x_j`` and ``y = lam y_i + (1 - lam) y_j`` with
+    ``lam ~ Beta(mixup, mixup)`` per row, so the targets become probability vectors.
+    """
+
+    def __init__(self, X, Y, batch_size, mixup=0.0, rng=None):
         self.X, self.Y = X, Y
         self.size = max(1, min(int(batch_size), len(X)))
         self.labels = Y.argmax(axis=1)
+        self.mixup, self.rng = float(mixup), rng
         self._x = np.empty((self.size,) + X.shape[1:], X.dtype)
         self._y = np.empty((self.size, Y.shape[1]), Y.dtype)
 
@@ -56,7 +63,19 @@ class _Batches:
             xb, yb = self._x[:len(idx)], self._y[:len(idx)]
             np.take(self.X, idx, axis=0, out=xb)
             np.take(self.Y, idx, axis=0, out=yb)
+            if self.mixup > 0 and len(idx) > 1:
+                self._mix(xb, yb)
             yield idx, xb, yb
+
+    def _mix(self, xb, yb):
+        n = len(xb)
+        lam = self.rng.beta(self.mixup, self.mixup, size=(n, 1)).astype(xb.dtype)
+        partner = self.rng.permutation(n)
+        for buf in (xb, yb):  # buf <- lam * buf + (1 - lam) * buf[partner], in place
+            other = buf[partner]
+            other -= buf
+            other *= 1.0 - lam
+            buf += other
 
 
 def run_epoch(net, batches, optimizer, order, epoch):
@@ -99,7 +118,7 @@ class EarlyStopping:
         return self.best_epoch
 
 
-def train(net, X, Y, *, optimizer, batch_size=32, max_epochs=100, rng=None,
+def train(net, X, Y, *, optimizer, batch_size=32, max_epochs=100, rng=None, mixup=0.0,
           X_val=None, Y_val=None, patience=None, callback=None, verbose=False):
     """Train ``net`` in place with mini-batches; return ``(history, best_epoch)``.
 
@@ -113,7 +132,10 @@ def train(net, X, Y, *, optimizer, batch_size=32, max_epochs=100, rng=None,
         Rows per update; 1 reproduces per-sample SGD, ``n`` full-batch gradient descent.
     max_epochs : int
     rng : numpy.random.Generator or int or None
-        Shuffles the rows every epoch.
+        Shuffles the rows every epoch (and draws the mixing, with ``mixup``).
+    mixup : float
+        0: off. Otherwise the ``alpha`` of ``Beta(alpha, alpha)``: each training row is mixed
+        with another row of its batch, inputs and targets alike (see ``_Batches``).
     X_val, Y_val : arrays or None
         Scored after every epoch.  With ``patience`` set, training stops once the validation
         loss has not improved for ``patience`` epochs, and the best epoch's weights are restored.
@@ -139,7 +161,7 @@ def train(net, X, Y, *, optimizer, batch_size=32, max_epochs=100, rng=None,
         The loss became NaN or infinite (checked after every batch).
     """
     rng = np.random.default_rng(rng)
-    batches = _Batches(np.asarray(X, dtype=net.dtype), np.asarray(Y, dtype=net.dtype), batch_size)
+    batches = _Batches(np.asarray(X, dtype=net.dtype), np.asarray(Y, dtype=net.dtype), batch_size, mixup, rng)
     has_val = X_val is not None
     if has_val:
         X_val = np.asarray(X_val, dtype=net.dtype)

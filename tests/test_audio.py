@@ -101,3 +101,33 @@ def test_flatten_pools_time_keeping_the_tail():
     a = np.arange(10, dtype=np.float32).reshape(2, 5)
     np.testing.assert_array_equal(A.flatten([a], 1), a.ravel())
     np.testing.assert_allclose(A.flatten([a, a[:1]], 2), [0.5, 2.5, 4, 5.5, 7.5, 9, 0.5, 2.5, 4])
+
+
+# --------------------------------------------------------------------------- augmentation and modulation
+
+def test_pitch_shift_moves_a_tone_like_a_tone_of_that_pitch():
+    t = np.arange(SR) / SR
+    tone = lambda f: np.sin(2 * np.pi * f * t).astype(np.float32)  # noqa: E731
+    mel = dict(n_fft=2048, hop_length=512, n_mels=128, fmin=0.0, fmax=None)
+    shifted = A.mel_power(tone(1000.0), SR, semitones=(0.0, 12.0, -12.0, 7.0), **mel)
+    assert shifted.shape == (4, 128, 1 + SR // 512) and shifted.dtype == np.float32
+    np.testing.assert_allclose(shifted[0], A.mel_power(tone(1000.0), SR, **mel), rtol=1e-5)  # 0: unshifted
+    peak = lambda M: int(M.mean(axis=1).argmax())  # noqa: E731
+    for block, freq in zip(shifted[1:], (2000.0, 500.0, 1000.0 * 2 ** (7 / 12))):
+        assert abs(peak(block) - peak(A.mel_power(tone(freq), SR, **mel))) <= 1, freq
+    # a shift keeps the clip's duration (frames) and loses no energy upwards
+    assert shifted[1].sum() == pytest.approx(shifted[0].sum(), rel=0.05)
+
+
+def test_modulation_spectrum_finds_the_rate_of_an_amplitude_modulation():
+    rng = np.random.default_rng(0)
+    t = np.arange(5 * SR) / SR
+    S = A.log_mel((rng.standard_normal(t.size) * (1.2 + np.sin(2 * np.pi * 5.0 * t))).astype(np.float32), SR,
+                  n_fft=1024, hop_length=512, n_mels=16)
+    edges = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+    mod = A.modulation_spectrum(S, frame_rate=SR / 512, edges=edges)
+    assert mod.shape == (16, 6) and mod.dtype == np.float32
+    assert (mod.argmax(axis=1) == edges.index(4.0)).mean() > 0.8  # 5 Hz lies in the 4-8 Hz bin
+    steady = A.modulation_spectrum(np.zeros((3, 40), np.float32), frame_rate=SR / 512, edges=edges)
+    np.testing.assert_allclose(steady, np.log(1e-3), rtol=1e-6)  # no fluctuation; short: empty bins are 0
+    assert np.isfinite(A.modulation_spectrum(S[:, :3], frame_rate=SR / 512, edges=edges)).all()

@@ -136,11 +136,11 @@ def test_killed_run_leaves_no_entry_and_resumes(small, tmp_path, monkeypatch):
     real = F.clip_features
     calls = []
 
-    def dies_on_fifth(path, cfg):
+    def dies_on_fifth(path, cfg, **kw):
         calls.append(path)
         if len(calls) == 5:
             raise KeyboardInterrupt  # as if killed halfway through the second chunk
-        return real(path, cfg)
+        return real(path, cfg, **kw)
 
     monkeypatch.setattr(F, "clip_features", dies_on_fifth)
     with pytest.raises(KeyboardInterrupt):
@@ -150,7 +150,7 @@ def test_killed_run_leaves_no_entry_and_resumes(small, tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / f"{key}.partial").glob("*.npz")] == ["0000000-0000003.npz"]
 
     calls.clear()
-    monkeypatch.setattr(F, "clip_features", lambda p, c: calls.append(p) or real(p, c))
+    monkeypatch.setattr(F, "clip_features", lambda p, c, **kw: calls.append(p) or real(p, c, **kw))
     out = F.extract(small, config, tmp_path, n_jobs=1, progress=False)
     assert len(calls) == 5 and not out.from_cache  # only the 5 unfinished clips
     assert out.X.shape == (8, 96) and not (tmp_path / f"{key}.partial").exists()
@@ -213,3 +213,23 @@ def test_concurrent_writers_make_one_valid_entry(small, tmp_path):
     entries = cache.list_entries(tmp_path / "c")
     assert [e["status"] for e in entries] == ["complete"] and entries[0]["count"] == 8
     assert cache.load(tmp_path / "c", results[0][1]) is not None
+
+
+def test_pitch_shifted_copies_sit_beside_the_unchanged_features(synth_folder, tmp_path):
+    ds = _dataset(synth_folder)
+    plain = F.FeatureConfig(n_mels=32, modulation=(1.0, 4.0))
+    shifted = F.FeatureConfig(n_mels=32, modulation=(1.0, 4.0), pitch_shifts=(-1, 2))
+    base = F.extract(ds, plain, tmp_path, n_jobs=1, progress=False)
+    aug = F.extract(ds, shifted, tmp_path, n_jobs=1, progress=False)
+    assert base.X_aug is None and aug.key != base.key
+    d = 6 * 32 + 2 * 32
+    assert base.X.shape == aug.X.shape == (len(ds), d) and aug.X_aug.shape == (len(ds), 2, d)
+    np.testing.assert_allclose(aug.X, base.X, rtol=1e-6)  # the clip itself is never changed
+    assert not np.allclose(aug.X_aug[:, 0], aug.X) and not np.allclose(aug.X_aug[:, 0], aug.X_aug[:, 1])
+    assert len(base.feature_names) == d and base.feature_names[-1] == "modulation_4hz_31"
+    again = F.extract(ds, shifted, tmp_path, n_jobs=1, progress=False)  # the copies are cached too
+    assert again.from_cache and np.array_equal(again.X_aug, aug.X_aug) and "2 augmented copies" in repr(again)
+    with pytest.raises(ConfigError, match="pitch_shifts"):
+        F.FeatureConfig(pitch_shifts=(0, 1))
+    with pytest.raises(ConfigError, match="modulation"):
+        F.FeatureConfig(modulation=(4.0, 2.0))

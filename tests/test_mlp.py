@@ -249,3 +249,40 @@ def test_softmax_and_cross_entropy_with_huge_logits():
     loss, _ = net.backprop(X, Y)  # row 0 gives its target probability 0: the loss is clipped, finite
     assert loss == pytest.approx(-np.log(np.finfo(np.float32).tiny) / 2, rel=1e-4)  # row 1 costs ~0
     assert all(np.isfinite(g).all() for g in net.grads)
+
+
+def test_mixup_mixes_inputs_and_targets_alike():
+    """Each row becomes lam * row + (1 - lam) * another row of its batch, targets with the same lam."""
+    from esc50ann.train import _Batches
+
+    n = 16
+    eye = np.eye(n, dtype=np.float32)  # X == Y: mixed rows must stay equal to their mixed targets
+    plain = _Batches(eye, eye, batch_size=8)
+    for idx, xb, yb in plain(np.arange(n)):
+        assert np.array_equal(xb, eye[idx]) and np.array_equal(yb, eye[idx])
+    mixed = _Batches(eye, eye.copy(), batch_size=8, mixup=1.0, rng=np.random.default_rng(0))
+    lams = []
+    for idx, xb, yb in mixed(np.arange(n)):
+        np.testing.assert_allclose(xb, yb, atol=1e-6)
+        np.testing.assert_allclose(yb.sum(axis=1), 1.0, atol=1e-6)
+        assert (yb >= 0).all() and (np.count_nonzero(yb > 1e-7, axis=1) <= 2).all()
+        assert set(np.flatnonzero(yb.any(axis=0))) <= set(idx)  # partners come from the same batch
+        lams += yb[np.arange(len(idx)), idx].tolist()
+    assert 0.05 < np.std(lams) and min(lams) < 0.9  # a real spread of ratios, not a copy
+
+
+def test_mixup_trains_and_repeats_for_a_seed():
+    from esc50ann.model import ANNClassifier
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 3, (5, 8))
+    y = np.repeat(np.arange(5), 30)
+    X = centres[y] + rng.normal(0, 0.5, (len(y), 8))
+    fit = lambda: ANNClassifier(hidden_layer_sizes=(32,), solver="adam", learning_rate=3e-3, max_epochs=40,  # noqa: E731
+                                loss="cross_entropy", mixup=0.4, patience=None).fit(X, y)
+    a, b = fit(), fit()
+    assert a.score(X, y) > 0.95
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    plain = ANNClassifier(hidden_layer_sizes=(32,), solver="adam", learning_rate=3e-3, max_epochs=40,
+                          loss="cross_entropy", patience=None).fit(X, y)
+    assert a.history_[-1]["loss"] > plain.history_[-1]["loss"]  # mixed targets cannot be fit exactly
