@@ -1,9 +1,11 @@
 """Progress that tells the truth wherever it is read.
 
-On a terminal (or in a notebook) long steps draw ``tqdm`` bars on stderr. Anywhere else -- a CI
-log, ``2> file`` -- nothing draws carriage-return bars; the pipeline prints one line per stage
-with its time and result instead (``note``). ``quiet`` keeps only errors and the final summary,
-``verbose`` adds a line per training epoch.
+On a terminal long steps draw ``tqdm`` bars on stderr; in a Jupyter kernel they are widget bars
+(``tqdm.notebook``) when ``ipywidgets`` is installed. Anywhere else -- a CI log, ``2> file``, a
+notebook without ``ipywidgets``, where text bars with carriage returns and cursor moves would pile
+up as hundreds of lines in the cell's output -- nothing draws bars; the pipeline prints one line
+per stage with its time and result instead (``note``). ``quiet`` keeps only errors and the final
+summary, ``verbose`` adds a line per training epoch.
 """
 from __future__ import annotations
 
@@ -17,13 +19,33 @@ from tqdm import tqdm
 warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
 
 
+def _in_kernel() -> bool:
+    return "ipykernel" in sys.modules
+
+
+def _widgets() -> bool:
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def interactive() -> bool:
-    """True when stderr is a terminal or the code runs in a Jupyter kernel."""
-    return "ipykernel" in sys.modules or bool(getattr(sys.stderr, "isatty", lambda: False)())
+    """True when bars can be drawn: stderr is a terminal, or a Jupyter kernel with ``ipywidgets``."""
+    if _in_kernel():
+        return _widgets()
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
 def bar(iterable=None, *, enabled: bool = True, **kwargs) -> tqdm:
-    """A ``tqdm`` bar on stderr, drawn only when ``enabled`` and :func:`interactive`."""
+    """A ``tqdm`` bar on stderr, drawn only when ``enabled`` and :func:`interactive` (a widget in a
+    notebook)."""
+    if enabled and interactive() and _in_kernel():
+        from tqdm.notebook import tqdm as notebook_tqdm
+
+        kwargs.pop("position", None)  # widgets stack by themselves
+        return notebook_tqdm(iterable, **kwargs)
     return tqdm(iterable, disable=not (enabled and interactive()), **kwargs)
 
 

@@ -1,6 +1,9 @@
 """The walkthrough notebook runs top to bottom (nbclient) on the synthetic archive and shows its
 plots inline, without warnings from the package."""
+import importlib.util
 import os
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -23,5 +26,20 @@ def test_walkthrough_executes_with_inline_plots(synth_archive, tmp_path, monkeyp
     assert len(images) >= 2  # the confusion matrix and the learning curves, inline
     stderr = "".join(o.get("text", "") for o in outputs if o.get("name") == "stderr")
     assert "Warning" not in stderr and "IProgress" not in stderr, stderr
+    if importlib.util.find_spec("ipywidgets") is None:  # no widget bars: one line per stage and fold
+        assert "\r" not in stderr and "\x1b[" not in stderr, stderr[:500]
+        assert "fold 1: accuracy" in stderr
     assert (tmp_path / "walkthrough-model.npz").is_file()
     assert os.environ["ESC50ANN_SOURCE"] == str(synth_archive)
+
+
+def test_no_text_bars_in_a_kernel_without_widgets(monkeypatch):
+    """Text bars (carriage returns, cursor moves, one bar per parallel fold) pile up as hundreds of
+    lines in a notebook cell: without ipywidgets a kernel gets the log's one line per stage."""
+    from esc50ann import progress
+
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # import fails
+    assert not progress.interactive()
+    with progress.bar(total=3, position=1) as bar:
+        assert bar.disable
