@@ -6,8 +6,9 @@ A pipeline file has a ``name``, a one-line ``description`` and five tables::
     description = "what it is for"
     [dataset]     source, subset ("esc50" | "esc10"), folds, sha256
     [features]    the fields of ``esc50ann.features.FeatureConfig``
-    [model]       network shape: hidden_layer_sizes, activation, output, loss, input_bias
-    [training]    solver, learning_rate, momentum, batch_size, max_epochs, weight_decay,
+    [model]       network shape: hidden_layer_sizes, activation, output, loss, input_bias,
+                  n_networks (an ensemble)
+    [training]    solver, learning_rate, momentum, batch_size, max_epochs, weight_decay, mixup,
                   patience (0: off), standardize, dtype, random_state
     [evaluation]  validation ("auto" | "none"), refit, n_jobs
 
@@ -31,7 +32,7 @@ from esc50ann.params import Boolean, InstanceOf, Integral, Interval, ListOf, Opt
 
 SECTIONS = ("dataset", "features", "model", "training", "evaluation")
 # Which estimator parameters each section sets (ANNClassifier's constraint table checks them).
-MODEL_KEYS = ("hidden_layer_sizes", "activation", "output", "loss", "input_bias")
+MODEL_KEYS = ("hidden_layer_sizes", "activation", "output", "loss", "input_bias", "n_networks")
 TRAINING_KEYS = ("solver", "learning_rate", "momentum", "batch_size", "max_epochs", "weight_decay", "mixup",
                  "patience", "standardize", "dtype", "random_state")
 

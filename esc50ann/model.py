@@ -50,6 +50,9 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
     max_epochs : int, default=100
     weight_decay : float, default=0.0
         L2 penalty ``(weight_decay / 2) ||W||^2`` on the weight matrices.
+    n_networks : int, default=1
+        Train this many networks from different random starts (and shuffles) on the same rows
+        and average their probabilities: an ensemble. The first is the network a lone one would be.
     mixup : float, default=0.0
         Between-class mixing of training rows: 0 is off; otherwise each row of a mini-batch is
         mixed with another at a ratio drawn from ``Beta(mixup, mixup)``, its target the same mix
@@ -79,12 +82,14 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
     classes_ : ndarray of shape (n_classes,)
     n_features_in_ : int
     network_ : esc50ann.mlp.MLP
+        The first network (the only one unless ``n_networks > 1``).
+    networks_ : list of esc50ann.mlp.MLP
     mean_, scale_ : ndarray of shape (n_features_in_,) or None
         The standardisation fitted on the training X (``scale_`` is 1 for constant features).
     history_ : list of dict
-        One row per epoch: epoch, loss, accuracy, val_loss, val_accuracy, seconds.
+        One row per epoch (of the first network): epoch, loss, accuracy, val_loss, val_accuracy, seconds.
     best_epoch_ : int
-        The epoch whose weights the model holds (the last one without early stopping).
+        The epoch whose weights the (first) network holds (the last one without early stopping).
     n_iter_ : int
         Epochs run.
     class_names_ : list of str, optional
@@ -96,7 +101,8 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(self, hidden_layer_sizes=(1024,), activation="tanh", output="softmax",
                  loss="squared_error", input_bias=True, solver="sgd", learning_rate=0.01,
-                 momentum=0.9, batch_size=32, max_epochs=100, weight_decay=0.0, mixup=0.0, patience=10,
+                 momentum=0.9, batch_size=32, max_epochs=100, weight_decay=0.0, n_networks=1, mixup=0.0,
+                 patience=10,
                  early_stopping=False, validation_fraction=0.1, standardize=True, dtype="float32",
                  random_state=0, verbose=False):
         self.hidden_layer_sizes = hidden_layer_sizes
@@ -110,6 +116,7 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         self.batch_size = batch_size
         self.max_epochs = max_epochs
         self.weight_decay = weight_decay
+        self.n_networks = n_networks
         self.mixup = mixup
         self.patience = patience
         self.early_stopping = early_stopping
@@ -131,6 +138,7 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         "batch_size": [Interval(Integral, 1)],
         "max_epochs": [Interval(Integral, 1)],
         "weight_decay": [Interval(Real, 0)],
+        "n_networks": [Interval(Integral, 1, 64)],
         "mixup": [Interval(Real, 0, 100)],
         "patience": [Interval(Integral, 1), None],
         "early_stopping": [Boolean()],
@@ -201,22 +209,39 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
             Yv = np.eye(len(self.classes_), dtype=dtype)[self._encode(y_val, len(Xv))]
 
         rng = self._rng()
-        sizes = [X.shape[1], *self.hidden_layer_sizes, len(self.classes_)]
+        self.networks_, seeds = [], None
+        for k in range(self.n_networks):
+            if k > 0:  # drawn after the first network trained, so it is the same as a lone network
+                seeds = rng.integers(2**63, size=self.n_networks) if seeds is None else seeds
+                rng = np.random.default_rng(seeds[k])
+            net, history, best_epoch = self._fit_network(Xs, Y, Xv, Yv, dtype, rng, callback if k == 0 else None)
+            self.networks_.append(net)
+            if k == 0:
+                self.history_, self.best_epoch_ = history, best_epoch
+        self.n_iter_ = len(self.history_)
+        return self
+
+    @property
+    def network_(self):
+        """The (first) network; ``networks_`` holds all ``n_networks``."""
+        return self.networks_[0]
+
+    def _fit_network(self, Xs, Y, Xv, Yv, dtype, rng, callback):
+        """One network trained on the standardised rows: ``(network, history, best_epoch)``."""
+        sizes = [Xs.shape[1], *self.hidden_layer_sizes, Y.shape[1]]
         try:
-            self.network_ = MLP(sizes, self.activation, self.output, self.loss, bool(self.input_bias), dtype, rng)
+            net = MLP(sizes, self.activation, self.output, self.loss, bool(self.input_bias), dtype, rng)
         except MemoryError:
             n = sum(a * b for a, b in zip(sizes, sizes[1:]))
             raise ModelError(f"network {sizes} does not fit in memory ({n:,} weights): choose smaller "
                              "hidden_layer_sizes") from None
         optimizer = make_optimizer(self.solver, self.learning_rate, weight_decay=self.weight_decay,
                                    momentum=self.momentum)
-        self.history_, self.best_epoch_ = train(
-            self.network_, Xs, Y, optimizer=optimizer, batch_size=self.batch_size,
-            max_epochs=self.max_epochs, rng=rng, mixup=self.mixup, X_val=Xv, Y_val=Yv,
-            patience=self.patience if Xv is not None else None, callback=callback,
-            verbose=bool(self.verbose))
-        self.n_iter_ = len(self.history_)
-        return self
+        history, best_epoch = train(
+            net, Xs, Y, optimizer=optimizer, batch_size=self.batch_size, max_epochs=self.max_epochs, rng=rng,
+            mixup=self.mixup, X_val=Xv, Y_val=Yv, patience=self.patience if Xv is not None else None,
+            callback=callback, verbose=bool(self.verbose))
+        return net, history, best_epoch
 
     def _validation_split(self, X, y):
         """``early_stopping``: a stratified, seeded hold-out of ``validation_fraction`` of the rows
@@ -256,18 +281,20 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X):
         """Class probabilities, shape (n_samples, n_classes), columns in the order of ``classes_``."""
-        check_is_fitted(self, "network_")
+        check_is_fitted(self, "networks_")
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
-        net = _float64(self.network_)
-        proba = np.empty((len(X), len(self.classes_)), np.float64)
+        nets = [_float64(net) for net in self.networks_]
+        proba = np.zeros((len(X), len(self.classes_)), np.float64)
         with np.errstate(over="ignore", invalid="ignore"):
             for lo in range(0, len(X), _PREDICT_CHUNK):
-                proba[lo:lo + _PREDICT_CHUNK] = net.forward(self._transform(X[lo:lo + _PREDICT_CHUNK],
-                                                                            net.dtype))
+                rows = self._transform(X[lo:lo + _PREDICT_CHUNK], np.float64)
+                for net in nets:  # an ensemble: the mean of its networks' probabilities
+                    proba[lo:lo + _PREDICT_CHUNK] += net.forward(rows)
+        proba /= len(nets)
         if not np.isfinite(proba).all():  # finite but huge weights overflow here
             raise ModelError("the model gives non-finite probabilities (training diverged to huge weights): "
                              f"lower the learning rate (now {self.learning_rate:g})")
-        if net.output.name != "softmax":
+        if nets[0].output.name != "softmax":
             # Independent sigmoid units do not sum to one: normalise (uniform if all are 0).
             total = proba.sum(axis=1, keepdims=True)
             np.divide(proba, total, out=proba, where=total > 0)
@@ -297,9 +324,11 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
 
     def save(self, path):
         """Write the fitted model to ``path`` (one ``.npz``), atomically.  Returns the path."""
-        check_is_fitted(self, "network_")
+        check_is_fitted(self, "networks_")
         net = self.network_
-        arrays = dict(zip(net.names, net.params))
+        arrays = {}
+        for k, member in enumerate(self.networks_, start=1):  # W1, b1, ... then net2.W1, ...
+            arrays.update({modelfile.array_name(name, k): p for name, p in zip(member.names, member.params)})
         if self.mean_ is not None:
             arrays["mean"], arrays["scale"] = self.mean_, self.scale_
         classes = self.classes_
@@ -314,7 +343,8 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
             # From the network itself, not the params, which may have been set since fit.
             "architecture": {"sizes": [int(s) for s in net.sizes], "activation": net.activation.name,
                              "output": net.output.name, "loss": net.cost.name, "input_bias": net.input_bias,
-                             "standardize": self.mean_ is not None, "dtype": str(net.dtype)},
+                             "standardize": self.mean_ is not None, "dtype": str(net.dtype),
+                             "n_networks": len(self.networks_)},
             "params": params,
             "classes": classes.tolist(),
             "classes_dtype": "object" if classes.dtype == object else classes.dtype.str,
@@ -347,11 +377,12 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
             raise ModelError(f"{path}: bad params in header ({one_line(exc)})") from None
         n_layers = len(arch["sizes"]) - 1
         dtype = np.dtype(arch["dtype"])
-        model.network_ = MLP.from_arrays(
-            [arrays[f"W{i}"].astype(dtype) for i in range(1, n_layers + 1)],
-            [arrays[f"b{i}"] for i in range(1, n_layers + 1)],
-            arrays.get("b0") if arch["input_bias"] else None,
-            arch["activation"], arch["output"], arch["loss"])
+        name = modelfile.array_name
+        model.networks_ = [MLP.from_arrays(
+            [arrays[name(f"W{i}", k)].astype(dtype) for i in range(1, n_layers + 1)],
+            [arrays[name(f"b{i}", k)] for i in range(1, n_layers + 1)],
+            arrays.get(name("b0", k)) if arch["input_bias"] else None,
+            arch["activation"], arch["output"], arch["loss"]) for k in range(1, arch.get("n_networks", 1) + 1)]
         classes = arrays["classes"]
         model.classes_ = classes.astype(object) if header.get("classes_dtype") == "object" else classes
         model.n_features_in_ = arch["sizes"][0]

@@ -35,6 +35,9 @@ ARCHITECTURE = {
     "standardize": [Boolean()],
     "dtype": [Options("float32", "float64")],
 }
+# Architecture fields that older files lack, with the value they mean there.
+ARCHITECTURE_DEFAULTS = {"n_networks": 1}
+ARCHITECTURE_OPTIONAL = {"n_networks": [Interval(Integral, 1, 64)]}
 _CLASS_NAME_PAIR = ListOf(InstanceOf(str, int, float, description="a label"), min_len=2, max_len=2)
 # Optional header fields: absent or null is fine, anything else must look like this.
 OPTIONAL = {
@@ -163,7 +166,7 @@ def _read_header(path, arrays):
     if missing:
         raise ModelError(f"{path}: the model header's architecture has no valid {missing[0]!r}")
     try:
-        validate(arch, ARCHITECTURE)
+        validate(arch, {**ARCHITECTURE, **ARCHITECTURE_OPTIONAL})
     except ConfigError as exc:
         raise ModelError(f"{path}: the model header's architecture has no valid {exc.key!r}") from None
     if not isinstance(header.get("params"), dict):
@@ -178,16 +181,23 @@ def _read_header(path, arrays):
     return header
 
 
+def array_name(name: str, network: int) -> str:
+    """The stored name of parameter ``name`` (``W1``, ``b0``, ...) of the ``network``-th network
+    (from 1) of an ensemble: ``W1`` for the first, ``net2.W1`` for the second, ..."""
+    return name if network == 1 else f"net{network}.{name}"
+
+
 def expected_shapes(arch: dict) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every array a model of architecture ``arch`` stores."""
     sizes = arch["sizes"]
     shapes = {}
-    for i in range(1, len(sizes)):
-        shapes[f"W{i}"] = (sizes[i - 1], sizes[i])
-        shapes[f"b{i}"] = (sizes[i],)
+    for k in range(1, arch.get("n_networks", ARCHITECTURE_DEFAULTS["n_networks"]) + 1):
+        for i in range(1, len(sizes)):
+            shapes[array_name(f"W{i}", k)] = (sizes[i - 1], sizes[i])
+            shapes[array_name(f"b{i}", k)] = (sizes[i],)
+        if arch["input_bias"]:
+            shapes[array_name("b0", k)] = (sizes[0],)
     shapes["classes"] = (sizes[-1],)
-    if arch["input_bias"]:
-        shapes["b0"] = (sizes[0],)
     if arch["standardize"]:
         shapes["mean"] = shapes["scale"] = (sizes[0],)
     return shapes

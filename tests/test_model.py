@@ -252,3 +252,23 @@ def test_early_stopping_without_x_val_works_inside_sklearn_tools():
     assert search.best_estimator_[-1].history_[0]["val_loss"] is not None  # it validated inside the search
     off = ANNClassifier(hidden_layer_sizes=(8,), max_epochs=5, patience=3).fit(X, y)
     assert off.n_iter_ == 5 and off.history_[0]["val_loss"] is None  # no X_val, no early_stopping: no validation
+
+
+def test_an_ensemble_averages_its_networks_and_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(90, 6)), np.arange(90) % 3
+    X[np.arange(90), y] += 2.0
+    kw = dict(hidden_layer_sizes=(8,), solver="adam", learning_rate=0.01, max_epochs=5, patience=None)
+    lone = ANNClassifier(**kw).fit(X, y)
+    trio = ANNClassifier(n_networks=3, **kw).fit(X, y)
+    assert len(trio.networks_) == 3 and trio.network_ is trio.networks_[0]
+    np.testing.assert_array_equal(trio.network_.weights[0], lone.network_.weights[0])  # the first is the lone one
+    assert not np.allclose(trio.networks_[1].weights[0], trio.networks_[2].weights[0])
+    members = [ANNClassifier(**kw) for _ in range(3)]
+    for m, net in zip(members, trio.networks_):  # each member alone, then their mean by hand
+        m.classes_, m.n_features_in_, m.mean_, m.scale_, m.networks_ = trio.classes_, 6, trio.mean_, trio.scale_, [net]
+    np.testing.assert_allclose(trio.predict_proba(X), np.mean([m.predict_proba(X) for m in members], axis=0),
+                               rtol=1e-12)
+    loaded = ANNClassifier.load(trio.save(tmp_path / "trio.npz"))
+    assert len(loaded.networks_) == 3
+    np.testing.assert_array_equal(loaded.predict_proba(X), trio.predict_proba(X))
