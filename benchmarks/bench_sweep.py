@@ -54,7 +54,8 @@ def main():
                      "fit_s_per_task": fit / n, "overhead_s_per_task": (wall * workers - fit) / n,
                      "nested_accuracy": result.nested_mean})
 
-    print(f"sweep: {len(sweep.configurations)} configurations x 9 splits, {args.hidden} tanh units, "
+    splits = rows[0]["tasks"] // len(sweep.configurations)  # outer + inner splits: 9 with 3 folds
+    print(f"sweep: {len(sweep.configurations)} configurations x {splits} splits, {args.hidden} tanh units, "
           f"{args.epochs} epochs; cores={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
     print(f"{'engine':32s} {'tasks':>5s} {'wall s':>7s} {'tasks/s':>8s} {'fit s/task':>11s} {'overhead s/task':>16s}")
     for r in rows:

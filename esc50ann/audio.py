@@ -51,6 +51,8 @@ def read_audio(path, sample_rate: int | None = None, max_seconds: float | None =
     path = str(path)
     if not os.path.exists(path):
         raise FeatureError(f"no such file: {path}")
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise FeatureError(f"empty audio file {path} (0 bytes)")
     try:
         info = sf.info(path)
         native = int(info.samplerate)
@@ -61,7 +63,9 @@ def read_audio(path, sample_rate: int | None = None, max_seconds: float | None =
         pcm16 = info.subtype == "PCM_16"
         data, native = sf.read(path, frames=want, dtype="int16" if pcm16 else "float32", always_2d=True)
     except Exception as e:
-        raise FeatureError(f"cannot read audio file {path}: {one_line(e)}") from None
+        # soundfile names the path itself ("Error opening '...': Format not recognised."): say it once.
+        reason = one_line(e).replace(f"Error opening {path!r}: ", "")
+        raise FeatureError(f"cannot read audio file {path}: {reason}") from None
     if data.shape[0] == 0:
         raise FeatureError(f"empty audio file {path}")
     y = data.astype(np.float32)

@@ -61,6 +61,12 @@ def test_load_clip_rejects_bad_files_by_name(tmp_path):
         assert "\n" not in str(info.value)
     with pytest.raises(FeatureError, match="non-finite"):
         A.load_clip(tmp_path / "nan.wav", 5.0)
+    (tmp_path / "zero.wav").write_bytes(b"")
+    with pytest.raises(FeatureError, match=r"empty audio file .*zero.wav \(0 bytes\)$"):
+        A.load_clip(tmp_path / "zero.wav", 5.0)
+    with pytest.raises(FeatureError) as info:
+        A.load_clip(tmp_path / "text.wav", 5.0)
+    assert str(info.value).count("text.wav") == 1  # the path said once, not again by soundfile
 
 
 # --------------------------------------------------------------------------- spectra and pooling
