@@ -209,8 +209,9 @@ def tasks_for(n_configs: int, folds: list[int]) -> list[Task]:
     return tasks
 
 
-def run_task(X, dataset, task: Task, params: dict, validation: str, refit: bool) -> dict:
-    """Fit and score one task; returns its JSON-ready result (predictions for outer tasks)."""
+def run_task(X, dataset, task: Task, params: dict, validation: str, refit: bool, X_aug=None) -> dict:
+    """Fit and score one task; returns its JSON-ready result (predictions for outer tasks).
+    ``X_aug`` (n_clips, n_copies, n_features): augmented copies, trained on for training clips only."""
     from threadpoolctl import threadpool_limits
 
     from esc50ann.evaluate import fit_fold
@@ -222,7 +223,8 @@ def run_task(X, dataset, task: Task, params: dict, validation: str, refit: bool)
     enough = len(part.folds) >= 3  # a validation fold needs a training fold beside it
     split = split_folds(part, task.test_fold, "auto" if validation == "auto" and enough else None)
     with threadpool_limits(limits=1):
-        result = fit_fold(np.asarray(X)[rows], part.targets, split, params, refit=refit)
+        result = fit_fold(np.asarray(X)[rows], part.targets, split, params, refit=refit,
+                          X_aug=None if X_aug is None else np.asarray(X_aug)[rows])
     return {"config": task.config, "outer": task.outer, "inner": task.inner, "accuracy": result.accuracy,
             "seconds": time.perf_counter() - start, "epochs": len(result.history),
             "test_index": rows[split.test].tolist() if task.inner is None else None,
@@ -393,8 +395,8 @@ def _engine(cluster: str | None):
 
 
 def _features(sweep, base, todo, client) -> dict[int, Any]:
-    """Configuration index -> its feature matrix (one extraction per distinct feature config),
-    scattered to the cluster's workers once when there is one."""
+    """Configuration index -> its feature matrix and augmented copies ``(X, X_aug)`` (one
+    extraction per distinct feature config), scattered to the cluster's workers once when there is one."""
     by_features: dict[str, list[int]] = {}
     for c in sorted({t.config for t in todo}):
         by_features.setdefault(json.dumps(sweep.pipelines[c].features.to_dict(), sort_keys=True), []).append(c)
@@ -407,12 +409,14 @@ def _features(sweep, base, todo, client) -> dict[int, Any]:
             from joblib import parallel_config
 
             with parallel_config(backend="dask"):  # extraction on the cluster too
-                X = np.asarray(pipe.features().X)
-            X = client.scatter(X, broadcast=True)
+                feats = pipe.features()
         else:
-            X = np.asarray(pipe.features().X)
+            feats = pipe.features()
+        pair = (np.asarray(feats.X), None if feats.X_aug is None else np.asarray(feats.X_aug))
+        if client is not None:
+            pair = tuple(None if a is None else client.scatter(a, broadcast=True) for a in pair)
         for c in configs:
-            matrices[c] = X
+            matrices[c] = pair
     return matrices
 
 
@@ -420,8 +424,8 @@ def _execute(todo, sweep, dataset, features, n_jobs, client, progress):
     """Yield (task, result) as tasks finish, with a bar counting tasks (ETA)."""
     def args(task):
         pipe = sweep.pipelines[task.config]
-        return (features[task.config], dataset, task, pipe.estimator_params(), pipe.evaluation.validation,
-                pipe.evaluation.refit)
+        X, X_aug = features[task.config]
+        return (X, dataset, task, pipe.estimator_params(), pipe.evaluation.validation, pipe.evaluation.refit, X_aug)
 
     bar = progress_mod.bar(total=len(todo), desc="sweep tasks", unit="task", enabled=progress)
     every, start, finished = max(1, len(todo) // 10), time.perf_counter(), 0
@@ -441,8 +445,8 @@ def _execute(todo, sweep, dataset, features, n_jobs, client, progress):
             shared = client.scatter(dataset, broadcast=True)  # once, like the feature matrices
             futures = {}
             for task in todo:
-                X, _, _, params, validation, refit = args(task)
-                futures[client.submit(run_task, X, shared, task, params, validation, refit, pure=False)] = task
+                X, _, _, params, validation, refit, X_aug = args(task)
+                futures[client.submit(run_task, X, shared, task, params, validation, refit, X_aug, pure=False)] = task
             for future in as_completed(futures):
                 yield futures[future], future.result()
                 tick()

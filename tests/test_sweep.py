@@ -163,3 +163,16 @@ def test_local_cluster_gives_the_same_numbers(finished, workdir, tmp_path):
     b = on_cluster.scores.sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
     assert on_cluster.chosen == result.chosen
+
+
+def test_sweeps_train_on_the_augmented_copies_of_an_augmented_pipeline(workdir, tmp_path, monkeypatch):
+    pipeline = (workdir / "tiny.toml").read_text().replace("n_mels = 32", "n_mels = 32\npitch_shifts = [1.0]")
+    (tmp_path / "aug.toml").write_text(pipeline)
+    (tmp_path / "aug-sweep.toml").write_text('pipeline = "aug.toml"\n[values]\n"training.learning_rate" = [0.03]\n')
+    copies = []
+    real = sweep_mod.run_task
+    monkeypatch.setattr(sweep_mod, "run_task", lambda *a: copies.append(a[6]) or real(*a))
+    result = sweep_mod.run(tmp_path / "aug-sweep.toml", data_dir=workdir / "data", out=tmp_path / "out", n_jobs=1,
+                           progress=False)
+    assert len(copies) == 9 and all(c is not None and c.shape[:2] == (24, 1) for c in copies)
+    assert 0 <= result.nested_mean <= 1
