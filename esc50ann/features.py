@@ -55,8 +55,9 @@ class FeatureConfig:
     n_mfcc : int
         Add this many MFCCs (computed from the log-mel) as a channel; 0 = none.
     modulation : tuple of float
-        Add the log-mel's modulation spectrum (``audio.modulation_spectrum``): per band, the
-        envelope's spectrum averaged in bins starting at these frequencies (Hz); () = none.
+        Add the modulation spectra (``audio.modulation_spectrum``) of the log-mel and, with
+        ``n_mfcc``, of the MFCCs: per band (coefficient), the spectrum of its course over time
+        averaged in bins starting at these frequencies (Hz); () = none.
     pitch_shifts : tuple of float
         Augmentation: also compute every clip's features pitch-shifted by each of these many
         semitones (``audio.shifted_mel_basis``; same duration). Stored beside the clip's own
@@ -159,8 +160,12 @@ def _describe(S_db: np.ndarray, sr: int, config: FeatureConfig) -> np.ndarray:
         vector = audio.band_stats(chans)
     if not config.modulation:
         return vector
-    mod = audio.modulation_spectrum(S_db, frame_rate=sr / config.hop_length, edges=config.modulation)
-    return np.concatenate([vector, mod.reshape(-1)])
+    # Of the log-mel and the MFCCs (measured: +2 points each on the development copy); the
+    # delta channel's modulation added nothing there.
+    sources = [S_db] + ([chans[-1]] if config.n_mfcc else [])
+    mods = [audio.modulation_spectrum(c, frame_rate=sr / config.hop_length, edges=config.modulation).reshape(-1)
+            for c in sources]
+    return np.concatenate([vector, *mods])
 
 
 def feature_shape(config: FeatureConfig, sample_rate: int = 44100) -> tuple[int]:
@@ -172,7 +177,7 @@ def feature_shape(config: FeatureConfig, sample_rate: int = 44100) -> tuple[int]
         n = bands * math.ceil(n_frames / config.time_pool)
     else:
         n = len(audio.STATS) * bands
-    return (n + config.n_mels * len(config.modulation),)
+    return (n + (config.n_mels + config.n_mfcc) * len(config.modulation),)
 
 
 # --------------------------------------------------------------------------- the stage
@@ -234,10 +239,11 @@ class FeatureSet:
 
 def feature_names(config: FeatureConfig, n_features: int) -> list[str]:
     """Column names of a feature matrix of ``config`` with ``n_features`` columns (modulation bins
-    are named by their lower edge: ``modulation_4hz_17`` is band 17 from 4 Hz)."""
+    are named by their lower edge: ``logmel_mod4hz_17`` is band 17 from 4 Hz)."""
     channels = [("logmel", config.n_mels)] + ([("delta", config.n_mels)] if config.deltas else []) + (
         [("mfcc", config.n_mfcc)] if config.n_mfcc else [])
-    modulation = [f"modulation_{edge:g}hz_{band}" for band in range(config.n_mels) for edge in config.modulation]
+    modulation = [f"{name}_mod{edge:g}hz_{band}" for name, bands in channels if name != "delta"
+                  for band in range(bands) for edge in config.modulation]
     if config.representation == "stats":
         return [f"{name}_{stat}_{band}" for name, bands in channels for stat in audio.STATS
                 for band in range(bands)] + modulation

@@ -217,16 +217,21 @@ def test_concurrent_writers_make_one_valid_entry(small, tmp_path):
 
 def test_pitch_shifted_copies_sit_beside_the_unchanged_features(synth_folder, tmp_path):
     ds = _dataset(synth_folder)
-    plain = F.FeatureConfig(n_mels=32, modulation=(1.0, 4.0))
-    shifted = F.FeatureConfig(n_mels=32, modulation=(1.0, 4.0), pitch_shifts=(-1, 2))
+    plain = F.FeatureConfig(n_mels=32, n_mfcc=8, modulation=(1.0, 4.0))
+    shifted = F.FeatureConfig(n_mels=32, n_mfcc=8, modulation=(1.0, 4.0), pitch_shifts=(-1, 2))
     base = F.extract(ds, plain, tmp_path, n_jobs=1, progress=False)
     aug = F.extract(ds, shifted, tmp_path, n_jobs=1, progress=False)
     assert base.X_aug is None and aug.key != base.key
-    d = 6 * 32 + 2 * 32
+    d = 6 * (32 + 8) + 2 * (32 + 8)  # statistics of the log-mel and MFCCs, then the modulation of each
     assert base.X.shape == aug.X.shape == (len(ds), d) and aug.X_aug.shape == (len(ds), 2, d)
     np.testing.assert_allclose(aug.X, base.X, rtol=1e-6)  # the clip itself is never changed
     assert not np.allclose(aug.X_aug[:, 0], aug.X) and not np.allclose(aug.X_aug[:, 0], aug.X_aug[:, 1])
-    assert len(base.feature_names) == d and base.feature_names[-1] == "modulation_4hz_31"
+    names = base.feature_names
+    assert len(names) == d and names[6 * 40] == "logmel_mod1hz_0" and names[-1] == "mfcc_mod4hz_7"
+    S_db = audio.log_mel(audio.load_clip(ds.audio_paths[0], 5.0)[0], 44100, n_mels=32)
+    mfcc = audio.channels(S_db, n_mfcc=8)[-1]
+    np.testing.assert_allclose(base.X[0, -8 * 2:], audio.modulation_spectrum(mfcc, frame_rate=44100 / 512,
+                                                                             edges=(1.0, 4.0)).ravel(), rtol=1e-4)
     again = F.extract(ds, shifted, tmp_path, n_jobs=1, progress=False)  # the copies are cached too
     assert again.from_cache and np.array_equal(again.X_aug, aug.X_aug) and "2 augmented copies" in repr(again)
     with pytest.raises(ConfigError, match="pitch_shifts"):
