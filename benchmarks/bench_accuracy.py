@@ -37,19 +37,16 @@ from esc50ann.pipeline import Pipeline  # noqa: E402
 # name -> (what it is, the keys it changes on the default pipeline)
 ROWS = {
     "default": ("the default pipeline", {}),
-    "no-modulation": ("without the modulation spectrum", {"features.modulation": []}),
-    "no-pitch-shifts": ("without the pitch-shifted training copies", {"features.pitch_shifts": []}),
-    "one-network": ("one network instead of the ensemble", {"model.n_networks": 1}),
-    "one-layer": ("one hidden layer of 1024", {"model.hidden_layer_sizes": [1024]}),
-    "previous-default": ("the previous default (no modulation, no copies, one 1024 layer)",
-                         {"features.modulation": [], "features.pitch_shifts": [], "model.n_networks": 1,
-                          "model.hidden_layer_sizes": [1024], "training.max_epochs": 30, "training.batch_size": 32,
-                          "training.learning_rate": 3e-4}),
+    "no-modulation": ("without the modulation spectra", {"features.modulation": []}),
+    "one-layer": ("one hidden layer of 1024 instead of 1024-512", {"model.hidden_layer_sizes": [1024]}),
+    "one-network": ("one network instead of an ensemble of three", {"model.n_networks": 1}),
     "writeups-network": ("the write-ups' network on these features: b0, 1024 tanh, softmax, squared error, "
-                         "plain SGD", {"model.hidden_layer_sizes": [1024], "model.loss": "squared_error",
-                                       "model.input_bias": True, "model.n_networks": 1, "training.solver": "sgd",
-                                       "training.learning_rate": 0.05, "training.weight_decay": 0.0,
-                                       "training.batch_size": 32, "training.max_epochs": 60}),
+                         "plain SGD at 0.05, 60 epochs, no decay",
+                         {"model.hidden_layer_sizes": [1024], "model.loss": "squared_error", "model.n_networks": 1,
+                          "training.solver": "sgd", "training.learning_rate": 0.05, "training.weight_decay": 0.0,
+                          "training.max_epochs": 60}),
+    "previous-default": ("the previous default: no modulation, one 1024 layer, one network",
+                         {"features.modulation": [], "model.hidden_layer_sizes": [1024], "model.n_networks": 1}),
 }
 
 

@@ -19,7 +19,9 @@
    and number of epochs (no early stopping: sklearn with ``tol=0`` and ``n_iter_no_change``
    past the last epoch), and the same L2 decay on the weight matrices only (sklearn divides
    ``alpha`` by the batch size, so ``alpha = weight_decay * batch_size``; torch gets
-   ``weight_decay`` on the weight matrices' parameter group). sklearn has no squared-error
+   ``weight_decay`` on the weight matrices' parameter group), one network per side (the
+   pipeline's ``n_networks`` ensemble and ``mixup`` are set aside: the peers have neither) and
+   the clips' own features only (no augmented copies, on any side). sklearn has no squared-error
    classifier: with ``loss = "squared_error"`` it is skipped;
 4. ``RandomForestClassifier(500)`` on the same folds, for scale (not equal work).
 
@@ -219,7 +221,9 @@ def main(argv=None) -> int:
         if not args.skip_peers:
             X, dataset = np.asarray(pipe.features().X), pipe.download()
             # every parameter explicit (defaults filled in), fixed epochs: no early stopping anywhere
-            params = {**_defaults(), **pipe.config.estimator_params(), "patience": None}
+            # one network on each side: the peers have no ensembles (nor mixing) of their own
+            params = {**_defaults(), **pipe.config.estimator_params(), "patience": None, "n_networks": 1,
+                      "mixup": 0.0}
             folds = run.metrics["folds"]
             y, fold_of = dataset.targets, dataset.meta["fold"].to_numpy()
             results["equal_work"] = {
