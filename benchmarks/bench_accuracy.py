@@ -40,8 +40,8 @@ ROWS = {
     "no-modulation": ("without the modulation spectra", {"features.modulation": []}),
     "one-layer": ("one hidden layer of 1024 instead of 1024-512", {"model.hidden_layer_sizes": [1024]}),
     "one-network": ("one network instead of an ensemble of three", {"model.n_networks": 1}),
-    "writeups-network": ("the write-ups' network on these features: b0, 1024 tanh, softmax, squared error, "
-                         "plain SGD at 0.05, 60 epochs, no decay",
+    "writeups-network": ("the write-ups' network on these features (pipelines/original-features.toml): b0, "
+                         "1024 tanh, softmax, squared error, plain SGD at 0.05, 60 epochs, no decay",
                          {"model.hidden_layer_sizes": [1024], "model.loss": "squared_error", "model.n_networks": 1,
                           "training.solver": "sgd", "training.learning_rate": 0.05, "training.weight_decay": 0.0,
                           "training.max_epochs": 60}),

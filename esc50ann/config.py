@@ -116,7 +116,7 @@ class PipelineConfig:
 def builtin_pipelines() -> dict[str, Path]:
     """The pipelines shipped with the package (the repository's ``pipelines/``): name -> file."""
     folder = files("esc50ann.pipelines")
-    return {Path(item.name).stem: Path(str(item)) for item in sorted(folder.iterdir(), key=lambda i: i.name)
+    return {Path(item.name).stem: Path(str(item)) for item in sorted(folder.iterdir(), key=lambda i: Path(i.name).stem)
             if item.name.endswith(".toml")}
 
 

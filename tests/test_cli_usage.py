@@ -30,7 +30,7 @@ def test_pipelines_lists_every_builtin_with_a_description(capsys):
     code, out, _ = esc50ann(capsys, "pipelines")
     assert code == 0
     names = [line.split()[0] for line in out.strip().splitlines()]
-    assert names == ["default", "original", "quick"]
+    assert names == ["default", "original", "original-features", "quick"]
     assert all(len(line.split(None, 1)) == 2 for line in out.strip().splitlines())  # each has a description
 
 
@@ -42,7 +42,7 @@ def test_pipelines_show_prints_a_file_that_loads_back(capsys, tmp_path):
     (tmp_path / "copy.toml").write_text(out)
     assert config.load(tmp_path / "copy.toml").dataset.subset == "esc10"
     code, _, err = esc50ann(capsys, "pipelines", "show", "nope")
-    assert code == 1 and err.startswith("esc50ann: error:") and "default, original, quick" in err
+    assert code == 1 and err.startswith("esc50ann: error:") and "default, original, original-features, quick" in err
 
 
 def test_set_and_seed_reach_the_run(data, tmp_path, capsys):

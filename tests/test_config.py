@@ -17,7 +17,7 @@ def test_shipped_pipelines_load(path):
 
 
 def test_required_pipelines_ship():
-    assert {"default.toml", "original.toml", "quick.toml"} <= {p.name for p in PIPELINES}
+    assert {"default.toml", "original.toml", "original-features.toml", "quick.toml"} <= {p.name for p in PIPELINES}
 
 
 def test_original_is_the_reference_network():
