@@ -228,7 +228,10 @@ class _EpochReporter:
 
     def __init__(self, splits, params, *, progress, verbose, across_processes):
         self.progress, self.verbose = progress, verbose
-        self.total = params.get("max_epochs", ANNClassifier().max_epochs)
+        defaults = ANNClassifier()
+        self.epochs = params.get("max_epochs", defaults.max_epochs)
+        # every network of an ensemble reports its epochs: the bar counts them all
+        self.total = self.epochs * params.get("n_networks", defaults.n_networks)
         self.bars = {s.test_fold: progress_mod.bar(total=self.total, desc=f"fold {s.test_fold}", unit="epoch",
                                                     position=i, leave=False, enabled=progress)
                      for i, s in enumerate(splits)}
@@ -267,7 +270,8 @@ class _EpochReporter:
         bar.update()
         bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
         if self.verbose:
-            progress_mod.note(f"fold {fold} epoch {row['epoch']}/{self.total}: loss {row['loss']:.4f}, "
+            network = f" network {row['network']}" if "network" in row else ""
+            progress_mod.note(f"fold {fold}{network} epoch {row['epoch']}/{self.epochs}: loss {row['loss']:.4f}, "
                               f"training accuracy {100 * row['accuracy']:.1f} %")
 
     def done(self, result):

@@ -175,7 +175,8 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
             with ``patience=None`` it is only monitored: all ``max_epochs`` run, the last weights
             are kept and ``best_epoch_ == n_iter_``.  Its labels must all occur in ``y``.
         callback : callable, optional
-            Called after every epoch with that epoch's history row.
+            Called after every epoch of every network with that epoch's history row (and, for an
+            ensemble, ``row["network"]``: 1 to ``n_networks``).
 
         Returns
         -------
@@ -214,7 +215,7 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
             if k > 0:  # drawn after the first network trained, so it is the same as a lone network
                 seeds = rng.integers(2**63, size=self.n_networks) if seeds is None else seeds
                 rng = np.random.default_rng(seeds[k])
-            net, history, best_epoch = self._fit_network(Xs, Y, Xv, Yv, dtype, rng, callback if k == 0 else None)
+            net, history, best_epoch = self._fit_network(Xs, Y, Xv, Yv, dtype, rng, _numbered(callback, k + 1))
             self.networks_.append(net)
             if k == 0:
                 self.history_, self.best_epoch_ = history, best_epoch
@@ -399,6 +400,13 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         if header.get("metadata") is not None:
             model.metadata_ = header["metadata"]
         return model
+
+
+def _numbered(callback, network):
+    """``callback`` told which network of an ensemble an epoch row belongs to (from the second on)."""
+    if callback is None or network == 1:
+        return callback
+    return lambda row: callback({**row, "network": network})
 
 
 def _float64(net):

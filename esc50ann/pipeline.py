@@ -227,7 +227,8 @@ class Pipeline:
             return None
         total = self.config.estimator_params().get("max_epochs", ANNClassifier().max_epochs)
         label = "final model" if fold is None else f"fold {fold}"
-        return lambda row: progress_mod.note(f"{label} epoch {row['epoch']}/{total}: loss {row['loss']:.4f}")
+        return lambda row: progress_mod.note(f"{label}{' network ' + str(row['network']) if 'network' in row else ''} "
+                                             f"epoch {row['epoch']}/{total}: loss {row['loss']:.4f}")
 
     def _note(self, stage: str, result: str) -> None:
         """The stage's line: what it gave and how long it took."""

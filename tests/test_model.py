@@ -269,6 +269,9 @@ def test_an_ensemble_averages_its_networks_and_round_trips(tmp_path):
         m.classes_, m.n_features_in_, m.mean_, m.scale_, m.networks_ = trio.classes_, 6, trio.mean_, trio.scale_, [net]
     np.testing.assert_allclose(trio.predict_proba(X), np.mean([m.predict_proba(X) for m in members], axis=0),
                                rtol=1e-12)
+    rows = []
+    ANNClassifier(n_networks=3, **kw).fit(X, y, callback=rows.append)  # progress counts every network's epochs
+    assert [(r.get("network", 1), r["epoch"]) for r in rows] == [(k, e) for k in (1, 2, 3) for e in range(1, 6)]
     loaded = ANNClassifier.load(trio.save(tmp_path / "trio.npz"))
     assert len(loaded.networks_) == 3
     np.testing.assert_array_equal(loaded.predict_proba(X), trio.predict_proba(X))
