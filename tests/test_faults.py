@@ -422,7 +422,7 @@ def test_every_clip_skipped(user, monkeypatch, tmp_path, capsys):
     from esc50ann import features
     from esc50ann.errors import FeatureError
 
-    def unreadable(path, config):
+    def unreadable(path, config, **kw):
         raise FeatureError(f"cannot read audio file {path}")
 
     monkeypatch.setattr(features, "clip_features", unreadable)
