@@ -22,6 +22,10 @@ from esc50ann.train import train
 
 __all__ = ["ANNClassifier", "load_model"]
 
+# Parameters added after the model format was fixed, with the value that reproduces what a file
+# written before them means (one network, no mixing). Every other param must be in the header.
+_ADDED_PARAMS = {"n_networks": 1, "mixup": 0.0}
+
 # Rows per forward pass at prediction time: bounds memory on large inputs.
 _PREDICT_CHUNK = 4096
 
@@ -364,6 +368,8 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         arch = header["architecture"]
         model = cls()
         params, known = dict(header["params"]), set(model.get_params())
+        for key, value in _ADDED_PARAMS.items():  # absent from files written before they existed
+            params.setdefault(key, value)
         # Exactly the constructor's params, as save() writes them: no silent defaults.
         for problem, keys in (("lack", known - set(params)), ("have unknown", set(params) - known)):
             if keys:

@@ -7,6 +7,7 @@ import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from esc50ann.errors import ConfigError, ModelError
+from esc50ann import modelfile
 from esc50ann.model import ANNClassifier, load_model
 
 
@@ -272,6 +273,11 @@ def test_an_ensemble_averages_its_networks_and_round_trips(tmp_path):
     rows = []
     ANNClassifier(n_networks=3, **kw).fit(X, y, callback=rows.append)  # progress counts every network's epochs
     assert [(r.get("network", 1), r["epoch"]) for r in rows] == [(k, e) for k in (1, 2, 3) for e in range(1, 6)]
+    old = lone.save(tmp_path / "old.npz")  # as written before ensembles and mixing existed
+    arrays, header = modelfile.read(old)
+    del header["params"]["n_networks"], header["params"]["mixup"], header["architecture"]["n_networks"]
+    modelfile.write(old, arrays, {k: v for k, v in header.items() if k not in ("format", "format_version")})
+    np.testing.assert_array_equal(ANNClassifier.load(old).predict_proba(X), lone.predict_proba(X))
     loaded = ANNClassifier.load(trio.save(tmp_path / "trio.npz"))
     assert len(loaded.networks_) == 3
     np.testing.assert_array_equal(loaded.predict_proba(X), trio.predict_proba(X))
