@@ -169,10 +169,14 @@ def test_sweeps_train_on_the_augmented_copies_of_an_augmented_pipeline(workdir, 
     pipeline = (workdir / "tiny.toml").read_text().replace("n_mels = 32", "n_mels = 32\npitch_shifts = [1.0]")
     (tmp_path / "aug.toml").write_text(pipeline)
     (tmp_path / "aug-sweep.toml").write_text('pipeline = "aug.toml"\n[values]\n"training.learning_rate" = [0.03]\n')
-    copies = []
-    real = sweep_mod.run_task
-    monkeypatch.setattr(sweep_mod, "run_task", lambda *a: copies.append(a[6]) or real(*a))
+    from esc50ann import evaluate
+
+    trained = []  # (clips in the task, copies handed to the fit) for every fit the sweep makes
+    real = evaluate.fit_fold
+    monkeypatch.setattr(evaluate, "fit_fold", lambda X, *a, **kw: trained.append((len(X), kw["X_aug"])) or
+                        real(X, *a, **kw))
     result = sweep_mod.run(tmp_path / "aug-sweep.toml", data_dir=workdir / "data", out=tmp_path / "out", n_jobs=1,
                            progress=False)
-    assert len(copies) == 9 and all(c is not None and c.shape[:2] == (24, 1) for c in copies)
+    assert len(trained) == 9 and all(c is not None and c.shape[:2] == (n, 1) for n, c in trained)
+    assert sorted(n for n, _ in trained) == [16] * 6 + [24] * 3  # inner fits on two folds, outer on three
     assert 0 <= result.nested_mean <= 1
