@@ -20,10 +20,10 @@ from typing import Callable
 
 from esc50ann.errors import DatasetError, StorageError, one_line
 from esc50ann.fileio import CHUNK, owned_name, remove_stale
+from esc50ann.paths import DATASET_FOLDER
 from esc50ann import progress as progress_mod
 
 META_CSV = "meta/esc50.csv"
-DATASET_FOLDER = "ESC-50-master"
 # Bounds from what ESC-50 needs: 2000 clips x 5 s x 44.1 kHz x 16 bit = 882 MB of audio (the
 # official zip is ~600 MB, about 1.5:1). An archive may declare at most 1.5 GB in total, at most
 # 20:1 overall (audio barely compresses; 300 MiB of zeros squeezes 900:1), at most 10,000

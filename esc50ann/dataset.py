@@ -7,40 +7,25 @@ input: the validated metadata, the audio paths, the folds and the class names. T
 from __future__ import annotations
 
 import contextlib
-
 import dataclasses
-import io
-import json
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
-from joblib import Parallel, delayed
 
-from esc50ann import fileio, paths
-from esc50ann.archive import DATASET_FOLDER, extract
+from esc50ann import paths, record
+from esc50ann.archive import extract
 from esc50ann.download import DEFAULT_SOURCE, check_sha256, fetch
 from esc50ann.errors import DatasetError, StorageError, one_line
-from esc50ann.fileio import file_lock, write_text
+from esc50ann.fileio import file_lock
 from esc50ann.metadata import load_metadata
-from esc50ann import progress as progress_mod
-
-# The official clips: 5 s, 44.1 kHz, mono.
-SAMPLE_RATE = 44100
-CHANNELS = 1
-N_SAMPLES = 5 * SAMPLE_RATE
+from esc50ann.verify import SAMPLE_RATE, changed_files, describe_problems, verify_clips
 
 SOURCE_ENV = "ESC50ANN_SOURCE"
-RECORD = "dataset.json"
-LOCK = ".dataset.lock"  # serialises prepare() calls on one data root
-# How many bad files a one-line error message lists before "and N more".
-SHOWN_PROBLEMS = 5
 
 
 @dataclass(frozen=True)
@@ -137,8 +122,8 @@ class Dataset:
             Every bad file; empty when all are fine. Without a manifest only the format
             (existence, sample rate, channels, length) is checked.
         """
-        _, problems = verify(self.root, self.meta, expected=self.manifest, n_jobs=n_jobs,
-                             progress=progress)
+        _, problems = verify_clips(self.root / "audio", self.meta["filename"], expected=self.manifest,
+                                   n_jobs=n_jobs, progress=progress)
         return problems
 
     def summary(self) -> dict:
@@ -155,95 +140,6 @@ class Dataset:
         }
 
 
-# ----------------------------------------------------------------------------- verification
-
-
-def verify(root: Path, meta: pd.DataFrame, *, expected: dict | None = None, n_jobs: int = -1,
-           progress: bool = True) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """Check every clip listed in ``meta`` under ``root/audio`` and hash it.
-
-    A clip is good when it exists, soundfile can read its header, and it is
-    ``SAMPLE_RATE`` Hz, ``CHANNELS`` channel(s), ``N_SAMPLES`` frames long; with ``expected``
-    its SHA-256 must also be unchanged.
-
-    Parameters
-    ----------
-    root : Path
-        Dataset folder holding ``audio/``.
-    meta : pandas.DataFrame
-        Validated metadata (``load_metadata``).
-    expected : dict, optional
-        A previous manifest, filename -> SHA-256.
-    n_jobs : int
-        joblib workers (threads: hashing and file reads release the GIL); -1 for all cores.
-    progress : bool
-        Show a tqdm progress bar.
-
-    Returns
-    -------
-    manifest : dict[str, str]
-        filename -> SHA-256 for every file that could be read.
-    problems : list of (filename, reason)
-        Every bad file, in metadata order.
-    """
-    audio = Path(root) / "audio"
-    expected = expected or {}
-    names = [str(n) for n in meta["filename"]]
-    jobs = (delayed(check_clip)(audio / n, expected.get(n)) for n in names)
-    results = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(jobs)
-    manifest, problems = {}, []
-    for name, (digest, reasons) in zip(names, progress_mod.bar(results, total=len(names), desc="verify",
-                                                    unit="clip", enabled=progress, leave=False)):
-        if digest is not None:
-            manifest[name] = digest
-        if reasons:
-            problems.append((name, "; ".join(reasons)))
-    return manifest, problems
-
-
-def check_clip(path: Path, expected_sha256: str | None = None) -> tuple[str | None, list[str]]:
-    """Hash one WAV and check its format.
-
-    Returns
-    -------
-    sha256 : str or None
-        None when the file cannot be read at all.
-    reasons : list of str
-        What is wrong with it; empty when nothing is.
-    """
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        return None, ["missing"]
-    except OSError as e:
-        return None, [f"unreadable ({one_line(e)})"]
-    digest = fileio.sha256(data)
-    reasons = []
-    if expected_sha256 is not None and digest != expected_sha256:
-        reasons.append("changed since verification (sha256 mismatch)")
-    try:
-        info = sf.info(io.BytesIO(data))
-    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
-        return digest, reasons + [f"unreadable by soundfile ({one_line(e)})"]
-    if info.samplerate != SAMPLE_RATE:
-        reasons.append(f"sample rate {info.samplerate} Hz, expected {SAMPLE_RATE}")
-    if info.channels != CHANNELS:
-        reasons.append(f"{info.channels} channels, expected {CHANNELS}")
-    if info.frames != N_SAMPLES:
-        reasons.append(f"{info.frames} frames, expected {N_SAMPLES}")
-    return digest, reasons
-
-
-def describe_problems(problems: list[tuple[str, str]], total: int, root: Path) -> str:
-    """One line: how many files are bad and the first few ``name: reason``."""
-    shown = "; ".join(f"{name}: {reason}" for name, reason in problems[:SHOWN_PROBLEMS])
-    more = f"; and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
-    return f"{len(problems)} of {total} audio files in {root} are bad: {shown}{more}"
-
-
-# ----------------------------------------------------------------------------- the stage
-
-
 def prepare(source: str | Path | None = None, data_dir: Path | str | None = None, *,
             sha256: str | None = None, n_jobs: int = -1, progress: bool = True) -> Dataset:
     """The dataset stage: obtain, unpack, validate and verify ESC-50; record it in ``dataset.json``.
@@ -256,7 +152,7 @@ def prepare(source: str | Path | None = None, data_dir: Path | str | None = None
         ``meta/esc50.csv`` and ``audio/`` (used in place). Default: ``$ESC50ANN_SOURCE``,
         else whatever dataset ``data_dir`` already holds, else ``DEFAULT_SOURCE``.
     data_dir : Path or str, optional
-        Data root. Default: ``$ESC50ANN_DATA_DIR``, else ``./data``.
+        Data root (``esc50ann.paths.data_dir``).
     sha256 : str, optional
         Expected SHA-256 of a downloaded or local archive.
     n_jobs : int
@@ -272,7 +168,7 @@ def prepare(source: str | Path | None = None, data_dir: Path | str | None = None
 
     Notes
     -----
-    Calls on one ``data_dir`` are serialised by a lock file (``data_dir/.dataset.lock``): a
+    Calls on one ``data_dir`` are serialised by a lock file (``paths.dataset_lock``): a
     second call waits, then finds the dataset the first one recorded. The previous record
     is replaced only once the new dataset is validated, so after any failure ``load``
     still opens the previous dataset.
@@ -296,8 +192,8 @@ def prepare(source: str | Path | None = None, data_dir: Path | str | None = None
         return done
     if unspecified:  # a recorded dataset whose files changed: repair it from where it came from
         with contextlib.suppress(DatasetError):
-            source = (read_record(data_dir) or {}).get("source") or source
-    with file_lock(data_dir / LOCK):  # a second prepare() waits here, then finds the record
+            source = (record.read(data_dir) or {}).get("source") or source
+    with file_lock(paths.dataset_lock(data_dir)):  # a second prepare() waits here, then finds the record
         # Another prepare() may have finished this while we waited for the lock.
         done = _recorded(data_dir, wanted, sha256)
         if done is not None:
@@ -310,7 +206,8 @@ def prepare(source: str | Path | None = None, data_dir: Path | str | None = None
         else:
             dataset = _extract_and_validate(local, data_dir, downloaded=_is_url(source),
                                             n_jobs=n_jobs, progress=progress)
-        write_record(data_dir, source, dataset, archive_sha256=sha256)  # atomic: replaces the previous record
+        record.write(data_dir, source=source, root=dataset.root, manifest=dataset.manifest,
+                     archive_sha256=sha256)  # atomic: replaces the previous record
     return dataset
 
 
@@ -326,17 +223,17 @@ def load(data_dir: Path | str | None = None, *, check_files: bool = True) -> Dat
         No record, a damaged record, or its dataset folder is gone.
     """
     data_dir = paths.data_dir(data_dir)
-    record = read_record(data_dir)
-    if record is None:
+    rec = record.read(data_dir)
+    if rec is None:
         raise DatasetError(f"no dataset in {data_dir}: run `esc50ann download` first")
-    root = Path(record["root"])
+    root = Path(rec["root"])
     if not (root / "meta" / "esc50.csv").is_file():
-        raise DatasetError(f"{data_dir / RECORD}: dataset folder {root} is gone: run `esc50ann download` again")
-    changed = changed_files(root, record) if check_files else []
+        raise DatasetError(f"{paths.record_path(data_dir)}: dataset folder {root} is gone: run `esc50ann download` again")
+    changed = changed_files(root / "audio", rec.get("stats")) if check_files else []
     if changed:
         raise DatasetError(f"{root / 'audio' / changed[0]}: changed since verification ({len(changed)} file(s)); "
                            "run `esc50ann download` to repair it from the kept archive")
-    return Dataset(root, load_metadata(root / "meta" / "esc50.csv"), dict(record["files"]))
+    return Dataset(root, load_metadata(root / "meta" / "esc50.csv"), dict(rec["files"]))
 
 
 def resolve_source(source: str | Path | None = None) -> str:
@@ -359,7 +256,7 @@ def resolve_source(source: str | Path | None = None) -> str:
 def _obtain(source: str, data_dir: Path, *, sha256: str | None, progress: bool) -> Path:
     """A local file or folder for ``source``: downloads URLs, uses local paths in place."""
     if _is_url(source):
-        return fetch(source, download_path(source, data_dir), sha256=sha256, progress=progress)
+        return fetch(source, paths.download_path(source, data_dir), sha256=sha256, progress=progress)
     path = Path(source)
     if not path.exists():
         raise DatasetError(f"source {path}: no such file or folder")
@@ -368,14 +265,6 @@ def _obtain(source: str, data_dir: Path, *, sha256: str | None, progress: bool) 
     elif sha256:
         raise DatasetError(f"source {path}: a folder has no archive checksum to check (--sha256 is for archives)")
     return path
-
-
-def download_path(url: str, data_dir: Path) -> Path:
-    """Where the download of ``url`` is kept: named by the URL, not just its file name, so two
-    sources that share a name (two mirrors' ``master.zip``) never stand in for each other."""
-    name = Path(urlparse(url).path).name or "esc50"
-    name = name if name.endswith(".zip") else name + ".zip"
-    return Path(data_dir) / "downloads" / f"{fileio.sha256(url.encode())[:12]}-{name}"
 
 
 def _is_url(source: str) -> bool:
@@ -387,7 +276,7 @@ def _extract_and_validate(archive: Path, data_dir: Path, *, downloaded: bool, n_
     """Extract ``archive`` into ``data_dir/ESC-50-master``, validating it before it replaces
     an older folder, so a bad archive leaves the previous dataset (and its record) untouched.
     """
-    final = data_dir / DATASET_FOLDER
+    final = paths.extracted_dataset(data_dir)
     checked = {}
 
     def check(folder: Path) -> None:
@@ -398,20 +287,10 @@ def _extract_and_validate(archive: Path, data_dir: Path, *, downloaded: bool, n_
             kept = "; kept the previous dataset" if final.exists() else ""
             raise DatasetError(str(e).replace(str(folder), str(archive)) + kept) from None
         # ``final`` is replaced next: a record describing it would then describe other files.
-        _forget_record_of(data_dir, final)
+        record.forget(data_dir, final)
 
     root = _extract(archive, data_dir, downloaded=downloaded, progress=progress, check=check)
     return dataclasses.replace(checked["dataset"], root=root)
-
-
-def _forget_record_of(data_dir: Path, root: Path) -> None:
-    """Remove ``data_dir/dataset.json`` if it describes the folder ``root`` (or is damaged)."""
-    try:
-        record = read_record(data_dir)
-    except DatasetError:
-        record = {"root": str(root.resolve())}
-    if record is not None and Path(record["root"]) == root.resolve():
-        (data_dir / RECORD).unlink(missing_ok=True)
 
 
 def _extract(archive: Path, data_dir: Path, *, downloaded: bool, progress: bool, check=None) -> Path:
@@ -438,55 +317,10 @@ def _dataset_folder(folder: Path, source: str) -> Path:
 def _validate(root: Path, *, n_jobs: int, progress: bool) -> Dataset:
     """Load the metadata and verify every clip; raise if any is bad."""
     meta = load_metadata(root / "meta" / "esc50.csv")
-    manifest, problems = verify(root, meta, n_jobs=n_jobs, progress=progress)
+    manifest, problems = verify_clips(root / "audio", meta["filename"], n_jobs=n_jobs, progress=progress)
     if problems:
         raise DatasetError(describe_problems(problems, len(meta), root))
     return Dataset(root, meta, manifest)
-
-
-# ----------------------------------------------------------------------------- dataset.json
-
-
-def read_record(data_dir: Path) -> dict | None:
-    """The parsed ``dataset.json``, or None if there is none.
-
-    Raises
-    ------
-    DatasetError
-        The file exists but is damaged.
-    """
-    path = Path(data_dir) / RECORD
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"{path}: damaged ({one_line(e)}); run `esc50ann download` again") from None
-    keys = ("source", "root", "verified_at", "n_clips", "files")
-    if (not isinstance(record, dict) or any(k not in record for k in keys)
-            or not isinstance(record["source"], str) or not isinstance(record["root"], str)
-            or not isinstance(record["files"], dict)
-            or not all(isinstance(k, str) and isinstance(v, str) for k, v in record["files"].items())
-            or not isinstance(record.get("stats", {}), dict)
-            or not isinstance(record.get("archive_sha256") or "", str)):
-        raise DatasetError(f"{path}: damaged (expected an object with string source and root and files "
-                           f"mapping names to checksums); run `esc50ann download` again")
-    return record
-
-
-def write_record(data_dir: Path, source: str, dataset: Dataset, *, archive_sha256: str | None = None) -> Path:
-    """Atomically write ``data_dir/dataset.json`` describing a verified ``dataset`` (and the
-    archive checksum it was checked against, if one was given)."""
-    record = {
-        "source": source,
-        "archive_sha256": archive_sha256.strip().lower() if archive_sha256 else None,
-        "root": str(Path(dataset.root).resolve()),
-        "verified_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "n_clips": len(dataset),
-        "files": dict(dataset.manifest or {}),
-        "stats": file_stats(dataset.root, list(dataset.meta["filename"])),
-    }
-    return write_text(Path(data_dir) / RECORD, json.dumps(record, indent=1) + "\n")
 
 
 def _recorded(data_dir: Path, source: str | None, sha256: str | None = None) -> Dataset | None:
@@ -497,14 +331,14 @@ def _recorded(data_dir: Path, source: str | None, sha256: str | None = None) -> 
     Costs one small JSON and one CSV read: no hashing, no audio decoding.
     """
     try:
-        record = read_record(data_dir)
+        rec = record.read(data_dir)
     except DatasetError:
         return None  # a damaged record is simply redone
-    if record is None or (source is not None and record["source"] != source):
+    if rec is None or (source is not None and rec["source"] != source):
         return None
-    if sha256 and (record.get("archive_sha256") or "") != sha256.strip().lower():
+    if sha256 and (rec.get("archive_sha256") or "") != sha256.strip().lower():
         return None
-    root = Path(record["root"])
+    root = Path(rec["root"])
     csv_path = root / "meta" / "esc50.csv"
     if not csv_path.is_file() or not (root / "audio").is_dir():
         return None
@@ -512,28 +346,6 @@ def _recorded(data_dir: Path, source: str | None, sha256: str | None = None) -> 
         meta = load_metadata(csv_path)
     except DatasetError:
         return None
-    if set(meta["filename"]) != set(record["files"]) or changed_files(root, record):
+    if set(meta["filename"]) != set(rec["files"]) or changed_files(root / "audio", rec.get("stats")):
         return None
-    return Dataset(root, meta, dict(record["files"]))
-
-
-def file_stats(root: Path, filenames: list[str]) -> dict[str, list[int]]:
-    """filename -> [size, mtime_ns] of each audio file: a cheap fingerprint checked on every load."""
-    stats = {}
-    for name in filenames:
-        try:
-            st = os.stat(Path(root) / "audio" / name)
-            stats[name] = [st.st_size, st.st_mtime_ns]
-        except OSError:
-            stats[name] = None
-    return stats
-
-
-def changed_files(root: Path, record: dict) -> list[str]:
-    """Audio files whose size or modification time differs from what was verified (none when the
-    record predates the fingerprints)."""
-    recorded = record.get("stats")
-    if not isinstance(recorded, dict):
-        return []
-    now = file_stats(root, [str(name) for name in recorded])
-    return [name for name, stat in recorded.items() if now[str(name)] != stat]
+    return Dataset(root, meta, dict(rec["files"]))

@@ -3,9 +3,10 @@
     <data root>/             --data-dir, else $ESC50ANN_DATA_DIR, else the checkout's data/ when
                              running from a source checkout, else the per-user data directory
                              (platformdirs: ~/.local/share/esc50ann on Linux)
-      dataset.json           what the dataset stage verified (esc50ann.dataset)
-      downloads/             downloaded archives
-      ESC-50-master/         the extracted dataset
+      dataset.json           what the dataset stage verified (esc50ann.record)
+      .dataset.lock          serialises dataset preparations on one data root
+      downloads/             downloaded archives, named by their URL (download_path)
+      ESC-50-master/         the extracted dataset (esc50ann.archive)
       cache/features/        feature cache entries (esc50ann.cache)
       runs/<name>-<stamp>/   one folder per cross-validation run (esc50ann.report)
 
@@ -14,13 +15,18 @@ copy of the 600 MB dataset.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 import platformdirs
 
 DATA_DIR_ENV = "ESC50ANN_DATA_DIR"
 APP_NAME = "esc50ann"
+RECORD = "dataset.json"
+DATASET_LOCK = ".dataset.lock"
+DATASET_FOLDER = "ESC-50-master"
 
 
 def data_dir(path: str | Path | None = None) -> Path:
@@ -58,3 +64,27 @@ def feature_cache_dir(root: str | Path) -> Path:
 def runs_dir(root: str | Path) -> Path:
     """Where run folders go under the data root ``root``."""
     return Path(root) / "runs"
+
+
+def record_path(root: str | Path) -> Path:
+    """The dataset record (``dataset.json``) under the data root ``root``."""
+    return Path(root) / RECORD
+
+
+def dataset_lock(root: str | Path) -> Path:
+    """The lock file serialising dataset preparations on the data root ``root``."""
+    return Path(root) / DATASET_LOCK
+
+
+def extracted_dataset(root: str | Path) -> Path:
+    """Where an archive's dataset folder is extracted under the data root ``root``."""
+    return Path(root) / DATASET_FOLDER
+
+
+def download_path(url: str, root: str | Path) -> Path:
+    """Where the download of ``url`` is kept under the data root ``root``: named by the URL, not
+    just its file name, so two sources that share a name (two mirrors' ``master.zip``) never stand
+    in for each other."""
+    name = Path(urlparse(url).path).name or "esc50"
+    name = name if name.endswith(".zip") else name + ".zip"
+    return Path(root) / "downloads" / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"

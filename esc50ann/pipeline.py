@@ -25,7 +25,9 @@ from esc50ann import config as config_mod
 from esc50ann import dataset as dataset_mod
 from esc50ann import folds as folds_mod
 from esc50ann import paths
+from esc50ann import record as record_mod
 from esc50ann import progress as progress_mod
+from esc50ann import verify
 from esc50ann import features as features_mod
 from esc50ann.config import PipelineConfig
 from esc50ann.dataset import Dataset
@@ -149,8 +151,8 @@ class Pipeline:
         run_dir = Path(out) if out else self._new_run_dir()
         feats = self.features()
         with self._timed("report"):
-            record = dataset_mod.read_record(self.data_dir) or {}
-            extra = {"source": record.get("source"), "feature_shape": list(feats.X.shape), "feature_cache_key": feats.key,
+            recorded = record_mod.read(self.data_dir) or {}
+            extra = {"source": recorded.get("source"), "feature_shape": list(feats.X.shape), "feature_cache_key": feats.key,
                      "features_from_cache": feats.from_cache,
                      "skipped_clips": [list(s) for s in feats.skipped],
                      "fold_train_seconds": {str(k): f.seconds for k, f in cv.folds.items()}}
@@ -204,7 +206,7 @@ class Pipeline:
         rate instead of analysing it at its own (other mel bands, another feature size).
         """
         features = self.config.features.to_dict()
-        features["sample_rate"] = features["sample_rate"] or dataset_mod.SAMPLE_RATE
+        features["sample_rate"] = features["sample_rate"] or verify.SAMPLE_RATE
         return {"pipeline": self.config.name, "features": features,
                 "class_names": {str(k): v for k, v in self.download().names_by_target.items()}}
 

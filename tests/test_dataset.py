@@ -14,7 +14,9 @@ import pytest
 import synth
 from esc50ann import dataset as ds
 from esc50ann import folds
-from esc50ann.dataset import Dataset, load, prepare, verify
+from esc50ann import paths
+from esc50ann.dataset import Dataset, load, prepare
+from esc50ann.verify import verify_clips
 from esc50ann.fileio import sha256 as sha256_file
 from esc50ann.metadata import load_metadata
 from esc50ann.errors import DatasetError, DownloadError
@@ -56,7 +58,7 @@ def test_verify_lists_every_bad_file(folder):
     (audio / names[2]).write_bytes(synth.wav_bytes(synth.tone(0, 1, channels=2)))
     (audio / names[3]).write_bytes(synth.wav_bytes(synth.tone(0, 1, sample_rate=22050), 22050))
     (audio / names[4]).write_bytes(b"RIFF nonsense")
-    manifest, problems = verify(folder, meta, n_jobs=2, progress=False)
+    manifest, problems = verify_clips(folder / "audio", meta["filename"], n_jobs=2, progress=False)
     reasons = dict(problems)
     assert list(reasons) == names[:5]  # all of them, in metadata order
     assert reasons[names[0]] == "missing"
@@ -69,11 +71,11 @@ def test_verify_lists_every_bad_file(folder):
 
 def test_verify_detects_changed_files(folder):
     meta = load_metadata(folder / "meta" / "esc50.csv")
-    manifest, problems = verify(folder, meta, progress=False)
+    manifest, problems = verify_clips(folder / "audio", meta["filename"], progress=False)
     assert problems == []
     name = meta["filename"][7]
     (folder / "audio" / name).write_bytes(synth.wav_bytes(synth.tone(36, seed=99)))
-    _, problems = verify(folder, meta, expected=manifest, progress=False)
+    _, problems = verify_clips(folder / "audio", meta["filename"], expected=manifest, progress=False)
     assert problems == [(name, "changed since verification (sha256 mismatch)")]
 
 
@@ -106,7 +108,7 @@ def test_second_prepare_is_a_no_op(synth_archive, tmp_path, monkeypatch):
 
     def boom(*args, **kwargs):
         raise AssertionError("re-verified or re-extracted")
-    monkeypatch.setattr(ds, "verify", boom)
+    monkeypatch.setattr(ds, "verify_clips", boom)
     monkeypatch.setattr(ds, "extract", boom)
     again = prepare(synth_archive, tmp_path, progress=False)
     assert again.manifest == first.manifest and again.root == first.root
@@ -156,7 +158,7 @@ def test_bad_archive_names_all_bad_files_and_leaves_nothing(tmp_path):
     for n in (names[3], names[5], names[9]):
         assert n in msg
     assert not (data_dir / "ESC-50-master").exists() and not (data_dir / "dataset.json").exists()
-    assert [p.name for p in data_dir.iterdir()] == [ds.LOCK]  # the lock file stays; no data does
+    assert [p.name for p in data_dir.iterdir()] == [paths.DATASET_LOCK]  # the lock file stays; no data does
 
 
 def test_bad_archive_keeps_the_previous_dataset(synth_archive, tmp_path, monkeypatch):
@@ -170,7 +172,7 @@ def test_bad_archive_keeps_the_previous_dataset(synth_archive, tmp_path, monkeyp
     assert str(e.value).startswith(f"1 of 24 audio files in {bad} are bad: {names[3]}: missing")
     assert ".extract-" not in str(e.value) and "kept the previous dataset" in str(e.value)
     assert sorted(p.name for p in (good.root / "audio").iterdir()) == sorted(names)
-    assert [p.name for p in data_dir.iterdir() if p.name.startswith(".") and p.name != ds.LOCK] == []
+    assert [p.name for p in data_dir.iterdir() if p.name.startswith(".") and p.name != paths.DATASET_LOCK] == []
     # ... and still recorded: load() opens it, a run without a source does not download.
     kept = load(data_dir)
     assert kept.root == good.root and kept.manifest == good.manifest
@@ -236,7 +238,7 @@ def test_concurrent_prepares_extract_once(synth_archive, tmp_path, monkeypatch):
     second.join(60)
     assert errors == [] and len(calls) == 1  # the second waited, then found the record
     assert results[1].manifest == results[2].manifest and results[1].root == results[2].root
-    assert sorted(p.name for p in tmp_path.iterdir()) == [ds.LOCK, "ESC-50-master", "dataset.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [paths.DATASET_LOCK, "ESC-50-master", "dataset.json"]
 
 
 def test_bad_folder_is_left_alone(folder, tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from esc50ann import dataset as ds
+from esc50ann import dataset as ds, paths
 from esc50ann.download import DEFAULT_SOURCE, check_sha256, fetch
 from esc50ann.fileio import sha256 as sha256_file
 from esc50ann.errors import DatasetError, DownloadError
@@ -147,7 +147,7 @@ def test_prepare_downloads_extracts_and_verifies(http_server, synth_archive, tmp
     data_dir = tmp_path / "data"
     d = ds.prepare(url, data_dir, progress=False)
     assert len(d) == 24 and d.folds == [1, 2, 3]
-    assert ds.download_path(url, data_dir).is_file() and ds.download_path(url, data_dir).name.endswith("-ESC-50-master.zip")
+    assert paths.download_path(url, data_dir).is_file() and paths.download_path(url, data_dir).name.endswith("-ESC-50-master.zip")
     assert d.root == data_dir / "ESC-50-master"
     assert sha256_file(d.root / "audio" / d.meta.filename[0]) == d.manifest[d.meta.filename[0]]
     n = len(http_server.requests)
@@ -160,4 +160,4 @@ def test_prepare_drops_a_download_that_is_not_a_zip(http_server, tmp_path):
     http_server.files["/broken.zip"] = b"<html>not a zip</html>"
     with pytest.raises(DatasetError, match="not a readable zip.*removed the download"):
         ds.prepare(http_server.url + "/broken.zip", tmp_path, progress=False)
-    assert not ds.download_path(http_server.url + "/broken.zip", tmp_path).exists()
+    assert not paths.download_path(http_server.url + "/broken.zip", tmp_path).exists()

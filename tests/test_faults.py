@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import synth
-from esc50ann import archive, cache, dataset as ds
+from esc50ann import archive, cache, dataset as ds, paths
 from esc50ann.errors import DownloadError, StorageError
 from esc50ann.fileio import owned_name, remove_stale
 
@@ -70,7 +70,7 @@ def test_full_disk_while_extracting_keeps_the_download(http_server, synth_archiv
     monkeypatch.setattr(archive.shutil, "copyfileobj", _enospc)
     with pytest.raises(StorageError, match="disk full.*archive is kept"):
         ds.prepare(url, tmp_path, progress=False)
-    kept = ds.download_path(url, tmp_path)
+    kept = paths.download_path(url, tmp_path)
     assert kept.read_bytes() == synth_archive.read_bytes()
     assert not list(tmp_path.glob(".extract-*"))
     monkeypatch.undo()
@@ -100,7 +100,7 @@ def test_sha256_is_checked_even_when_the_dataset_is_recorded(http_server, synth_
     ds.prepare(url, tmp_path, progress=False)
     with pytest.raises(DownloadError, match="checksum mismatch"):
         ds.prepare(url, tmp_path, sha256="0" * 64, progress=False)
-    assert ds.download_path(url, tmp_path).is_file()  # a good download is not deleted for it
+    assert paths.download_path(url, tmp_path).is_file()  # a good download is not deleted for it
     from esc50ann.fileio import sha256
 
     right = sha256(synth_archive)
