@@ -27,7 +27,7 @@ from typing import Any
 
 from esc50ann.errors import ConfigError
 from esc50ann.features import FeatureConfig
-from esc50ann.model import ANNClassifier
+from esc50ann.model import ANNClassifier, default_params
 from esc50ann.params import Boolean, InstanceOf, Integral, Interval, ListOf, Options, Pattern, reject_unknown, validate
 
 SECTIONS = ("dataset", "features", "model", "training", "evaluation")
@@ -80,8 +80,8 @@ class PipelineConfig:
     description: str = ""
     dataset: DatasetSection = field(default_factory=DatasetSection)
     features: FeatureConfig = field(default_factory=FeatureConfig)
-    model: dict[str, Any] = field(default_factory=dict)  # ANNClassifier params
-    training: dict[str, Any] = field(default_factory=dict)  # ANNClassifier params
+    model: dict[str, Any] = field(default_factory=dict)  # ANNClassifier params, every MODEL_KEYS one
+    training: dict[str, Any] = field(default_factory=dict)  # ANNClassifier params, every TRAINING_KEYS one
     evaluation: EvaluationSection = field(default_factory=EvaluationSection)
     source_file: str | None = None  # the pipeline file it was read from
 
@@ -90,8 +90,6 @@ class PipelineConfig:
         params = {**self.model, **self.training}
         if "hidden_layer_sizes" in params:
             params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
-        if params.get("patience") == 0:
-            params["patience"] = None
         return params
 
     def to_doc(self) -> dict[str, Any]:
@@ -226,9 +224,12 @@ def _section(cls, table: dict, where: str, section: str):
 
 
 def _estimator_section(keys: tuple[str, ...], table: dict, where: str, section: str) -> dict:
-    """The table, checked against ``ANNClassifier``'s constraints (``patience = 0``: no early stopping)."""
+    """The table, checked against ``ANNClassifier``'s constraints, every key of ``keys`` resolved
+    (a missing one takes the estimator's default). TOML has no None: ``patience = 0`` stands
+    for the estimator's ``patience=None`` (no early stopping)."""
     reject_unknown(table, keys, where=f"{where}: ", prefix=f"{section}.")
-    off = type(table.get("patience")) is int and table["patience"] == 0  # TOML has no None
-    validate({**table, "patience": None} if off else table, ANNClassifier._parameter_constraints,
-             where=f"{where}: {section}.")
-    return dict(table)
+    if type(table.get("patience")) is int and table["patience"] == 0:
+        table = {**table, "patience": None}
+    validate(table, ANNClassifier._parameter_constraints, where=f"{where}: {section}.")
+    defaults = default_params()
+    return {key: table.get(key, defaults[key]) for key in keys}

@@ -23,7 +23,7 @@ from esc50ann import folds as folds_mod
 from esc50ann.dataset import Dataset
 from esc50ann.errors import DatasetError
 from esc50ann.folds import Split
-from esc50ann.model import ANNClassifier
+from esc50ann.model import ANNClassifier, default_params
 from esc50ann import progress as progress_mod
 from esc50ann.worker import exit_with_parent
 
@@ -228,10 +228,10 @@ class _EpochReporter:
 
     def __init__(self, splits, params, *, progress, verbose, across_processes):
         self.progress, self.verbose = progress, verbose
-        defaults = ANNClassifier()
-        self.epochs = params.get("max_epochs", defaults.max_epochs)
+        params = {**default_params(), **params}
+        self.epochs = params["max_epochs"]
         # every network of an ensemble reports its epochs: the bar counts them all
-        self.total = self.epochs * params.get("n_networks", defaults.n_networks)
+        self.total = self.epochs * params["n_networks"]
         self.bars = {s.test_fold: progress_mod.bar(total=self.total, desc=f"fold {s.test_fold}", unit="epoch",
                                                     position=i, leave=False, enabled=progress)
                      for i, s in enumerate(splits)}

@@ -119,8 +119,9 @@ class SigmoidOutput:
 
 
 # ----------------------------------------------------------------------------------------------
-# Costs, as in Nielsen's network2.py: ``fn`` is the batch-mean loss, ``delta`` the per-sample
-# dL_i/dz at the output (the network divides by the batch size once).
+# Costs, as in Nielsen's network2.py: ``fn(s, y, output)`` is the batch-mean loss, ``delta(s, y,
+# output)`` the per-sample dL_i/dz at the output (the network divides by the batch size once).
+# Both take the output layer, which a cost may need (binary cross-entropy for sigmoid units).
 # ----------------------------------------------------------------------------------------------
 class SquaredError:
     """``L_i = sum_k (s_k - y_k)^2`` (the write-ups' loss; no 1/2 in front)."""
@@ -128,7 +129,7 @@ class SquaredError:
     name = "squared_error"
 
     @staticmethod
-    def fn(s, y):
+    def fn(s, y, output):
         d = s - y
         return float(np.einsum("ij,ij->", d, d, dtype=np.float64)) / len(s)
 
@@ -147,7 +148,7 @@ class CrossEntropy:
     name = "cross_entropy"
 
     @staticmethod
-    def fn(s, y, output=Softmax):
+    def fn(s, y, output):
         # Clip so a saturated unit gives a large finite loss rather than inf * 0 = nan.
         eps = np.finfo(s.dtype).tiny
         ls = np.log(np.maximum(s, eps))
@@ -304,13 +305,19 @@ class MLP:
 
     def loss(self, X, Y):
         """Batch-mean loss of the network on inputs ``X`` (n, n_in) and targets ``Y`` (n, n_out)."""
-        s = self.forward(X)
-        return self._cost(s, np.asarray(Y, dtype=self.dtype))
+        return self.cost_of(self.forward(X), Y)
 
-    def _cost(self, s, Y):
-        if self.cost is CrossEntropy:
-            return CrossEntropy.fn(s, Y, self.output)
-        return self.cost.fn(s, Y)
+    def cost_of(self, s, Y):
+        """Batch-mean loss of the outputs ``s`` (n, n_out) against the targets ``Y`` (n, n_out)."""
+        return self.cost.fn(s, np.asarray(Y, dtype=s.dtype), self.output)
+
+    def astype(self, dtype):
+        """The same network in ``dtype`` (itself when it already is)."""
+        if self.dtype == np.dtype(dtype):
+            return self
+        return MLP.from_arrays([w.astype(dtype) for w in self.weights], [b.astype(dtype) for b in self.biases],
+                               None if self.b0 is None else self.b0.astype(dtype),
+                               self.activation.name, self.output.name, self.cost.name)
 
     def backprop(self, X, Y):
         """Forward and backward pass on one mini-batch; fills ``self.grads``.
@@ -334,7 +341,7 @@ class MLP:
         acts, deltas, tmps = self._workspace(n)
         s = self.forward(X, acts=acts)
         inputs = [X if self.b0 is None else acts[0]] + acts[1:-1]  # each layer's input
-        loss = self._cost(s, Y)
+        loss = self.cost_of(s, Y)
 
         off = 0 if self.b0 is None else 1
         # dL/dz at the output, already divided by n because L is the batch mean.

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import inspect
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -20,11 +21,7 @@ from esc50ann.optim import OPTIMIZERS, make_optimizer
 from esc50ann.params import Boolean, InstanceOf, Integral, Interval, ListOf, Options, Real, validate
 from esc50ann.train import train
 
-__all__ = ["ANNClassifier", "load_model"]
-
-# Parameters added after the model format was fixed, with the value that reproduces what a file
-# written before them means (one network, no mixing). Every other param must be in the header.
-_ADDED_PARAMS = {"n_networks": 1, "mixup": 0.0}
+__all__ = ["ANNClassifier", "default_params"]
 
 # Rows per forward pass at prediction time: bounds memory on large inputs.
 _PREDICT_CHUNK = 4096
@@ -103,7 +100,7 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         Set by the caller (a pipeline stores its feature configuration here); saved and loaded.
     """
 
-    def __init__(self, hidden_layer_sizes=(1024,), activation="tanh", output="softmax",
+    def __init__(self, *, hidden_layer_sizes=(1024,), activation="tanh", output="softmax",
                  loss="squared_error", input_bias=True, solver="sgd", learning_rate=0.01,
                  momentum=0.9, batch_size=32, max_epochs=100, weight_decay=0.0, n_networks=1, mixup=0.0,
                  patience=10,
@@ -153,8 +150,9 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         "verbose": [Boolean(), Interval(Integral, 0)],
     }
 
-    def _validate_params(self):
-        """Check every constructor parameter; raise ``ConfigError`` naming the first bad one."""
+    def _check_params(self):
+        """Check every constructor parameter against ``_parameter_constraints`` (this package's
+        constraint objects, ``esc50ann.params``); raise ``ConfigError`` naming the first bad one."""
         params = self.get_params()
         params["dtype"] = str(params["dtype"])  # np.float32 and "float32" alike
         validate(params, self._parameter_constraints)
@@ -186,7 +184,7 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         -------
         self
         """
-        self._validate_params()
+        self._check_params()
         X, y = validate_data(self, X, y, dtype=(np.float64, np.float32))
         check_classification_targets(y)
         self.classes_ = np.unique(y)
@@ -330,46 +328,24 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
     def save(self, path):
         """Write the fitted model to ``path`` (one ``.npz``), atomically.  Returns the path."""
         check_is_fitted(self, "networks_")
-        net = self.network_
-        arrays = {}
-        for k, member in enumerate(self.networks_, start=1):  # W1, b1, ... then net2.W1, ...
-            arrays.update({modelfile.array_name(name, k): p for name, p in zip(member.names, member.params)})
-        if self.mean_ is not None:
-            arrays["mean"], arrays["scale"] = self.mean_, self.scale_
-        classes = self.classes_
-        arrays["classes"] = classes.astype(str) if classes.dtype == object else classes
         params = dict(self.get_params())
         params["hidden_layer_sizes"] = [int(h) for h in self.hidden_layer_sizes]
         params["dtype"] = str(self.dtype)
         if not isinstance(params["random_state"], (int, np.integer)):
             params["random_state"] = None  # a generator object cannot be stored
-        class_names = getattr(self, "class_names_", None)
-        header = {
-            # From the network itself, not the params, which may have been set since fit.
-            "architecture": {"sizes": [int(s) for s in net.sizes], "activation": net.activation.name,
-                             "output": net.output.name, "loss": net.cost.name, "input_bias": net.input_bias,
-                             "standardize": self.mean_ is not None, "dtype": str(net.dtype),
-                             "n_networks": len(self.networks_)},
-            "params": params,
-            "classes": classes.tolist(),
-            "classes_dtype": "object" if classes.dtype == object else classes.dtype.str,
-            "feature_names_in": getattr(self, "feature_names_in_", np.array([])).tolist() or None,
-            "class_names": None if class_names is None else [[_plain(k), v] for k, v in self._names_by_label().items()],
-            "metadata": getattr(self, "metadata_", None),
-            "history": self.history_,
-            "best_epoch": self.best_epoch_,
-        }
-        return modelfile.write(path, arrays, header)
+        names = self._names_by_label() if getattr(self, "class_names_", None) is not None else None
+        return modelfile.save(path, modelfile.SavedModel(
+            networks=self.networks_, classes=self.classes_, params=params, mean=self.mean_, scale=self.scale_,
+            class_names=None if names is None else [names[_plain(c)] for c in self.classes_],
+            feature_names_in=getattr(self, "feature_names_in_", np.array([])).tolist() or None,
+            metadata=getattr(self, "metadata_", None), history=self.history_, best_epoch=self.best_epoch_))
 
     @classmethod
     def load(cls, path):
         """Read a model written by :meth:`save`; raise ``ModelError`` naming the file if it is unusable."""
-        arrays, header = modelfile.read(path)
-        arch = header["architecture"]
+        saved = modelfile.load(path)
         model = cls()
-        params, known = dict(header["params"]), set(model.get_params())
-        for key, value in _ADDED_PARAMS.items():  # absent from files written before they existed
-            params.setdefault(key, value)
+        params, known = dict(saved.params), set(model.get_params())
         # Exactly the constructor's params, as save() writes them: no silent defaults.
         for problem, keys in (("lack", known - set(params)), ("have unknown", set(params) - known)):
             if keys:
@@ -379,33 +355,26 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
             params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
         try:
             model.set_params(**params)
-            model._validate_params()
+            model._check_params()
         except ValueError as exc:
             raise ModelError(f"{path}: bad params in header ({one_line(exc)})") from None
-        n_layers = len(arch["sizes"]) - 1
-        dtype = np.dtype(arch["dtype"])
-        name = modelfile.array_name
-        model.networks_ = [MLP.from_arrays(
-            [arrays[name(f"W{i}", k)].astype(dtype) for i in range(1, n_layers + 1)],
-            [arrays[name(f"b{i}", k)] for i in range(1, n_layers + 1)],
-            arrays.get(name("b0", k)) if arch["input_bias"] else None,
-            arch["activation"], arch["output"], arch["loss"]) for k in range(1, arch.get("n_networks", 1) + 1)]
-        classes = arrays["classes"]
-        model.classes_ = classes.astype(object) if header.get("classes_dtype") == "object" else classes
-        model.n_features_in_ = arch["sizes"][0]
-        if header.get("feature_names_in"):
-            model.feature_names_in_ = np.asarray(header["feature_names_in"], dtype=object)
-        model.mean_ = arrays["mean"] if arch["standardize"] else None
-        model.scale_ = arrays["scale"] if arch["standardize"] else None
-        model.history_ = header.get("history") or []
-        model.best_epoch_ = header.get("best_epoch")
-        model.n_iter_ = len(model.history_)
-        if header.get("class_names") is not None:
-            names = {k: v for k, v in header["class_names"]}
-            model.class_names_ = [names.get(_plain(c), str(c)) for c in model.classes_]
-        if header.get("metadata") is not None:
-            model.metadata_ = header["metadata"]
+        model.networks_, model.classes_ = saved.networks, saved.classes
+        model.n_features_in_ = saved.networks[0].sizes[0]
+        if saved.feature_names_in:
+            model.feature_names_in_ = np.asarray(saved.feature_names_in, dtype=object)
+        model.mean_, model.scale_ = saved.mean, saved.scale
+        model.history_, model.best_epoch_, model.n_iter_ = saved.history, saved.best_epoch, len(saved.history)
+        if saved.class_names is not None:
+            model.class_names_ = saved.class_names
+        if saved.metadata is not None:
+            model.metadata_ = saved.metadata
         return model
+
+
+def default_params() -> dict:
+    """Every ``ANNClassifier`` parameter with its default value (what an unset key means)."""
+    return {name: p.default for name, p in inspect.signature(ANNClassifier.__init__).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 def _numbered(callback, network):
@@ -419,18 +388,9 @@ def _float64(net):
     """``net`` in float64 for scoring. BLAS picks kernels by matrix shape, so in float32 a row's
     probabilities change in the last digits with the batch it is scored in; in float64 they
     agree far below any decision (scikit-learn's subset-invariance check). Training keeps float32."""
-    if net.dtype == np.float64:
-        return net
-    return MLP.from_arrays([w.astype(np.float64) for w in net.weights], [b.astype(np.float64) for b in net.biases],
-                           None if net.b0 is None else net.b0.astype(np.float64),
-                           net.activation.name, net.output.name, net.cost.name)
+    return net.astype(np.float64)
 
 
 def _plain(label):
     """A class label as a plain Python value (numpy scalars are not JSON)."""
     return label.item() if isinstance(label, np.generic) else label
-
-
-def load_model(path):
-    """Read a model file written by :meth:`ANNClassifier.save`."""
-    return ANNClassifier.load(path)

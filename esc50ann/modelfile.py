@@ -1,18 +1,24 @@
 """The model file format: one ``.npz`` of arrays plus a JSON header, read without pickle.
 
-A model file holds the network's arrays -- ``W1, b1, ...``, ``b0``, the standardisation
-``mean``/``scale`` and ``classes`` -- plus ``header``: UTF-8 JSON stored as a uint8 array with
-``format``, ``format_version``, the ``architecture`` (layer sizes, activation, output, loss,
-input bias, standardisation, dtype), the estimator ``params`` and optional fields (class names,
-metadata, training history). ``read`` checks every header field it returns against the tables
-below and every array against the architecture, so a damaged or forged file is one
-``ModelError`` naming it, and an ``.npz`` is opened with ``allow_pickle=False``, so a model file
-can never run code.
+A model file holds every network's arrays -- ``W1, b1, ...``, ``b0`` of the first, ``net2.W1``,
+... of the others (``array_name``) -- the standardisation ``mean``/``scale`` and ``classes``, plus
+``header``: UTF-8 JSON stored as a uint8 array with ``format``, ``format_version``, the
+``architecture`` (layer sizes, activation, output, loss, input bias, standardisation, dtype,
+number of networks), the estimator ``params`` and optional fields (class names, metadata,
+training history).
+
+Two levels, both here: ``save``/``load`` turn a ``SavedModel`` (what an estimator holds) into
+those arrays and that header and back, filling in what files written before a field existed
+mean (``ADDED``); ``write``/``read`` store and check the container. ``read`` checks every header
+field against the tables below and every member's name, dtype and shape against the
+architecture before any array is loaded, so a damaged or forged file is one ``ModelError``
+naming it, and members are opened with ``allow_pickle=False``: a model file can never run code.
 """
 from __future__ import annotations
 
 import json
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +26,7 @@ import numpy as np
 from esc50ann import __version__
 from esc50ann.errors import ConfigError, ModelError, one_line
 from esc50ann.fileio import atomic_path, json_default
-from esc50ann.mlp import ACTIVATIONS, COSTS, OUTPUTS
+from esc50ann.mlp import ACTIVATIONS, COSTS, MLP, OUTPUTS
 from esc50ann.params import Boolean, InstanceOf, Integral, Interval, ListOf, Options, validate
 
 FORMAT = "esc50ann-model"
@@ -35,9 +41,10 @@ ARCHITECTURE = {
     "standardize": [Boolean()],
     "dtype": [Options("float32", "float64")],
 }
-# Architecture fields that older files lack, with the value they mean there.
-ARCHITECTURE_DEFAULTS = {"n_networks": 1}
 ARCHITECTURE_OPTIONAL = {"n_networks": [Interval(Integral, 1, 64)]}
+# Fields added after the format was fixed, with the value that reproduces what a file written
+# before them means (one network, no mixing). Every other param must be in the header.
+ADDED = {"architecture": {"n_networks": 1}, "params": {"n_networks": 1, "mixup": 0.0}}
 _CLASS_NAME_PAIR = ListOf(InstanceOf(str, int, float, description="a label"), min_len=2, max_len=2)
 # Optional header fields: absent or null is fine, anything else must look like this.
 OPTIONAL = {
@@ -48,6 +55,84 @@ OPTIONAL = {
     "best_epoch": [Interval(Integral, 0), None],
     "metadata": [InstanceOf(dict), None],
 }
+
+
+@dataclass
+class SavedModel:
+    """What a model file holds, as the estimator uses it.
+
+    ``networks`` share one architecture; ``classes`` has shape (n_classes,) and ``class_names``
+    (optional) names each of them in that order; ``mean``/``scale`` (n_features,) or None.
+    """
+
+    networks: list[MLP]
+    classes: np.ndarray
+    params: dict
+    mean: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    class_names: list[str] | None = None
+    feature_names_in: list[str] | None = None
+    metadata: dict | None = None
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int | None = None
+
+
+def save(path, model: SavedModel) -> Path:
+    """Write ``model`` to ``path`` atomically (see ``write``)."""
+    net = model.networks[0]
+    arrays = {}
+    for k, member in enumerate(model.networks, start=1):  # W1, b1, ... then net2.W1, ...
+        arrays.update({array_name(name, k): p for name, p in zip(member.names, member.params)})
+    if model.mean is not None:
+        arrays["mean"], arrays["scale"] = model.mean, model.scale
+    classes = np.asarray(model.classes)
+    arrays["classes"] = classes.astype(str) if classes.dtype == object else classes
+    header = {
+        # From the networks themselves, not the params, which may have been set since fit.
+        "architecture": {"sizes": [int(s) for s in net.sizes], "activation": net.activation.name,
+                         "output": net.output.name, "loss": net.cost.name, "input_bias": net.input_bias,
+                         "standardize": model.mean is not None, "dtype": str(net.dtype),
+                         "n_networks": len(model.networks)},
+        "params": model.params,
+        "classes_dtype": "object" if classes.dtype == object else classes.dtype.str,
+        "feature_names_in": model.feature_names_in or None,
+        "class_names": None if model.class_names is None else
+                       [[_plain(c), str(n)] for c, n in zip(classes, model.class_names)],
+        "metadata": model.metadata,
+        "history": model.history,
+        "best_epoch": model.best_epoch,
+    }
+    return write(path, arrays, header)
+
+
+def load(path) -> SavedModel:
+    """The model stored in ``path``, its networks rebuilt, with ``ADDED``'s values for fields the
+    file predates; raise ``ModelError`` naming the file if it is unusable."""
+    arrays, header = read(path)
+    arch = {**ADDED["architecture"], **header["architecture"]}
+    dtype = np.dtype(arch["dtype"])
+    n_layers = len(arch["sizes"]) - 1
+    networks = [MLP.from_arrays(
+        [arrays[array_name(f"W{i}", k)].astype(dtype) for i in range(1, n_layers + 1)],
+        [arrays[array_name(f"b{i}", k)] for i in range(1, n_layers + 1)],
+        arrays.get(array_name("b0", k)) if arch["input_bias"] else None,
+        arch["activation"], arch["output"], arch["loss"]) for k in range(1, arch["n_networks"] + 1)]
+    classes = arrays["classes"]
+    classes = classes.astype(object) if header.get("classes_dtype") == "object" else classes
+    class_names = None
+    if header.get("class_names") is not None:
+        names = {label: name for label, name in header["class_names"]}
+        class_names = [names.get(_plain(c), str(c)) for c in classes]
+    return SavedModel(
+        networks=networks, classes=classes, params={**ADDED["params"], **header["params"]},
+        mean=arrays["mean"] if arch["standardize"] else None, scale=arrays["scale"] if arch["standardize"] else None,
+        class_names=class_names, feature_names_in=header.get("feature_names_in") or None,
+        metadata=header.get("metadata"), history=header.get("history") or [], best_epoch=header.get("best_epoch"))
+
+
+def _plain(label):
+    """A class label as a plain Python value (numpy scalars are not JSON)."""
+    return label.item() if isinstance(label, np.generic) else label
 
 
 def write(path, arrays: dict[str, np.ndarray], header: dict) -> Path:
@@ -191,7 +276,7 @@ def expected_shapes(arch: dict) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every array a model of architecture ``arch`` stores."""
     sizes = arch["sizes"]
     shapes = {}
-    for k in range(1, arch.get("n_networks", ARCHITECTURE_DEFAULTS["n_networks"]) + 1):
+    for k in range(1, arch.get("n_networks", ADDED["architecture"]["n_networks"]) + 1):
         for i in range(1, len(sizes)):
             shapes[array_name(f"W{i}", k)] = (sizes[i - 1], sizes[i])
             shapes[array_name(f"b{i}", k)] = (sizes[i],)

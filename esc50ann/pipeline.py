@@ -207,8 +207,7 @@ class Pipeline:
         """
         features = self.config.features.to_dict()
         features["sample_rate"] = features["sample_rate"] or verify.SAMPLE_RATE
-        return {"pipeline": self.config.name, "features": features,
-                "class_names": {str(k): v for k, v in self.download().names_by_target.items()}}
+        return {"pipeline": self.config.name, "features": features}
 
     def _new_run_dir(self) -> Path:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -227,7 +226,7 @@ class Pipeline:
         """Per-epoch lines for a single model's training (``verbose``)."""
         if not (self.progress and self.verbose):
             return None
-        total = self.config.estimator_params().get("max_epochs", ANNClassifier().max_epochs)
+        total = self.config.estimator_params()["max_epochs"]
         label = "final model" if fold is None else f"fold {fold}"
         return lambda row: progress_mod.note(f"{label}{' network ' + str(row['network']) if 'network' in row else ''} "
                                              f"epoch {row['epoch']}/{total}: loss {row['loss']:.4f}")

@@ -94,9 +94,7 @@ class Predictor:
             self.config = FeatureConfig(**meta["features"])
         except (TypeError, ConfigError) as exc:
             raise Esc50Error(f"{self.model_path}: feature configuration not understood ({exc})") from None
-        names = {int(k): v for k, v in (meta.get("class_names") or {}).items()}
-        self.class_names = getattr(self.model, "class_names_", None) or [
-            names.get(int(c), str(c)) for c in self.model.classes_]
+        self.class_names = getattr(self.model, "class_names_", None) or [str(c) for c in self.model.classes_]
         if hop is not None and not hop > 0:
             raise Esc50Error(f"hop {hop}: must be a positive number of seconds")
         self.hop = hop if hop is not None else self.config.duration / 2

@@ -25,7 +25,6 @@ import esc50ann
 from esc50ann.dataset import Dataset
 from esc50ann.errors import Esc50Error, one_line
 from esc50ann.evaluate import CVResult
-from esc50ann.model import ANNClassifier
 from esc50ann.fileio import atomic_path, json_default, write_text
 
 
@@ -98,7 +97,7 @@ def metrics(cv: CVResult, per_class: pd.DataFrame, *, pipeline: dict[str, Any],
         "per_class_precision": dict(zip(per_class["category"], per_class["precision"].astype(float))),
         "per_class_recall": dict(zip(per_class["category"], per_class["recall"].astype(float))),
         "per_class_f1": dict(zip(per_class["category"], per_class["f1"].astype(float))),
-        "seed": pipeline.get("training", {}).get("random_state", ANNClassifier().random_state),
+        "seed": pipeline["training"]["random_state"],
         "n_clips": int(per_class["total"].sum()),
         "folds": list(cv.folds),
         "validation_folds": {str(k): f.val_fold for k, f in cv.folds.items()},
@@ -118,9 +117,7 @@ IMAGES = (("confusion.png", "Confusion matrix"), ("confusion_normalized.png", "C
 def settings_lines(metrics: dict[str, Any]) -> list[str]:
     """What was run, in a few lines: source, features, network, training, evaluation, seed."""
     pipe = metrics["pipeline"]
-    defaults = ANNClassifier().get_params()  # a pipeline file lists only what it changes
-    f, e = pipe.get("features", {}), pipe.get("evaluation", {})
-    m, t = ({**defaults, **pipe.get(k, {})} for k in ("model", "training"))
+    f, e, m, t = (pipe.get(k, {}) for k in ("features", "evaluation", "model", "training"))
     return [
         f"- source: {metrics.get('source') or 'the dataset in the data root'}",
         f"- features: {f.get('representation')} of a {f.get('n_mels')}-band log-mel"

@@ -18,10 +18,10 @@ import numpy as np
 
 from esc50ann.errors import ModelError
 
-__all__ = ["evaluate", "train", "run_epoch", "EarlyStopping"]
+__all__ = ["score", "train", "run_epoch", "EarlyStopping"]
 
 
-def evaluate(net, X, Y, batch_size=2048):
+def score(net, X, Y, batch_size=2048):
     """Mean loss and accuracy (argmax of output vs argmax of target) of ``net`` on ``(X, Y)``.
 
     Rows go through in chunks of ``batch_size`` so memory stays bounded on large sets.
@@ -30,7 +30,7 @@ def evaluate(net, X, Y, batch_size=2048):
     for lo in range(0, len(X), batch_size):
         xb, yb = X[lo:lo + batch_size], Y[lo:lo + batch_size]
         s = net.forward(xb)
-        total += net._cost(s, np.asarray(yb, dtype=net.dtype)) * len(xb)
+        total += net.cost_of(s, yb) * len(xb)
         correct += int(np.count_nonzero(s.argmax(axis=1) == yb.argmax(axis=1)))
     return total / len(X), correct / len(X)
 
@@ -176,7 +176,7 @@ def train(net, X, Y, *, optimizer, batch_size=32, max_epochs=100, rng=None, mixu
             loss, accuracy = run_epoch(net, batches, optimizer, rng.permutation(len(batches.X)), epoch)
             row = {"epoch": epoch, "loss": loss, "accuracy": accuracy, "val_loss": None, "val_accuracy": None}
             if has_val:
-                row["val_loss"], row["val_accuracy"] = evaluate(net, X_val, Y_val)
+                row["val_loss"], row["val_accuracy"] = score(net, X_val, Y_val)
                 if not math.isfinite(row["val_loss"]):
                     raise _diverged(epoch, row["val_loss"], optimizer, "val_loss")
             row["seconds"] = time.perf_counter() - start

@@ -7,7 +7,7 @@ import pytest
 from esc50ann.errors import ConfigError, ModelError
 from esc50ann.mlp import MLP, Softmax
 from esc50ann.optim import SGD, make_optimizer
-from esc50ann.train import evaluate, train
+from esc50ann.train import score, train
 
 
 def numeric_grads(net, X, Y, h=1e-6):
@@ -203,7 +203,7 @@ def test_early_stopping_restores_the_best_weights():
                           max_epochs=200, rng=0, X_val=Xv, Y_val=Yv, patience=3)
     assert len(history) < 200 and best == len(history) - 3
     assert history[best - 1]["val_loss"] == min(h["val_loss"] for h in history)
-    assert evaluate(net, Xv, Yv)[0] == pytest.approx(history[best - 1]["val_loss"], rel=1e-12)
+    assert score(net, Xv, Yv)[0] == pytest.approx(history[best - 1]["val_loss"], rel=1e-12)
 
 
 def test_same_seed_same_run_and_callback():
@@ -226,12 +226,12 @@ def test_unknown_solver():
         make_optimizer("lbfgs", 0.1)
 
 
-def test_evaluate_scores_every_row_in_chunks():
+def test_score_goes_through_every_row_in_chunks():
     rng = np.random.default_rng(0)
     X, Y = rng.normal(size=(50, 5)), np.eye(3)[rng.integers(0, 3, 50)]
     net = MLP([5, 7, 3], loss="cross_entropy", dtype=np.float64, rng=0)
     s = net.forward(X)
-    loss, accuracy = evaluate(net, X, Y, batch_size=8)  # 7 chunks, the last of 2 rows
+    loss, accuracy = score(net, X, Y, batch_size=8)  # 7 chunks, the last of 2 rows
     assert loss == pytest.approx(net.loss(X, Y), rel=1e-12)
     assert accuracy == np.mean(s.argmax(axis=1) == Y.argmax(axis=1))
 

@@ -8,7 +8,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from esc50ann.errors import ConfigError, ModelError
 from esc50ann import modelfile
-from esc50ann.model import ANNClassifier, load_model
+from esc50ann.model import ANNClassifier
 
 
 # The defaults, as a user meets them, and two small variants (the estimator checks fit dozens
@@ -73,7 +73,7 @@ def test_bad_params_raise_config_error_naming_them(name, value):
 
 
 def test_list_of_sizes_from_toml_is_accepted():
-    ANNClassifier(hidden_layer_sizes=[8, 4])._validate_params()
+    ANNClassifier(hidden_layer_sizes=[8, 4])._check_params()
 
 
 def test_validation_set_and_callback():
@@ -124,7 +124,7 @@ def test_save_load_roundtrip(fitted, tmp_path):
     clf, X = fitted
     path = clf.save(tmp_path / "model.npz")
     assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]  # no temp file left behind
-    for loaded in (ANNClassifier.load(path), load_model(str(path))):
+    for loaded in (ANNClassifier.load(path), ANNClassifier.load(str(path))):
         np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
         assert list(loaded.classes_) == list(clf.classes_)
         assert loaded.get_params() == clf.get_params()
