@@ -27,7 +27,7 @@ MEL_BLOCK = 128  # frames per STFT block, see mel_power
 STATS = ("mean", "std", "min", "max", "mean_abs_diff", "std_diff")
 
 
-def read_audio(path, sample_rate: int | None = None, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+def read_audio(path, *, sample_rate: int | None = None, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """Read an audio file as mono float32, resampled to ``sample_rate``.
 
     Parameters
@@ -88,31 +88,31 @@ def fit_length(y: np.ndarray, n: int) -> np.ndarray:
     return np.pad(y, (0, n - len(y))) if len(y) < n else y
 
 
-def load_clip(path, duration: float, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+def load_clip(path, *, duration: float, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
     """Read a clip as mono float32, cut or zero-padded to ``round(duration * sr)`` samples.
 
     See :func:`read_audio` for the parameters and errors; ``duration`` is in seconds.
     """
-    y, sr = read_audio(path, sample_rate, max_seconds=duration)
+    y, sr = read_audio(path, sample_rate=sample_rate, max_seconds=duration)
     return np.ascontiguousarray(fit_length(y, int(round(duration * sr))), dtype=np.float32), sr
 
 
-MEL_BASES: dict[tuple, scipy.sparse.csr_matrix] = {}  # mel_basis's cache, shared with workers
+_MEL_BASES: dict[tuple, scipy.sparse.csr_matrix] = {}  # memo of mel_basis and shifted_mel_basis
 _WINDOWS: dict[int, np.ndarray] = {}
 
 
-def mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> scipy.sparse.csr_matrix:
+def mel_basis(*, sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None) -> scipy.sparse.csr_matrix:
     """``librosa.filters.mel`` as a sparse float32 (n_mels, 1 + n_fft // 2) matrix, cached."""
     key = (int(sr), int(n_fft), int(n_mels), float(fmin), None if fmax is None else float(fmax))
-    if key not in MEL_BASES:
+    if key not in _MEL_BASES:
         import librosa
 
         fb = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, dtype=np.float32)
-        MEL_BASES[key] = scipy.sparse.csr_matrix(fb)
-    return MEL_BASES[key]
+        _MEL_BASES[key] = scipy.sparse.csr_matrix(fb)
+    return _MEL_BASES[key]
 
 
-def pitch_shift_matrix(n_bins: int, semitones: float) -> scipy.sparse.csr_matrix:
+def pitch_shift_matrix(*, n_bins: int, semitones: float) -> scipy.sparse.csr_matrix:
     """Sparse (n_bins, n_bins) map of a power spectrum to the spectrum of the same sound with every
     frequency scaled by ``r = 2 ** (semitones / 12)``: output bin ``f`` takes the power at the
     (fractional) input bin ``f / r``, interpolated linearly; bins above ``(n_bins - 1) * r`` of a
@@ -132,18 +132,19 @@ def pitch_shift_matrix(n_bins: int, semitones: float) -> scipy.sparse.csr_matrix
                                     (np.concatenate([rows, rows]), np.concatenate([lo, hi]))), shape=(n_bins, n_bins))
 
 
-def shifted_mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None,
+def shifted_mel_basis(*, sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None,
                       semitones: tuple[float, ...]) -> scipy.sparse.csr_matrix:
     """The mel filterbanks of the clip and its pitch-shifted copies, stacked: shape
     (len(semitones) * n_mels, 1 + n_fft // 2); block ``i`` is ``mel_basis @ pitch_shift_matrix(., semitones[i])``
     (``0`` is the plain filterbank). Cached like ``mel_basis``."""
     key = ("shifted", int(sr), int(n_fft), int(n_mels), float(fmin), None if fmax is None else float(fmax),
            tuple(float(s) for s in semitones))
-    if key not in MEL_BASES:
-        basis = mel_basis(sr, n_fft, n_mels, fmin, fmax)
-        blocks = [basis if s == 0 else basis @ pitch_shift_matrix(basis.shape[1], s) for s in semitones]
-        MEL_BASES[key] = scipy.sparse.csr_matrix(scipy.sparse.vstack(blocks), dtype=np.float32)
-    return MEL_BASES[key]
+    if key not in _MEL_BASES:
+        basis = mel_basis(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+        blocks = [basis if s == 0 else basis @ pitch_shift_matrix(n_bins=basis.shape[1], semitones=s)
+                  for s in semitones]
+        _MEL_BASES[key] = scipy.sparse.csr_matrix(scipy.sparse.vstack(blocks), dtype=np.float32)
+    return _MEL_BASES[key]
 
 
 def _hann(n_fft: int) -> np.ndarray:
@@ -177,8 +178,9 @@ def power_spectrogram(y: np.ndarray, *, n_fft: int, hop_length: int) -> np.ndarr
     return _block_power(_frames(y, n_fft, hop_length), n_fft)
 
 
-def mel_power(y: np.ndarray, sr: int, *, n_fft: int, hop_length: int, n_mels: int, fmin: float,
-              fmax: float | None, semitones: tuple[float, ...] | None = None) -> np.ndarray:
+def mel_power(y: np.ndarray, sr: int, *, n_fft: int, hop_length: int, n_mels: int, fmin: float = 0.0,
+              fmax: float | None = None, semitones: tuple[float, ...] | None = None,
+              basis: scipy.sparse.csr_matrix | None = None) -> np.ndarray:
     """Mel power spectrogram, ``mel_basis @ power_spectrogram(y)``, computed in time blocks.
 
     Blocks of ``MEL_BLOCK`` frames keep the frames, the spectrum and the power in the CPU
@@ -189,16 +191,18 @@ def mel_power(y: np.ndarray, sr: int, *, n_fft: int, hop_length: int, n_mels: in
     semitones : tuple of float, optional
         Also the mel spectrograms of the clip pitch-shifted by each of these (``0``: unshifted),
         from the same STFT (``shifted_mel_basis``).
+    basis : sparse matrix, optional
+        The filterbank these settings give (``mel_basis`` or, with ``semitones``,
+        ``shifted_mel_basis``), when the caller built it already (a worker handed it by its parent).
 
     Returns
     -------
     np.ndarray, shape (n_mels, 1 + len(y) // hop_length), float32;
     with ``semitones``, shape (len(semitones), n_mels, 1 + len(y) // hop_length)
     """
-    if semitones is None:
-        basis = mel_basis(sr, n_fft, n_mels, fmin, fmax)
-    else:
-        basis = shifted_mel_basis(sr, n_fft, n_mels, fmin, fmax, tuple(semitones))
+    bands = dict(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    if basis is None:
+        basis = mel_basis(**bands) if semitones is None else shifted_mel_basis(**bands, semitones=tuple(semitones))
     frames = _frames(y, n_fft, hop_length)
     out = np.empty((basis.shape[0], frames.shape[0]), np.float32)
     for start in range(0, frames.shape[0], MEL_BLOCK):
@@ -218,7 +222,7 @@ def _power_to_db(S: np.ndarray, top_db: float | None) -> np.ndarray:
 
 def log_mel(y: np.ndarray, sr: int, *, n_fft: int = 2048, hop_length: int = 512, n_mels: int = 128,
             fmin: float = 0.0, fmax: float | None = None, top_db: float | None = 80.0,
-            semitones: tuple[float, ...] | None = None) -> np.ndarray:
+            semitones: tuple[float, ...] | None = None, basis: scipy.sparse.csr_matrix | None = None) -> np.ndarray:
     """Log-mel spectrogram in dB relative to its maximum.
 
     Same numbers as ``librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=sr, ...),
@@ -231,6 +235,8 @@ def log_mel(y: np.ndarray, sr: int, *, n_fft: int = 2048, hop_length: int = 512,
     semitones : tuple of float, optional
         Also the log-mels of the clip pitch-shifted by each of these (see ``mel_power``), each
         in dB relative to its own maximum.
+    basis : sparse matrix, optional
+        The filterbank, when already built (see ``mel_power``).
 
     Returns
     -------
@@ -238,7 +244,7 @@ def log_mel(y: np.ndarray, sr: int, *, n_fft: int = 2048, hop_length: int = 512,
     with ``semitones``, shape (len(semitones), n_mels, 1 + n_samples // hop_length)
     """
     mel = mel_power(y, sr, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, fmin=fmin, fmax=fmax,
-                    semitones=semitones)
+                    semitones=semitones, basis=basis)
     if semitones is None:
         return _power_to_db(mel, top_db)
     return np.stack([_power_to_db(m, top_db) for m in mel])
@@ -278,8 +284,8 @@ def modulation_spectrum(S_db: np.ndarray, *, frame_rate: float, edges: tuple[flo
     return np.log(out + np.float32(1e-3)).astype(np.float32, copy=False)
 
 
-def channels(S_db: np.ndarray, *, deltas: bool = False, n_mfcc: int = 0) -> list[np.ndarray]:
-    """The log-mel plus the optional delta (n_mels, T) and MFCC (n_mfcc, T) channels."""
+def planes(S_db: np.ndarray, *, deltas: bool = False, n_mfcc: int = 0) -> list[np.ndarray]:
+    """The log-mel plus the optional delta (n_mels, T) and MFCC (n_mfcc, T) planes."""
     out = [S_db]
     if deltas or n_mfcc:
         import librosa  # only these options pay for importing librosa.core in workers
@@ -291,18 +297,18 @@ def channels(S_db: np.ndarray, *, deltas: bool = False, n_mfcc: int = 0) -> list
     return out
 
 
-def flatten(channels: list[np.ndarray], time_pool: int = 1) -> np.ndarray:
-    """Average-pool each (bands, T) channel over time by ``time_pool`` frames, then flatten.
+def flatten(planes: list[np.ndarray], *, time_pool: int = 1) -> np.ndarray:
+    """Average-pool each (bands, T) plane over time by ``time_pool`` frames, then flatten.
 
     The last group averages the ``T % time_pool`` remaining frames if any, so no frame is
-    dropped: each channel gives bands * ceil(T / time_pool) values, band-major.
+    dropped: each plane gives bands * ceil(T / time_pool) values, band-major.
 
     Returns
     -------
     np.ndarray, shape (sum_c bands_c * ceil(T / time_pool),), float32
     """
     parts = []
-    for c in channels:
+    for c in planes:
         c = np.asarray(c, dtype=np.float32)
         if time_pool > 1:
             starts = np.arange(0, c.shape[1], time_pool)
@@ -312,20 +318,20 @@ def flatten(channels: list[np.ndarray], time_pool: int = 1) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32, copy=False)
 
 
-def band_stats(channels: list[np.ndarray]) -> np.ndarray:
-    """Per-band summary over time of each (bands, T) channel.
+def band_stats(planes: list[np.ndarray]) -> np.ndarray:
+    """Per-band summary over time of each (bands, T) plane.
 
-    For each channel, six blocks of ``bands`` values, in ``STATS`` order: mean, std, min,
+    For each plane, six blocks of ``bands`` values, in ``STATS`` order: mean, std, min,
     max over time, and the mean of |x[t+1] - x[t]| and the std of x[t+1] - x[t]. (The plain
     mean of the difference telescopes to (x[T-1] - x[0]) / (T-1); its absolute value measures
-    how much a band fluctuates.) Channels are concatenated in order.
+    how much a band fluctuates.) Planes are concatenated in order.
 
     Returns
     -------
     np.ndarray, shape (6 * sum_c bands_c,), float32
     """
     parts = []
-    for c in channels:
+    for c in planes:
         c = np.asarray(c, dtype=np.float32)
         d = np.diff(c, axis=1) if c.shape[1] > 1 else np.zeros((c.shape[0], 1), np.float32)
         parts += [c.mean(axis=1), c.std(axis=1), c.min(axis=1), c.max(axis=1),

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from esc50ann.errors import ConfigError
-from esc50ann.features import FeatureConfig
+from esc50ann.recipe import FeatureConfig
 from esc50ann.model import ANNClassifier, default_params
 from esc50ann.params import Boolean, InstanceOf, Integral, Interval, ListOf, Options, Pattern, reject_unknown, validate
 
@@ -146,19 +146,28 @@ def load(path: str | Path) -> PipelineConfig:
         Missing file, invalid TOML, unknown key, wrong type or invalid value; the message names
         the file and the key.
     """
+    return from_dict(read_toml(path, "pipeline"), where=str(path))
+
+
+def read_toml(path: str | Path, kind: str) -> dict[str, Any]:
+    """The TOML document in ``path`` (a ``kind`` file: "pipeline", "sweep").
+
+    Raises
+    ------
+    ConfigError
+        Missing or unreadable file, not UTF-8, invalid TOML; the message names the file.
+    """
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            doc = tomllib.load(fh)
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: pipeline file not found") from None
+        raise ConfigError(f"{path}: {kind} file not found") from None
     except OSError as exc:  # a folder, no permission, ...
-        raise ConfigError(f"{path}: cannot read pipeline file ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        raise ConfigError(f"{path}: cannot read {kind} file ({exc.strerror})") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8") from None
-    return from_dict(doc, where=str(path))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 
 
 def from_dict(doc: dict[str, Any], where: str = "<config>") -> PipelineConfig:

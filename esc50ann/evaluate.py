@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-from joblib import Parallel, delayed
-from threadpoolctl import threadpool_limits
 
 from esc50ann import folds as folds_mod
 from esc50ann.dataset import Dataset
@@ -25,7 +23,7 @@ from esc50ann.errors import DatasetError
 from esc50ann.folds import Split
 from esc50ann.model import ANNClassifier, default_params
 from esc50ann import progress as progress_mod
-from esc50ann.worker import exit_with_parent
+from esc50ann.parallel import Runner
 
 
 @dataclass
@@ -93,13 +91,6 @@ class CVResult:
         """Sample standard deviation (ddof=1) over test folds; 0 for a single fold."""
         values = list(self.fold_accuracy.values())
         return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
-def make_splits(dataset: Dataset, folds=None, validation: str = "auto") -> list[Split]:
-    """The splits for ``folds`` (default: every listed fold) under a validation policy:
-    ``"auto"`` holds out the next listed fold for early stopping, ``"none"`` trains on every
-    non-test fold."""
-    return folds_mod.splits(dataset, folds, val_fold="auto" if validation == "auto" else None)
 
 
 def training_rows(X: np.ndarray, y: np.ndarray, rows: np.ndarray, X_aug: np.ndarray | None = None):
@@ -193,26 +184,15 @@ def cross_validate(X: np.ndarray, dataset: Dataset, params: dict[str, Any], *, f
     """
     if X.shape[0] != len(dataset):
         raise DatasetError(f"features have {X.shape[0]} rows but the dataset has {len(dataset)} clips")
-    splits = make_splits(dataset, folds, validation)
+    splits = folds_mod.splits(dataset, folds, val_fold=validation)
     y = dataset.targets
     with _EpochReporter(splits, params, progress=progress, verbose=verbose,
                         across_processes=n_jobs != 1) as reporter:
-        if n_jobs == 1:
-            results = []
-            for split in splits:
-                results.append(fit_fold(X, y, split, params, refit=refit, callback=reporter.callback(split.test_fold),
-                                        X_aug=X_aug))
-                reporter.done(results[-1])
-        else:
-            jobs = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-                delayed(_fit_fold_single_thread)(X, y, s, params, refit, reporter.callback(s.test_fold), X_aug)
-                for s in splits)
-            results = []
-            for result in jobs:
-                results.append(result)
-                reporter.done(result)
-            order = [s.test_fold for s in splits]
-            results.sort(key=lambda r: order.index(r.test_fold))
+        tasks = [(X, y, s, params, refit, reporter.callback(s.test_fold), X_aug) for s in splits]
+        results = [None] * len(splits)
+        for position, result in Runner(n_jobs).map(_fit, tasks):
+            results[position] = result
+            reporter.done(result)
     classes = results[0].model.classes_
     names = dataset.names_by_target
     return CVResult(folds={r.test_fold: r for r in results}, classes=classes,
@@ -270,9 +250,7 @@ class _EpochReporter:
         bar.update()
         bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
         if self.verbose:
-            network = f" network {row['network']}" if "network" in row else ""
-            progress_mod.note(f"fold {fold}{network} epoch {row['epoch']}/{self.epochs}: loss {row['loss']:.4f}, "
-                              f"training accuracy {100 * row['accuracy']:.1f} %")
+            progress_mod.note(progress_mod.epoch_line(f"fold {fold}", row, self.epochs))
 
     def done(self, result):
         self.bars[result.test_fold].close()
@@ -289,8 +267,5 @@ def _put_row(queue, fold, row):
     queue.put((fold, row))
 
 
-def _fit_fold_single_thread(X, y, split, params, refit, callback=None, X_aug=None):
-    exit_with_parent()
-    # Parallel folds share the cores; one BLAS thread each avoids oversubscription.
-    with threadpool_limits(limits=1):
-        return fit_fold(X, y, split, params, refit=refit, callback=callback, X_aug=X_aug)
+def _fit(X, y, split, params, refit, callback, X_aug):
+    return fit_fold(X, y, split, params, refit=refit, callback=callback, X_aug=X_aug)

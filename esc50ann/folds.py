@@ -41,9 +41,10 @@ def split(dataset: Dataset, test_fold: int, val_fold: int | None | str = None) -
     dataset : Dataset
     test_fold : int
         A fold listed in the metadata.
-    val_fold : int, None or "auto"
-        A different listed fold, None for no validation set, or ``"auto"`` for the next
-        listed fold after ``test_fold`` (cyclically).
+    val_fold : int, "auto", "none" or None
+        A different listed fold; ``"auto"`` for the next listed fold after ``test_fold``
+        (cyclically); ``"none"`` or None for no validation set. (``"auto"``/``"none"`` are the
+        pipelines' ``[evaluation] validation`` values.)
 
     Returns
     -------
@@ -85,8 +86,9 @@ def splits(dataset: Dataset, folds=None, val_fold: int | None | str = "auto") ->
 
 def final_split(dataset: Dataset, val_fold: int | None | str = None) -> Split:
     """Every fold for training a final model (no test rows), optionally ``val_fold`` held out
-    for early stopping (``"auto"``: the last listed fold)."""
+    for early stopping (``"auto"``: the last listed fold; ``"none"`` or None: no validation)."""
     folds = dataset.folds
+    val_fold = None if val_fold == "none" else val_fold
     if val_fold == "auto":
         val_fold = folds[-1]
     elif val_fold is not None:
@@ -110,12 +112,12 @@ def _known_fold(fold, folds: list[int], role: str) -> int:
 
 
 def _pick_val_fold(val_fold, test_fold: int, folds: list[int]) -> int | None:
-    """Resolve None / "auto" / an explicit validation fold."""
-    if val_fold is None:
+    """Resolve None / "none" / "auto" / an explicit validation fold."""
+    if val_fold is None or val_fold == "none":
         return None
     if isinstance(val_fold, str):
         if val_fold != "auto":
-            raise DatasetError(f"validation fold {val_fold!r}: expected a fold number, None or 'auto'")
+            raise DatasetError(f"validation fold {val_fold!r}: expected a fold number, None or 'auto' (or 'none')")
         return folds[(folds.index(test_fold) + 1) % len(folds)]
     val_fold = _known_fold(val_fold, folds, "validation")
     if val_fold == test_fold:

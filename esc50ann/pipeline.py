@@ -32,7 +32,7 @@ from esc50ann import features as features_mod
 from esc50ann.config import PipelineConfig
 from esc50ann.dataset import Dataset
 from esc50ann.errors import DatasetError, Esc50Error
-from esc50ann.evaluate import CVResult, cross_validate, fit_fold, make_splits
+from esc50ann.evaluate import CVResult, cross_validate, fit_fold
 from esc50ann.features import FeatureSet
 from esc50ann.model import ANNClassifier
 from esc50ann.report import write_run
@@ -54,7 +54,8 @@ class Pipeline:
     config : PipelineConfig
         What to run (see ``esc50ann.config``).
     data_dir : path, optional
-        Data root; default ``$ESC50ANN_DATA_DIR`` or ``./data``.
+        Data root (``esc50ann.paths.data_dir``: ``$ESC50ANN_DATA_DIR``, a checkout's ``data/``, else
+        the per-user data directory).
     source : str, optional
         Dataset source, overriding ``$ESC50ANN_SOURCE`` and the config's ``[dataset] source``.
     n_jobs : int
@@ -109,14 +110,14 @@ class Pipeline:
         return self._dataset
 
     def features(self) -> FeatureSet:
-        """Features of every clip of the dataset, computed once and cached under the data root."""
+        """Features of every clip of the dataset, computed once and cached under the data root.
+        Its ``dataset`` holds the clips of its rows (without any clip skipped): what the later
+        stages train and score on."""
         if self._features is None:
             dataset = self.download()
             with self._timed("features"):
                 self._features = features_mod.extract(dataset, self.config.features, self.cache_dir,
                                                       n_jobs=self.n_jobs, progress=self.progress)
-            if self._features.skipped:  # keep dataset rows aligned with feature rows
-                self._dataset = dataset.select(self._features.filenames)
             f = self._features
             self._note("features", f"{f.X.shape[0]} x {f.X.shape[1]} "
                                    f"{'from the cache' if f.from_cache else 'computed'} (key {f.key})"
@@ -138,7 +139,7 @@ class Pipeline:
         evaluation = self.config.evaluation
         with self._timed("cross_validation"):
             cv = cross_validate(
-                np.asarray(feats.X), self.download(), self.config.estimator_params(), folds=folds,
+                np.asarray(feats.X), feats.dataset, self.config.estimator_params(), folds=folds,
                 validation=evaluation.validation, refit=evaluation.refit,
                 n_jobs=n_jobs or evaluation.n_jobs, progress=self.progress, verbose=self.verbose,
                 X_aug=None if feats.X_aug is None else np.asarray(feats.X_aug))
@@ -156,7 +157,7 @@ class Pipeline:
                      "features_from_cache": feats.from_cache,
                      "skipped_clips": [list(s) for s in feats.skipped],
                      "fold_train_seconds": {str(k): f.seconds for k, f in cv.folds.items()}}
-            metrics = write_run(run_dir, cv, self.download(), pipeline=self.config.to_dict(),
+            metrics = write_run(run_dir, cv, feats.dataset, pipeline=self.config.to_dict(),
                                 timings=dict(self.timings), extra=extra, model_metadata=self.model_metadata())
         self._note("report", str(run_dir))
         return RunResult(run_dir, metrics, cv)
@@ -173,12 +174,12 @@ class Pipeline:
         The model's ``metadata_`` carries what ``esc50ann predict`` needs (feature configuration,
         class names) and, with a test fold, its accuracy there.
         """
-        feats, dataset = self.features(), self.download()
-        evaluation = self.config.evaluation
+        feats = self.features()
+        dataset, evaluation = feats.dataset, self.config.evaluation
         if test_fold is None:
-            split = folds_mod.final_split(dataset, "auto" if evaluation.validation == "auto" else None)
+            split = folds_mod.final_split(dataset, evaluation.validation)
         else:
-            split, = make_splits(dataset, [test_fold], evaluation.validation)
+            split = folds_mod.split(dataset, test_fold, evaluation.validation)
         with self._timed("train"):
             result = fit_fold(np.asarray(feats.X), dataset.targets, split, self.config.estimator_params(),
                               refit=evaluation.refit, callback=self._epoch_callback(test_fold),
@@ -228,8 +229,7 @@ class Pipeline:
             return None
         total = self.config.estimator_params()["max_epochs"]
         label = "final model" if fold is None else f"fold {fold}"
-        return lambda row: progress_mod.note(f"{label}{' network ' + str(row['network']) if 'network' in row else ''} "
-                                             f"epoch {row['epoch']}/{total}: loss {row['loss']:.4f}")
+        return lambda row: progress_mod.note(progress_mod.epoch_line(label, row, total))
 
     def _note(self, stage: str, result: str) -> None:
         """The stage's line: what it gave and how long it took."""

@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from esc50ann import audio
-from esc50ann import features as features_mod
 from esc50ann.errors import ConfigError, Esc50Error, FeatureError
-from esc50ann.features import FeatureConfig
+from esc50ann.recipe import FeatureConfig, signal_features
 from esc50ann.model import ANNClassifier
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
@@ -103,7 +102,7 @@ class Predictor:
         """Classify one recording; a problem with the file is returned in ``Prediction.error``."""
         path = Path(path)
         try:
-            y, sr = audio.read_audio(path, self.config.sample_rate)
+            y, sr = audio.read_audio(path, sample_rate=self.config.sample_rate)
             starts, X = self._windows(y, sr)
             if not np.isfinite(X).all():
                 raise FeatureError(f"{path}: its samples give non-finite features (values far outside [-1, 1]?)")
@@ -129,7 +128,7 @@ class Predictor:
         starts = list(range(0, last + 1, hop))
         if starts[-1] != last:  # the end of the recording gets a window too
             starts.append(last)
-        X = np.stack([features_mod.signal_features(audio.fit_length(y[s:s + n], n), sr, self.config)
+        X = np.stack([signal_features(audio.fit_length(y[s:s + n], n), sr, self.config)
                       for s in starts])
         return [s / sr for s in starts], X
 

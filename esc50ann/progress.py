@@ -49,6 +49,13 @@ def bar(iterable=None, *, enabled: bool = True, **kwargs) -> tqdm:
     return tqdm(iterable, disable=not (enabled and interactive()), **kwargs)
 
 
+def epoch_line(label: str, row: dict, total: int) -> str:
+    """The ``-v`` line of one training epoch (a history row) of ``label`` ("fold 2", "final model")."""
+    network = f" network {row['network']}" if "network" in row else ""
+    return (f"{label}{network} epoch {row['epoch']}/{total}: loss {row['loss']:.4f}, "
+            f"training accuracy {100 * row['accuracy']:.1f} %")
+
+
 def note(message: str, *, enabled: bool = True) -> None:
     """One line on stderr (through tqdm, so it does not break a bar being drawn)."""
     if enabled:

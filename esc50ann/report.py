@@ -1,18 +1,19 @@
-"""Reports of a cross-validation run: metrics, tables, plots and a readable summary.
+"""Reports of cross-validation runs and sweeps: metrics, tables, plots and a readable summary.
 
 A run folder holds::
 
     per_class.csv  confusion.csv  predictions.csv  confusion.png  learning_curves.png
-    report.md  fold-K.npz (one model per test fold)  metrics.json (written last)
+    report.md  report.html  fold-K.npz (one model per test fold)  metrics.json (written last)
 
-``metrics.json`` is written last, so a folder without it is an interrupted run.
+and a sweep folder (``esc50ann.sweep``) ``sweep.csv  per_class.csv  scores.png  report.md
+metrics.json``. ``metrics.json`` is written last, so a folder without it is an interrupted run.
 """
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
-import platform
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
-import esc50ann
+from esc50ann import provenance
 from esc50ann.dataset import Dataset
 from esc50ann.errors import Esc50Error, one_line
 from esc50ann.evaluate import CVResult
@@ -45,9 +46,11 @@ def predictions_table(cv: CVResult, dataset: Dataset) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def per_class_table(predictions: pd.DataFrame, cv: CVResult) -> pd.DataFrame:
-    """Per class: category, target, correct, total, accuracy (= recall: the share of the class's
-    clips recognised), precision, recall, F1 (scikit-learn's), then accuracy per test fold."""
+def per_class_table(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Per class of a predictions table (``predictions_table``'s columns ``fold``, ``true``,
+    ``true_target``, ``predicted_target``): category, target, correct, total, accuracy (= recall:
+    the share of the class's clips recognised), precision, recall, F1 (scikit-learn's), then
+    accuracy per test fold."""
     hit = predictions["true_target"] == predictions["predicted_target"]
     grouped = hit.groupby(predictions["true_target"])
     table = pd.DataFrame({"correct": grouped.sum().astype(int), "total": grouped.size()})
@@ -58,7 +61,8 @@ def per_class_table(predictions: pd.DataFrame, cv: CVResult) -> pd.DataFrame:
     table["precision"], table["recall"], table["f1"] = precision, recall, f1
     for fold in by_fold.columns:
         table[f"fold_{fold}"] = by_fold[fold]
-    table.insert(0, "category", [cv.names_by_target[t] for t in table.index])
+    names = dict(zip(predictions["true_target"], predictions["true"]))
+    table.insert(0, "category", [names[t] for t in table.index])
     return table.rename_axis("target").reset_index()[["category", "target", *table.columns[1:]]]
 
 
@@ -81,9 +85,6 @@ def most_confused(confusion: pd.DataFrame, k: int = 10) -> list[tuple[str, str, 
 def metrics(cv: CVResult, per_class: pd.DataFrame, *, pipeline: dict[str, Any],
             timings: dict[str, float], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run's ``metrics.json`` content."""
-    import librosa
-    import sklearn
-
     truth = np.concatenate([f.y_true for f in cv.folds.values()])
     guess = np.concatenate([f.y_pred for f in cv.folds.values()])
     return {
@@ -103,8 +104,7 @@ def metrics(cv: CVResult, per_class: pd.DataFrame, *, pipeline: dict[str, Any],
         "validation_folds": {str(k): f.val_fold for k, f in cv.folds.items()},
         "best_epochs": {str(k): f.best_epoch for k, f in cv.folds.items()},
         "pipeline": pipeline,
-        "versions": {"esc50ann": esc50ann.__version__, "numpy": np.__version__, "librosa": librosa.__version__,
-                     "scikit-learn": sklearn.__version__, "python": platform.python_version()},
+        "versions": provenance.versions("numpy", "librosa", "scikit-learn"),
         "timings_seconds": timings,
         **(extra or {}),
     }
@@ -145,15 +145,41 @@ def summary(metrics: dict[str, Any], per_class: pd.DataFrame, confused: list[tup
               "", "| fold | " + " | ".join(metrics["fold_accuracy"]) + " |",
               "|---|" + "---|" * len(metrics["fold_accuracy"]),
               "| accuracy | " + " | ".join(f"{100 * v:.1f} %" for v in metrics["fold_accuracy"].values()) + " |",
-              "", "## Per-class accuracy (worst first)", "",
-              "| category | correct / total | accuracy | precision | F1 |", "|---|---|---|---|---|"]
-    for row in per_class.sort_values(["accuracy", "category"]).itertuples():
-        lines.append(f"| {row.category} | {row.correct} / {row.total} | {100 * row.accuracy:.1f} % | "
-                     f"{100 * row.precision:.1f} % | {100 * row.f1:.1f} % |")
+              "", *_per_class_lines(per_class)]
     if confused:
         lines += ["", "## Most confused pairs", "", "| true | predicted as | clips |", "|---|---|---|"]
         lines += [f"| {t} | {p} | {n} |" for t, p, n in confused]
     lines += ["", "## Images", ""] + [f"![{title}]({file})" for file, title in IMAGES]
+    return "\n".join(lines) + "\n"
+
+
+def _per_class_lines(per_class: pd.DataFrame) -> list[str]:
+    """The per-class table of a report, worst class first, as Markdown lines."""
+    lines = ["## Per-class accuracy (worst first)", "",
+             "| category | correct / total | accuracy | precision | F1 |", "|---|---|---|---|---|"]
+    for row in per_class.sort_values(["accuracy", "category"]).itertuples():
+        lines.append(f"| {row.category} | {row.correct} / {row.total} | {100 * row.accuracy:.1f} % | "
+                     f"{100 * row.precision:.1f} % | {100 * row.f1:.1f} % |")
+    return lines
+
+
+def sweep_summary(metrics: dict[str, Any], per_class: pd.DataFrame) -> str:
+    """A sweep's ``report.md``: the nested figure, the optimistic one beside it, the configuration
+    chosen for each outer fold, the nested predictions per class."""
+    folds = ", ".join(map(str, metrics["folds"]))
+    lines = [f"# Sweep {metrics['sweep']} over `{metrics['base_pipeline']}` ({metrics['n_configurations']} "
+             f"configurations, {metrics['n_tasks']} tasks, folds {folds})", "",
+             f"**Nested accuracy: {100 * metrics['nested_accuracy_mean']:.1f} % ± "
+             f"{100 * metrics['nested_accuracy_std']:.1f}** — the honest figure: each outer fold scored by the "
+             "configuration its inner cross-validation chose.", "",
+             f"Optimistic: {100 * metrics['optimistic_accuracy_mean']:.1f} % — the best configuration by plain "
+             "cross-validation over the same folds it is reported on (selection saw the test folds).", "",
+             "| outer fold | chosen configuration | nested accuracy |", "|---|---|---|"]
+    lines += [f"| {k} | {json.dumps(c)} | {100 * metrics['nested_fold_accuracy'][k]:.1f} % |"
+              for k, c in metrics["chosen_configuration"].items()]
+    lines += ["", f"Best by outer-fold CV: {json.dumps(metrics['optimistic_configuration'])}", "",
+              *_per_class_lines(per_class), "",
+              "Files: `sweep.csv` (every task's score), `per_class.csv` (nested predictions), `scores.png`."]
     return "\n".join(lines) + "\n"
 
 
@@ -254,16 +280,40 @@ def _save(fig, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=110)
 
 
+def _begin_folder(folder: Path) -> Path:
+    """Make ``folder`` ready for a report: created, and -- when reused -- no longer looking finished
+    until the new ``metrics.json`` lands (``_finish_folder``)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").unlink(missing_ok=True)
+    return folder
+
+
+def _finish_folder(folder: Path, result: dict[str, Any]) -> None:
+    """Write ``metrics.json``, last: its presence is what marks a finished report folder."""
+    write_text(folder / "metrics.json", json.dumps(result, indent=2, default=json_default))
+
+
+def write_sweep(out_dir: Path, result: dict[str, Any], *, scores: pd.DataFrame, per_class: pd.DataFrame,
+                figure) -> None:
+    """Write a sweep's report folder: ``sweep.csv``, ``per_class.csv``, ``scores.png`` (``figure()``
+    draws it), ``report.md`` and, last, ``metrics.json`` (``result``)."""
+    out_dir = _begin_folder(out_dir)
+    write_text(out_dir / "sweep.csv", scores.to_csv(index=False))
+    write_text(out_dir / "per_class.csv", per_class.to_csv(index=False))
+    with contextlib.suppress(Exception):  # a plot must never lose the figures
+        _save(figure(), out_dir / "scores.png")
+    write_text(out_dir / "report.md", sweep_summary(result, per_class))
+    _finish_folder(out_dir, result)
+
+
 def write_run(run_dir: Path, cv: CVResult, dataset: Dataset, *, pipeline: dict[str, Any],
               timings: dict[str, float], extra: dict[str, Any] | None = None, save_models: bool = True,
               model_metadata: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write every report file of a run into ``run_dir``; ``metrics.json`` last. Returns the metrics."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # Reusing a folder: until the new metrics.json lands, it must not look like a finished run.
-    (run_dir / "metrics.json").unlink(missing_ok=True)
+    run_dir = _begin_folder(run_dir)
     predictions = predictions_table(cv, dataset)
-    per_class = per_class_table(predictions, cv)
+    per_class = per_class_table(predictions)
     confusion = confusion_table(predictions, cv)
     write_text(run_dir / "predictions.csv", predictions.to_csv(index=False))
     write_text(run_dir / "per_class.csv", per_class.to_csv(index=False))
@@ -278,7 +328,7 @@ def write_run(run_dir: Path, cv: CVResult, dataset: Dataset, *, pipeline: dict[s
     result = metrics(cv, per_class, pipeline=pipeline, timings=timings, extra=extra)
     write_text(run_dir / "report.md", summary(result, per_class, most_confused(confusion)))
     write_text(run_dir / "report.html", html_page(result, per_class, run_dir))
-    write_text(run_dir / "metrics.json", json.dumps(result, indent=2, default=json_default))
+    _finish_folder(run_dir, result)
     return result
 
 

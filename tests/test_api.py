@@ -31,12 +31,12 @@ def test_feature_set_has_labels_names_and_a_frame(pipe):
 
 def test_feature_names_follow_the_stats_layout():
     from esc50ann import audio
-    from esc50ann.features import FeatureConfig, feature_names
+    from esc50ann.recipe import FeatureConfig, feature_names
 
     config = FeatureConfig(n_mels=4, deltas=True, n_mfcc=3)
-    chans = audio.channels(np.random.default_rng(0).normal(size=(4, 20)).astype(np.float32), deltas=True, n_mfcc=3)
+    chans = audio.planes(np.random.default_rng(0).normal(size=(4, 20)).astype(np.float32), deltas=True, n_mfcc=3)
     values = audio.band_stats(chans)
-    names = feature_names(config, len(values))
+    names = feature_names(config)
     assert len(names) == len(values) == 6 * (4 + 4 + 3)
     assert values[names.index("delta_max_2")] == pytest.approx(chans[1][2].max())
     assert values[names.index("mfcc_std_1")] == pytest.approx(chans[2][1].std())

@@ -20,26 +20,26 @@ def _wav(path, y, sr=SR, subtype="PCM_16"):
 
 def test_load_clip_pads_crops_and_mixes(tmp_path):
     short = _wav(tmp_path / "short.wav", synth.tone(0, 0, duration=1.0))
-    y, sr = A.load_clip(short, 5.0)
+    y, sr = A.load_clip(short, duration=5.0)
     assert sr == SR and y.shape == (5 * SR,) and y.dtype == np.float32
     np.testing.assert_array_equal(y[:SR], sf.read(short, dtype="float32")[0])
     assert not y[SR:].any()
 
     long = _wav(tmp_path / "long.wav", synth.tone(1, 1, duration=7.0))
-    y, _ = A.load_clip(long, 5.0)
+    y, _ = A.load_clip(long, duration=5.0)
     np.testing.assert_array_equal(y, sf.read(long, dtype="float32")[0][:5 * SR])
 
     stereo = np.stack([synth.tone(0, 2), 0.5 * synth.tone(14, 3)], axis=1)
     path = _wav(tmp_path / "stereo.wav", stereo, subtype="FLOAT")
-    y, _ = A.load_clip(path, 5.0)
+    y, _ = A.load_clip(path, duration=5.0)
     np.testing.assert_allclose(y, stereo.mean(axis=1), atol=1e-7)
 
 
 def test_load_clip_other_rate_native_and_resampled(tmp_path):
     path = _wav(tmp_path / "22k.wav", synth.tone(0, 0, sample_rate=22050, duration=4.0), sr=22050)
-    y, sr = A.load_clip(path, 5.0)
+    y, sr = A.load_clip(path, duration=5.0)
     assert sr == 22050 and y.shape == (5 * 22050,)
-    y, sr = A.load_clip(path, 5.0, sample_rate=16000)
+    y, sr = A.load_clip(path, duration=5.0, sample_rate=16000)
     assert sr == 16000 and y.shape == (80000,) and y.dtype == np.float32
     ref = librosa.resample(sf.read(path, dtype="float32")[0], orig_sr=22050, target_sr=16000, res_type="soxr_hq")
     np.testing.assert_allclose(y[:60000], ref[:60000], atol=1e-4)
@@ -57,15 +57,15 @@ def test_load_clip_rejects_bad_files_by_name(tmp_path):
     for name, make in cases.items():
         make(tmp_path / name)
         with pytest.raises(FeatureError, match=name) as info:
-            A.load_clip(tmp_path / name, 5.0)
+            A.load_clip(tmp_path / name, duration=5.0)
         assert "\n" not in str(info.value)
     with pytest.raises(FeatureError, match="non-finite"):
-        A.load_clip(tmp_path / "nan.wav", 5.0)
+        A.load_clip(tmp_path / "nan.wav", duration=5.0)
     (tmp_path / "zero.wav").write_bytes(b"")
     with pytest.raises(FeatureError, match=r"empty audio file .*zero.wav \(0 bytes\)$"):
-        A.load_clip(tmp_path / "zero.wav", 5.0)
+        A.load_clip(tmp_path / "zero.wav", duration=5.0)
     with pytest.raises(FeatureError) as info:
-        A.load_clip(tmp_path / "text.wav", 5.0)
+        A.load_clip(tmp_path / "text.wav", duration=5.0)
     assert str(info.value).count("text.wav") == 1  # the path said once, not again by soundfile
 
 
@@ -87,7 +87,7 @@ def test_power_spectrogram_and_blocked_mel_match_librosa():
     assert P.shape == ref.shape and P.dtype == np.float32
     np.testing.assert_allclose(P, ref, rtol=1e-3, atol=1e-3 * ref.max())
     M = A.mel_power(y, SR, n_fft=2048, hop_length=512, n_mels=40, fmin=0.0, fmax=None)  # > 1 block
-    np.testing.assert_allclose(M, A.mel_basis(SR, 2048, 40, 0.0, None) @ P, rtol=1e-5, atol=1e-6 * M.max())
+    np.testing.assert_allclose(M, A.mel_basis(sr=SR, n_fft=2048, n_mels=40) @ P, rtol=1e-5, atol=1e-6 * M.max())
 
 
 def test_band_stats_against_numpy():
@@ -105,8 +105,8 @@ def test_band_stats_against_numpy():
 
 def test_flatten_pools_time_keeping_the_tail():
     a = np.arange(10, dtype=np.float32).reshape(2, 5)
-    np.testing.assert_array_equal(A.flatten([a], 1), a.ravel())
-    np.testing.assert_allclose(A.flatten([a, a[:1]], 2), [0.5, 2.5, 4, 5.5, 7.5, 9, 0.5, 2.5, 4])
+    np.testing.assert_array_equal(A.flatten([a], time_pool=1), a.ravel())
+    np.testing.assert_allclose(A.flatten([a, a[:1]], time_pool=2), [0.5, 2.5, 4, 5.5, 7.5, 9, 0.5, 2.5, 4])
 
 
 # --------------------------------------------------------------------------- augmentation and modulation

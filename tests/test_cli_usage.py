@@ -140,7 +140,7 @@ def test_long_recordings_average_their_windows(final_model, recordings):
 def _read(path):
     from esc50ann import audio
 
-    return audio.read_audio(path, 44100)
+    return audio.read_audio(path, sample_rate=44100)
 
 
 def test_predict_formats_parse_back(final_model, recordings, capsys):

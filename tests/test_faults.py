@@ -191,11 +191,10 @@ def _children(pid):
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the worker processes")
 def test_loky_workers_exit_when_the_run_is_killed():
     code = ("import sys, time; sys.path.insert(0, %r)\n"
-            "from joblib import Parallel, delayed\n"
-            "from esc50ann.worker import exit_with_parent\n"
+            "from esc50ann.parallel import Runner\n"
             "def task(i):\n"
-            "    exit_with_parent(); print('working', flush=True); time.sleep(120)\n"
-            "Parallel(n_jobs=2)(delayed(task)(i) for i in range(2))\n") % os.getcwd()
+            "    print('working', flush=True); time.sleep(120)\n"
+            "list(Runner(2).map(task, [(0,), (1,)]))\n") % os.getcwd()
     env = {k: v for k, v in os.environ.items() if k != "ESC50ANN_MAIN_PID"}  # the child is its own main process
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout.readline().strip() == "working"
@@ -419,13 +418,13 @@ def test_predict_on_huge_finite_samples(user, tmp_path, capsys):
 
 
 def test_every_clip_skipped(user, monkeypatch, tmp_path, capsys):
-    from esc50ann import features
+    from esc50ann import recipe
     from esc50ann.errors import FeatureError
 
     def unreadable(path, config, **kw):
         raise FeatureError(f"cannot read audio file {path}")
 
-    monkeypatch.setattr(features, "clip_features", unreadable)
+    monkeypatch.setattr(recipe, "clip_features", unreadable)
     (tmp_path / "skip.toml").write_text('[features]\non_error = "skip"\nn_mels = 20\n[model]\nhidden_layer_sizes = [4]\n')
     err = _one_line(capsys, "--quiet", "run", tmp_path / "skip.toml", "--data-dir", user / "data", "--jobs", 1)
     assert "every one of the 24 clips was skipped" in err

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import synth
 from esc50ann import audio, cache, config, dataset as ds, metadata
 from esc50ann.errors import Esc50Error
-from esc50ann.features import FeatureConfig
+from esc50ann.recipe import FeatureConfig
 from esc50ann.model import ANNClassifier
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow],
@@ -164,7 +164,7 @@ def test_wav_files(place, edits, in_header):
     path = place / "clip.wav"
     path.write_bytes(mutate(good, scaled))
     config = FeatureConfig(n_mels=16, duration=0.5)
-    from esc50ann.features import clip_features
+    from esc50ann.recipe import clip_features
 
     x = succeeds_or_says_so(lambda: clip_features(path, config))
     assert x is None or x.shape == (6 * 16,)
@@ -175,7 +175,7 @@ def test_wav_files(place, edits, in_header):
 def test_wav_samples(place, samples):
     path = place / "samples.wav"
     sf.write(path, np.asarray(samples or [0.0], np.float32), 8000, subtype="FLOAT")
-    succeeds_or_says_so(lambda: audio.load_clip(path, 0.01))
+    succeeds_or_says_so(lambda: audio.load_clip(path, duration=0.01))
 
 
 # --------------------------------------------------------------------------- dataset.json and cache manifests

@@ -11,7 +11,7 @@ from esc50ann import evaluate
 from esc50ann.dataset import Dataset
 from esc50ann.errors import DatasetError
 from esc50ann.evaluate import cross_validate
-from esc50ann.features import FeatureConfig, clip_features
+from esc50ann.recipe import FeatureConfig, clip_features
 from esc50ann.pipeline import Pipeline
 from esc50ann.predict import predict_files
 

@@ -46,7 +46,7 @@ def test_confusion_rows_are_true_columns_predicted(result):
 
 def test_per_class_accuracy_is_recall_with_per_fold_columns(result):
     cv, dataset = result
-    table = per_class_table(predictions_table(cv, dataset), cv).set_index("category")
+    table = per_class_table(predictions_table(cv, dataset)).set_index("category")
     assert table.loc["cat", ["correct", "total"]].tolist() == [1, 3]
     assert table.loc["cat", "accuracy"] == pytest.approx(1 / 3)
     assert table.loc["dog", "accuracy"] == 1.0
@@ -64,7 +64,7 @@ def test_fold_mean_and_sample_std(result):
 def test_summary_lists_worst_class_first(result):
     cv, dataset = result
     predictions = predictions_table(cv, dataset)
-    per_class = per_class_table(predictions, cv)
+    per_class = per_class_table(predictions)
     metrics = {"pipeline": {"name": "t"}, "folds": [1, 2], "n_clips": 6, "accuracy_mean": cv.accuracy_mean,
                "accuracy_std": cv.accuracy_std, "fold_accuracy": {"1": 0.5, "2": 1.0}}
     text = summary(metrics, per_class, most_confused(confusion_table(predictions, cv)))

@@ -124,7 +124,7 @@ def _results_of(result):
     for row in result.scores.itertuples():
         yield {"config": row.config, "outer": row.outer, "inner": None if pd.isna(row.inner) else row.inner,
                "accuracy": row.accuracy, "seconds": row.seconds, "epochs": row.epochs,
-               "test_index": [0], "y_pred": [0]}
+               "test_index": [0], "y_true": [0], "y_pred": [0]}
 
 
 def test_report_files(finished):
@@ -180,3 +180,22 @@ def test_sweeps_train_on_the_augmented_copies_of_an_augmented_pipeline(workdir, 
     assert len(trained) == 9 and all(c is not None and c.shape[:2] == (n, 1) for n, c in trained)
     assert sorted(n for n, _ in trained) == [16] * 6 + [24] * 3  # inner fits on two folds, outer on three
     assert 0 <= result.nested_mean <= 1
+
+
+def test_a_sweep_over_a_pipeline_that_skips_a_clip_scores_the_others(tmp_path):
+    """A clip whose samples are not finite passes header verification and is skipped by the feature
+    stage: every task then trains and scores on the feature set's own rows (23 of 24 clips)."""
+    import soundfile as sf
+
+    folder = synth.make_dataset_folder(tmp_path / "src")
+    bad = sorted((folder / "audio").iterdir())[5]
+    y = synth.tone(0, 0)
+    y[100] = np.nan
+    sf.write(bad, y, synth.SAMPLE_RATE, subtype="FLOAT")
+    (tmp_path / "skip.toml").write_text(synth.TINY_PIPELINE.replace("n_mels = 32", 'n_mels = 32\non_error = "skip"')
+                                        .replace("max_epochs = 30", "max_epochs = 3"))
+    (tmp_path / "sweep.toml").write_text('pipeline = "skip.toml"\n[values]\n"training.learning_rate" = [0.01, 0.03]\n')
+    result = sweep_mod.run(tmp_path / "sweep.toml", data_dir=tmp_path / "data", source=folder, out=tmp_path / "out",
+                           n_jobs=1, progress=False)
+    assert result.per_class["total"].sum() == 23  # every kept clip predicted once by its outer fold
+    assert len(result.scores) == 2 * 9 and result.scores["accuracy"].between(0, 1).all()

@@ -1,0 +1,165 @@
+"""Running independent tasks: in this process, on local worker processes, or on a Dask cluster.
+
+Every stage that fans out -- feature chunks, cross-validation folds, sweep tasks -- hands its
+tasks to a ``Runner``::
+
+    runner = Runner(n_jobs=2)                       # or: with cluster("local:2") as runner:
+    for position, result in runner.map(fn, [(a1, b1), (a2, b2)]):
+        ...                                         # as they finish (ordered=True: in order)
+
+On worker processes each task runs with one BLAS/OpenMP thread (the processes already fill the
+cores, and more threads would oversubscribe them), and local workers exit as soon as the main
+process is gone: joblib's loky workers otherwise outlive a parent killed with SIGKILL
+(re-parented, ~250 MB each, for good). A runner of one job runs tasks in this process, as they
+are, with no pool at all.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+from esc50ann.errors import Esc50Error
+
+MAIN_PID_ENV = "ESC50ANN_MAIN_PID"
+os.environ.setdefault(MAIN_PID_ENV, str(os.getpid()))  # inherited by every worker process
+POLL_SECONDS = 0.5
+
+_watching = False
+
+
+def exit_with_parent() -> None:
+    """In a worker process, exit when the main process dies (no-op in the main process)."""
+    global _watching
+    try:
+        main = int(os.environ.get(MAIN_PID_ENV, os.getpid()))
+    except ValueError:
+        return
+    if _watching or main == os.getpid():
+        return
+    _watching = True
+    threading.Thread(target=_watch, args=(main,), name="esc50ann-exit-with-parent", daemon=True).start()
+
+
+def _watch(main: int) -> None:
+    while True:
+        time.sleep(POLL_SECONDS)
+        try:
+            os.kill(main, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:  # alive, under another user
+            pass
+
+
+def _in_worker(fn: Callable, position: int, args: tuple) -> tuple[int, Any]:
+    """What a worker process runs: one task, one BLAS thread, gone with the main process."""
+    from threadpoolctl import threadpool_limits
+
+    exit_with_parent()
+    with threadpool_limits(limits=1):
+        return position, fn(*args)
+
+
+class Runner:
+    """Where tasks run.
+
+    Parameters
+    ----------
+    n_jobs : int
+        Local worker processes; 1 runs every task in this process, -1 uses every core.
+    client : distributed.Client, optional
+        Run on this Dask cluster instead (``n_jobs`` is then ignored).
+    """
+
+    def __init__(self, n_jobs: int = 1, client=None):
+        self.n_jobs, self.client = n_jobs, client
+
+    def __repr__(self):
+        where = "a Dask cluster" if self.client is not None else f"{self.n_workers} local process(es)"
+        return f"Runner({where})"
+
+    @property
+    def n_workers(self) -> int:
+        """How many tasks run at once."""
+        if self.client is not None:
+            return max(1, sum(self.client.nthreads().values()))
+        from joblib import cpu_count
+
+        return cpu_count() if self.n_jobs < 0 else max(1, self.n_jobs)
+
+    def share(self, value):
+        """``value`` as tasks should receive it: sent to every cluster worker once (a Dask future),
+        or itself locally."""
+        return value if self.client is None else self.client.scatter(value, broadcast=True)
+
+    def map(self, fn: Callable, tasks: Iterable[tuple], *, ordered: bool = False,
+            n_workers: int | None = None) -> Iterator[tuple[int, Any]]:
+        """Run ``fn(*args)`` for every ``args`` of ``tasks``; yield ``(position, result)`` as tasks
+        finish (in task order with ``ordered``). ``n_workers`` caps the local pool (say at the
+        number of tasks); a task's exception is raised here."""
+        tasks = list(tasks)
+        workers = min(n_workers or self.n_workers, self.n_workers, max(1, len(tasks)))
+        if self.client is not None:
+            yield from self._on_cluster(fn, tasks, ordered)
+        elif workers <= 1:
+            for position, args in enumerate(tasks):
+                yield position, fn(*args)
+        else:
+            from joblib import Parallel, delayed
+
+            jobs = Parallel(n_jobs=workers, return_as="generator" if ordered else "generator_unordered")(
+                delayed(_in_worker)(fn, position, args) for position, args in enumerate(tasks))
+            yield from jobs
+
+    def _on_cluster(self, fn, tasks, ordered):
+        from distributed import as_completed
+
+        futures = [self.client.submit(_in_worker, fn, position, args, pure=False)
+                   for position, args in enumerate(tasks)]
+        if ordered:
+            for future in futures:
+                yield future.result()
+        else:
+            for future in as_completed(futures):
+                yield future.result()
+
+
+@contextlib.contextmanager
+def cluster(address: str | None, *, n_jobs: int = 1):
+    """A ``Runner`` for ``address``: ``None`` for local processes (``n_jobs``), ``"local:N"`` for a
+    ``LocalCluster`` of N single-threaded worker processes on 127.0.0.1, or ``"tcp://host:port"``
+    for an existing Dask scheduler; the cluster is closed afterwards.
+
+    Raises
+    ------
+    Esc50Error
+        Dask distributed is not installed, the address is malformed, or the scheduler cannot be
+        reached.
+    """
+    if not address:
+        yield Runner(n_jobs)
+        return
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise Esc50Error("--cluster needs Dask distributed: pip install 'esc50ann[cluster]'") from None
+    if address.startswith("local:"):
+        try:
+            n = int(address.split(":", 1)[1])
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise Esc50Error(f"cluster {address!r}: expected local:N with N >= 1 workers")
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address=None) as local, Client(local) as client:
+            yield Runner(client=client)
+        return
+    try:
+        client = Client(address, timeout="10s")
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise Esc50Error(f"cluster {address}: cannot connect to the Dask scheduler ({exc})") from None
+    with client:
+        yield Runner(client=client)
