@@ -27,8 +27,11 @@ import zipfile
 from pathlib import Path
 
 
+from esc50ann import audio
 from esc50ann import features as F
-from esc50ann.dataset import Dataset, load_metadata
+from esc50ann.dataset import Dataset
+from esc50ann.metadata import load_metadata
+from esc50ann.recipe import FeatureConfig
 
 
 def find_root(source: Path, scratch: Path) -> Path:
@@ -60,23 +63,26 @@ def naive(paths) -> None:
         librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=sr))
 
 
-def profile(paths, config: F.FeatureConfig, n: int = 50) -> dict:
-    """Mean ms per clip of each step of ``clip_features`` (one process, one thread)."""
+def profile(paths, config: FeatureConfig, n: int = 50) -> dict:
+    """Mean ms per clip of each step of ``recipe.clip_features`` (one process, one thread)."""
     from threadpoolctl import threadpool_limits
 
     steps = {"read (soundfile)": 0.0, "stft+mel (blocked)": 0.0, "to dB": 0.0, "summarise": 0.0}
     with threadpool_limits(1):
         for p in paths[:n]:
             t0 = time.perf_counter()
-            y, sr = F.load_clip(p, config.duration, config.sample_rate)
+            y, sr = audio.load_clip(p, duration=config.duration, sample_rate=config.sample_rate)
             t1 = time.perf_counter()
-            M = F.mel_power(y, sr, n_fft=config.n_fft, hop_length=config.hop_length, n_mels=config.n_mels,
-                            fmin=config.fmin, fmax=config.fmax)
+            M = audio.mel_power(y, sr, n_fft=config.n_fft, hop_length=config.hop_length, n_mels=config.n_mels,
+                                fmin=config.fmin, fmax=config.fmax)
             t3 = time.perf_counter()
-            S = F._power_to_db(M, config.top_db)
+            S = audio._power_to_db(M, config.top_db)
             t4 = time.perf_counter()
-            ch = F.channels(S, deltas=config.deltas, n_mfcc=config.n_mfcc)
-            F.flatten(ch, config.time_pool) if config.representation == "flat" else F.band_stats(ch)
+            planes = audio.planes(S, deltas=config.deltas, n_mfcc=config.n_mfcc)
+            if config.representation == "flat":
+                audio.flatten(planes, time_pool=config.time_pool)
+            else:
+                audio.band_stats(planes)
             t5 = time.perf_counter()
             for k, dt in zip(steps, (t1 - t0, t3 - t1, t4 - t3, t5 - t4)):
                 steps[k] += dt
@@ -105,7 +111,7 @@ def main(argv=None) -> int:
         ds = Dataset(root, meta)
         paths = [str(p) for p in ds.audio_paths]
         n = len(paths)
-        config = F.FeatureConfig(representation=a.config)
+        config = FeatureConfig(representation=a.config)
         print(f"{n} clips from {root}; config={a.config}; cores={os.cpu_count()}; "
               f"load average before={os.getloadavg()[0]:.2f}")
 

@@ -49,6 +49,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from esc50ann.evaluate import cross_validate
+from esc50ann.model import default_params
 from esc50ann.pipeline import Pipeline
 
 
@@ -219,10 +220,11 @@ def main(argv=None) -> int:
         results = {"pipeline": args.pipeline, "cpu_count": os.cpu_count(), "threads": args.threads,
                    "load_average_1min": os.getloadavg()[0], "cold": cold, "warm": warm}
         if not args.skip_peers:
-            X, dataset = np.asarray(pipe.features().X), pipe.download()
+            feats = pipe.features()
+            X, dataset = np.asarray(feats.X), feats.dataset
             # every parameter explicit (defaults filled in), fixed epochs: no early stopping anywhere
             # one network on each side: the peers have no ensembles (nor mixing) of their own
-            params = {**_defaults(), **pipe.config.estimator_params(), "patience": None, "n_networks": 1,
+            params = {**default_params(), **pipe.config.estimator_params(), "patience": None, "n_networks": 1,
                       "mixup": 0.0}
             folds = run.metrics["folds"]
             y, fold_of = dataset.targets, dataset.meta["fold"].to_numpy()
@@ -240,13 +242,6 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
-
-
-def _defaults() -> dict:
-    """Every ANNClassifier parameter at its default (the pipeline file sets only some)."""
-    from esc50ann.model import ANNClassifier
-
-    return ANNClassifier().get_params()
 
 
 def print_table(r: dict) -> None:

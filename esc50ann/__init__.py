@@ -2,7 +2,7 @@
 
 Stages, each callable on its own (data flows one way):
 
-    dataset  ->  features  ->  folds  ->  model  ->  report
+    dataset  ->  features  ->  folds  ->  model  ->  evaluation  ->  report
 """
 
 __version__ = "0.1.0"

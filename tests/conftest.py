@@ -31,6 +31,27 @@ def synth_archive(tmp_path_factory) -> Path:
     return synth.make_archive(tmp_path_factory.mktemp("archive") / "ESC-50-master.zip")
 
 
+@pytest.fixture(scope="module")
+def cli_root(synth_archive, tmp_path_factory) -> Path:
+    """A folder holding ``tiny.toml`` (``synth.TINY_PIPELINE``) and a data root ``data/`` with the
+    synthetic dataset downloaded, as a user has after ``esc50ann download``. One per test module."""
+    from esc50ann import cli
+
+    root = tmp_path_factory.mktemp("cli")
+    (root / "tiny.toml").write_text(synth.TINY_PIPELINE)
+    assert cli.main(["--quiet", "download", "--source", str(synth_archive), "--data-dir", str(root / "data")]) == 0
+    return root
+
+
+def run_cli(capsys, *args):
+    """Run the command in-process: (exit status, stdout, stderr)."""
+    from esc50ann import cli
+
+    code = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.fixture(scope="session")
 def synth_folder(tmp_path_factory) -> Path:
     """A synthetic extracted ESC-50-master folder, built once per session. Treat as read-only."""

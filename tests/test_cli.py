@@ -8,23 +8,8 @@ import pytest
 import soundfile as sf
 
 import synth
+from conftest import run_cli as esc50ann
 from esc50ann import cli
-
-
-def esc50ann(capsys, *args):
-    """Run the command in-process: (exit status, stdout, stderr)."""
-    code = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture(scope="module")
-def workdir(synth_archive, tmp_path_factory):
-    """A data root with the synthetic dataset downloaded, and a tiny pipeline file."""
-    root = tmp_path_factory.mktemp("cli")
-    (root / "tiny.toml").write_text(synth.TINY_PIPELINE)
-    assert cli.main(["--quiet", "download", "--source", str(synth_archive), "--data-dir", str(root / "data")]) == 0
-    return root
 
 
 def assert_one_line_error(result, *words):
@@ -36,15 +21,15 @@ def assert_one_line_error(result, *words):
         assert word in lines[0]
 
 
-def test_info_lists_clips_classes_and_folds(workdir, capsys):
-    code, out, err = esc50ann(capsys, "info", "--data-dir", workdir / "data")
+def test_info_lists_clips_classes_and_folds(cli_root, capsys):
+    code, out, err = esc50ann(capsys, "info", "--data-dir", cli_root / "data")
     assert code == 0, err
     assert "24" in out and "1, 2, 3" in out
 
 
-def test_run_then_report_then_train_then_predict(workdir, tmp_path, capsys):
-    data, out_dir = workdir / "data", tmp_path / "run"
-    code, out, err = esc50ann(capsys, "--quiet", "run", workdir / "tiny.toml", "--data-dir", data,
+def test_run_then_report_then_train_then_predict(cli_root, tmp_path, capsys):
+    data, out_dir = cli_root / "data", tmp_path / "run"
+    code, out, err = esc50ann(capsys, "--quiet", "run", cli_root / "tiny.toml", "--data-dir", data,
                               "--out", out_dir, "--jobs", 1)
     assert code == 0, err
     metrics = json.loads((out_dir / "metrics.json").read_text())
@@ -55,7 +40,7 @@ def test_run_then_report_then_train_then_predict(workdir, tmp_path, capsys):
     assert code == 0 and "Per-class accuracy" in report
 
     model = tmp_path / "model.npz"
-    code, _, err = esc50ann(capsys, "--quiet", "train", workdir / "tiny.toml", "--test-fold", 2, "--save", model,
+    code, _, err = esc50ann(capsys, "--quiet", "train", cli_root / "tiny.toml", "--test-fold", 2, "--save", model,
                             "--data-dir", data)
     assert code == 0, err
     assert model.exists()
@@ -85,8 +70,8 @@ def test_run_then_report_then_train_then_predict(workdir, tmp_path, capsys):
     assert_one_line_error(esc50ann(capsys, "predict", model, empty), "empty.wav")
 
 
-def test_cv_is_run(workdir, tmp_path, capsys):
-    code, _, err = esc50ann(capsys, "--quiet", "cv", workdir / "tiny.toml", "--data-dir", workdir / "data",
+def test_cv_is_run(cli_root, tmp_path, capsys):
+    code, _, err = esc50ann(capsys, "--quiet", "cv", cli_root / "tiny.toml", "--data-dir", cli_root / "data",
                             "--out", tmp_path / "run", "--folds", "1,2", "--jobs", 1)
     assert code == 0, err
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["folds"] == [1, 2]
@@ -101,19 +86,19 @@ def test_cv_is_run(workdir, tmp_path, capsys):
     (["report", "{dir}"], ["metrics.json"]),
     (["predict", "{dir}/missing.npz", "{dir}/tiny.toml"], ["missing.npz"]),
 ])
-def test_bad_input_is_one_line_error(workdir, capsys, args, words):
-    (workdir / "typo.toml").write_text("[features]\nn_mel = 64\n")
-    args = [a.format(dir=workdir) for a in args]
-    assert_one_line_error(esc50ann(capsys, "--quiet", *args, "--data-dir", workdir / "data"), *words)
+def test_bad_input_is_one_line_error(cli_root, capsys, args, words):
+    (cli_root / "typo.toml").write_text("[features]\nn_mel = 64\n")
+    args = [a.format(dir=cli_root) for a in args]
+    assert_one_line_error(esc50ann(capsys, "--quiet", *args, "--data-dir", cli_root / "data"), *words)
 
 
 def test_info_without_dataset_says_what_to_do(tmp_path, capsys):
     assert_one_line_error(esc50ann(capsys, "info", "--data-dir", tmp_path), "download")
 
 
-def test_cache_list_and_clear(workdir, capsys):
-    data = workdir / "data"
-    assert esc50ann(capsys, "--quiet", "features", workdir / "tiny.toml", "--data-dir", data, "--jobs", 1)[0] == 0
+def test_cache_list_and_clear(cli_root, capsys):
+    data = cli_root / "data"
+    assert esc50ann(capsys, "--quiet", "features", cli_root / "tiny.toml", "--data-dir", data, "--jobs", 1)[0] == 0
     code, listed, _ = esc50ann(capsys, "cache", "list", "--data-dir", data)
     assert code == 0
     key = listed.split()[0]

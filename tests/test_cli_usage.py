@@ -9,21 +9,8 @@ import pytest
 import soundfile as sf
 
 import synth
+from conftest import run_cli as esc50ann
 from esc50ann import cli, paths
-
-
-def esc50ann(capsys, *args):
-    code = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture(scope="module")
-def data(synth_archive, tmp_path_factory):
-    root = tmp_path_factory.mktemp("usage")
-    (root / "tiny.toml").write_text(synth.TINY_PIPELINE)
-    assert cli.main(["--quiet", "download", "--source", str(synth_archive), "--data-dir", str(root / "data")]) == 0
-    return root
 
 
 def test_pipelines_lists_every_builtin_with_a_description(capsys):
@@ -45,9 +32,9 @@ def test_pipelines_show_prints_a_file_that_loads_back(capsys, tmp_path):
     assert code == 1 and err.startswith("esc50ann: error:") and "default, original, original-features, quick" in err
 
 
-def test_set_and_seed_reach_the_run(data, tmp_path, capsys):
+def test_set_and_seed_reach_the_run(cli_root, tmp_path, capsys):
     out_dir = tmp_path / "run"
-    code, _, err = esc50ann(capsys, "--quiet", "run", data / "tiny.toml", "--data-dir", data / "data", "--out", out_dir,
+    code, _, err = esc50ann(capsys, "--quiet", "run", cli_root / "tiny.toml", "--data-dir", cli_root / "data", "--out", out_dir,
                             "--jobs", 1, "--set", "training.max_epochs=3", "--set", "model.hidden_layer_sizes=[8]",
                             "--set", "training.solver=sgd", "--seed", 7)
     assert code == 0, err
@@ -62,8 +49,8 @@ def test_set_and_seed_reach_the_run(data, tmp_path, capsys):
     ("nosection.key=1", ["nosection.key"]),
     ("justtext", ["--set", "section.key=value"]),
 ])
-def test_bad_set_is_one_line(data, capsys, setting, words):
-    code, _, err = esc50ann(capsys, "run", data / "tiny.toml", "--data-dir", data / "data", "--set", setting)
+def test_bad_set_is_one_line(cli_root, capsys, setting, words):
+    code, _, err = esc50ann(capsys, "run", cli_root / "tiny.toml", "--data-dir", cli_root / "data", "--set", setting)
     assert code == 1 and len(err.strip().splitlines()) == 1 and err.startswith("esc50ann: error:"), err
     assert all(w in err for w in words), err
 
@@ -84,10 +71,10 @@ def test_data_root_does_not_depend_on_the_working_directory(monkeypatch, tmp_pat
 
 
 @pytest.fixture(scope="module")
-def final_model(data, tmp_path_factory):
+def final_model(cli_root, tmp_path_factory):
     model = tmp_path_factory.mktemp("model") / "m.npz"
-    assert cli.main(["--quiet", "train", str(data / "tiny.toml"), "--all", "--save", str(model),
-                     "--data-dir", str(data / "data")]) == 0
+    assert cli.main(["--quiet", "train", str(cli_root / "tiny.toml"), "--all", "--save", str(model),
+                     "--data-dir", str(cli_root / "data")]) == 0
     return model
 
 
@@ -186,9 +173,9 @@ def test_model_saved_from_python_explains_what_predict_needs(tmp_path, capsys):
     assert code == 1 and "feature configuration" in err and "esc50ann train" in err
 
 
-def test_log_has_stage_lines_and_no_carriage_returns(data, tmp_path, capsys):
+def test_log_has_stage_lines_and_no_carriage_returns(cli_root, tmp_path, capsys):
     """stderr here is not a terminal: a line per stage and per fold, no bars."""
-    code, _, err = esc50ann(capsys, "run", data / "tiny.toml", "--data-dir", data / "data", "--out", tmp_path / "r",
+    code, _, err = esc50ann(capsys, "run", cli_root / "tiny.toml", "--data-dir", cli_root / "data", "--out", tmp_path / "r",
                             "--set", "training.max_epochs=2", "-v")
     assert code == 0, err
     assert "\r" not in err
@@ -197,14 +184,14 @@ def test_log_has_stage_lines_and_no_carriage_returns(data, tmp_path, capsys):
     assert "fold 1: accuracy" in err and "fold 3 epoch 2/2" in err  # parallel folds report epochs too
 
 
-def test_quiet_prints_only_the_result(data, tmp_path, capsys):
-    code, out, err = esc50ann(capsys, "--quiet", "run", data / "tiny.toml", "--data-dir", data / "data",
+def test_quiet_prints_only_the_result(cli_root, tmp_path, capsys):
+    code, out, err = esc50ann(capsys, "--quiet", "run", cli_root / "tiny.toml", "--data-dir", cli_root / "data",
                               "--out", tmp_path / "r", "--set", "training.max_epochs=2")
     assert code == 0 and err == "" and "run folder" in out
 
 
-def test_unknown_folds_are_named_before_counting(data, capsys):
-    code, _, err = esc50ann(capsys, "run", data / "tiny.toml", "--data-dir", data / "data", "--folds", "4")
+def test_unknown_folds_are_named_before_counting(cli_root, capsys):
+    code, _, err = esc50ann(capsys, "run", cli_root / "tiny.toml", "--data-dir", cli_root / "data", "--folds", "4")
     assert code == 1 and "folds 4: not in the metadata" in err, err
 
 

@@ -11,6 +11,7 @@ import pytest
 NOTEBOOK = Path(__file__).resolve().parent.parent / "examples" / "walkthrough.ipynb"
 
 
+@pytest.mark.slow
 def test_walkthrough_executes_with_inline_plots(synth_archive, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

@@ -153,6 +153,7 @@ def test_resume_runs_only_the_missing_tasks(finished, workdir, monkeypatch):
     pd.testing.assert_frame_equal(again.scores.drop(columns="seconds"), result.scores.drop(columns="seconds"))
 
 
+@pytest.mark.slow
 def test_local_cluster_gives_the_same_numbers(finished, workdir, tmp_path):
     pytest.importorskip("distributed")
     result, _ = finished
