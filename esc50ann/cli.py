@@ -5,7 +5,6 @@ Expected failures print one line, ``esc50ann: error: ...``, and exit with status
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tomllib
@@ -43,16 +42,6 @@ def _positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, not {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, not {text!r}")
     return value
 
 
@@ -127,8 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=_positive_int, default=5, help="classes to show per file (default 5)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table",
                    help="table (default), csv or json on stdout; messages go to stderr")
-    p.add_argument("--hop", type=_positive_float,
-                   help="seconds between windows of a recording longer than the model's clip (default: half a clip)")
+    p.add_argument("--hop", type=float,
+                   help="seconds (>= 0.01) between windows of a recording longer than the model's clip "
+                        "(default: half a clip)")
+    p.add_argument("--min-confidence", type=float, metavar="P",
+                   help="mark predictions whose top probability is below P (0-1) as low confidence")
     p.add_argument("--per-window", action="store_true", help="also list each window's prediction")
     p = command("sweep", "try many configurations of a pipeline, chosen by nested cross-validation")
     p.add_argument("sweep_file", type=Path, help="sweep file (see sweeps/)")
@@ -264,63 +256,19 @@ def cmd_train(args) -> None:
 
 
 def cmd_predict(args) -> int:
-    from esc50ann.predict import predict_files
+    from esc50ann.predict import format_predictions, predict_files
 
-    results = predict_files(args.model, args.inputs, top=args.top, hop=args.hop)
+    results = predict_files(args.model, args.inputs, top=args.top, hop=args.hop,
+                            min_confidence=args.min_confidence)
     if not results:
         raise Esc50Error(f"no audio files found in {' '.join(args.inputs)}")
-    for r in results:  # messages on stderr, results on stdout
+    for r in results:  # messages on stderr, results on stdout (csv and json carry them too)
         if r.error:
             print(f"esc50ann: error: {r.error}", file=sys.stderr)
         for warning in r.warnings:
             print(f"esc50ann: warning: {r.path}: {warning}", file=sys.stderr)
-    good = [r for r in results if not r.error]
-    print(_FORMATS[args.format](good, args.per_window), end="")
-    return 1 if len(good) < len(results) else 0
-
-
-def _views(result, per_window):
-    """(window start or None for the whole file, top classes) to show for one file."""
-    return [(None, result.top)] + (result.windows if per_window else [])
-
-
-def _table(results, per_window) -> str:
-    lines = []
-    for r in results:
-        for start, top in _views(r, per_window):
-            ranked = ", ".join(f"{name} {100 * p:.1f} %" for name, p in top)
-            lines.append(f"{r.path}: {ranked}" if start is None else f"  at {start:.2f} s: {ranked}")
-    return "".join(line + "\n" for line in lines)
-
-
-def _csv(results, per_window) -> str:
-    import csv
-    import io
-
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["file", "window_start_s", "rank", "category", "probability"])
-    for r in results:
-        for start, top in _views(r, per_window):
-            for rank, (name, p) in enumerate(top, 1):
-                writer.writerow([r.path, "" if start is None else f"{start:.3f}", rank, name, f"{p:.6f}"])
-    return out.getvalue()
-
-
-def _json(results, per_window) -> str:
-    doc = []
-    for r in results:
-        item = {"file": str(r.path), "label": r.label,
-                "top": [{"category": n, "probability": p} for n, p in r.top], "warnings": r.warnings,
-                "n_windows": len(r.windows)}
-        if per_window:
-            item["windows"] = [{"start_s": start, "top": [{"category": n, "probability": p} for n, p in top]}
-                               for start, top in r.windows]
-        doc.append(item)
-    return json.dumps(doc, indent=2) + "\n"
-
-
-_FORMATS = {"table": _table, "csv": _csv, "json": _json}
+    print(format_predictions(results, args.format, per_window=args.per_window), end="")
+    return 1 if any(r.error for r in results) else 0
 
 
 def cmd_sweep(args) -> None:

@@ -103,15 +103,75 @@ def test_predict_a_folder_reports_bad_files_and_predicts_the_rest(final_model, r
     code, out, err = esc50ann(capsys, "predict", final_model, recordings, "--format", "json", "--top", 2)
     assert code == 1  # one file failed
     results = json.loads(out)  # stdout is pure JSON; messages went to stderr
-    assert [r["file"].split("recordings/")[1] for r in results] == ["blip.wav", "dog.wav", "silent.wav", "sub/long.wav"]
-    assert all(len(r["top"]) == 2 for r in results)
+    assert [r["file"].split("recordings/")[1] for r in results] == [
+        "blip.wav", "broken.wav", "dog.wav", "silent.wav", "sub/long.wav"]  # every input, the bad one too
     by_name = {r["file"].rsplit("/", 1)[1]: r for r in results}
+    broken = by_name.pop("broken.wav")
+    assert "broken.wav" in broken["error"] and broken["top"] == [] and broken["label"] is None
+    assert all(len(r["top"]) == 2 and r["error"] is None for r in by_name.values())
+    assert all(r["confidence"] == r["top"][0]["probability"] for r in by_name.values())
     assert by_name["long.wav"]["n_windows"] == 4  # 12 s in 5 s windows every 2.5 s: 0, 2.5, 5, 7 (end)
     assert by_name["dog.wav"]["n_windows"] == 1 and by_name["dog.wav"]["warnings"] == []
     assert any("silent" in w for w in by_name["silent.wav"]["warnings"])
     assert any("0.50 s" in w for w in by_name["blip.wav"]["warnings"])
     errors = [line for line in err.splitlines() if line.startswith("esc50ann: error:")]
     assert len(errors) == 1 and "broken.wav" in errors[0]
+
+
+def test_predict_csv_carries_errors_and_warnings(final_model, recordings, capsys):
+    code, out, _ = esc50ann(capsys, "predict", final_model, recordings, "--format", "csv", "--top", 1)
+    rows = {r["file"].rsplit("/", 1)[1]: r for r in csv.DictReader(io.StringIO(out))}
+    assert code == 1 and set(rows) == {"blip.wav", "broken.wav", "dog.wav", "silent.wav", "long.wav"}
+    assert "broken.wav" in rows["broken.wav"]["error"] and rows["broken.wav"]["category"] == ""
+    assert "silent" in rows["silent.wav"]["warnings"] and rows["dog.wav"]["warnings"] == ""
+
+
+def test_min_confidence_marks_unsure_answers(final_model, recordings, capsys):
+    clip = recordings / "dog.wav"
+    _, out, _ = esc50ann(capsys, "predict", final_model, clip, "--format", "json", "--min-confidence", "0")
+    assert json.loads(out)[0]["low_confidence"] is False
+    code, out, err = esc50ann(capsys, "predict", final_model, clip, "--format", "json", "--min-confidence", "1")
+    result = json.loads(out)[0]
+    assert code == 0 and result["low_confidence"] is True and result["confidence"] < 1
+    assert any("min-confidence" in w for w in result["warnings"]) and "unsure" in err
+    _, table, _ = esc50ann(capsys, "predict", final_model, clip, "--min-confidence", "1")
+    assert table.rstrip().endswith("(low confidence)")
+
+
+@pytest.mark.parametrize("seconds, starts", [
+    (20.004, [0.0, 2.5, 5.0, 7.5, 10.0, 12.5, 15.0]),  # the 4 ms past 15 s is no new window
+    (5.001, [0.0]),
+    (5.6, [0.0, 0.6]),  # 0.6 s past the last window: a window of its own
+])
+def test_a_last_window_only_samples_past_the_previous_is_no_new_window(seconds, starts):
+    from esc50ann.predict import window_starts
+
+    sr = 44100
+    found = window_starts(int(round(seconds * sr)), window=5 * sr, hop=sr * 5 // 2)
+    assert [s / sr for s in found] == pytest.approx(starts)
+
+
+def test_a_hop_longer_than_the_clip_says_what_it_skips(final_model, tmp_path, capsys):
+    sf.write(tmp_path / "long.wav", synth.tone(3, 5, duration=20.0), synth.SAMPLE_RATE)
+    code, out, err = esc50ann(capsys, "predict", final_model, tmp_path / "long.wav", "--hop", 30,
+                              "--format", "json")
+    result = json.loads(out)[0]
+    assert code == 0 and result["n_windows"] == 2  # 0 s and the end (15 s)
+    assert any("10.0 s of 20.0 s not analysed" in w for w in result["warnings"]), result
+    _, out, _ = esc50ann(capsys, "predict", final_model, tmp_path / "long.wav", "--hop", 5, "--format", "json")
+    assert json.loads(out)[0]["warnings"] == []  # windows end to end cover it all
+
+
+def test_predict_refuses_runaway_windows_and_recordings(final_model, tmp_path, capsys, monkeypatch):
+    from esc50ann import predict
+
+    sf.write(tmp_path / "long.wav", synth.tone(3, 5, duration=8.0), synth.SAMPLE_RATE)
+    monkeypatch.setattr(predict, "MAX_WINDOWS", 10)
+    code, out, err = esc50ann(capsys, "predict", final_model, tmp_path / "long.wav", "--hop", 0.1)
+    assert code == 1 and "windows (at most 10)" in err and "--hop" in err and out == ""
+    monkeypatch.setattr(predict, "MAX_SECONDS", 3600 * 7.0 / 3600)
+    code, _, err = esc50ann(capsys, "predict", final_model, tmp_path / "long.wav")
+    assert code == 1 and "long.wav" in err and "cut it into parts" in err
 
 
 def test_long_recordings_average_their_windows(final_model, recordings):
@@ -152,7 +212,14 @@ def test_predict_per_window_and_glob(final_model, recordings, capsys):
 
 @pytest.mark.parametrize("args, words", [
     (["--top", "0"], ["--top", "0"]),
-    (["--hop", "-1"], ["--hop"]),
+    (["--hop", "-1"], ["hop", "0.01"]),
+    (["--hop", "0"], ["hop"]),
+    (["--hop", "1e-6"], ["hop", "1e-06"]),
+    (["--hop", "inf"], ["hop", "inf"]),
+    (["--hop", "nan"], ["hop", "nan"]),
+    (["--hop", "fast"], ["--hop", "fast"]),
+    (["--min-confidence", "2"], ["min_confidence", "[0, 1]"]),
+    (["--min-confidence", "nan"], ["min_confidence"]),
 ])
 def test_predict_bad_options(final_model, recordings, capsys, args, words):
     code, _, err = esc50ann(capsys, "predict", final_model, recordings / "dog.wav", *args)
