@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pipeline file or built-in name (default: default; see `esc50ann pipelines`)")
     p.add_argument("--folds", type=_folds, help="test folds, e.g. 1,2 (default: every fold listed)")
     p.add_argument("--out", type=Path, help="run folder (default: <data-dir>/runs/<name>-<timestamp>)")
+    p.add_argument("--force", action="store_true", help="overwrite a finished run in --out")
     p.add_argument("--jobs", type=int,
                    help="worker processes for feature extraction and for folds trained in parallel "
                         "(default: all cores for features, the pipeline's n_jobs for folds)")
@@ -127,9 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="report folder; rerun into it to resume (default: <data-dir>/runs/sweep-...)")
     p.add_argument("--jobs", type=int, default=-1, help="local worker processes (default: all cores)")
     p.add_argument("--cluster", help="tcp://host:8786 (a Dask scheduler) or local:N (a LocalCluster of N workers)")
-    command("runs", "list the finished runs under the data root, newest first")
-    p = command("report", "print the report of a finished run")
-    p.add_argument("run_dir", type=Path)
+    command("runs", "list the finished runs and sweeps of the data root, newest first")
+    p = command("report", "print the summary of a finished run or sweep")
+    p.add_argument("run", nargs="?", help="run folder, or its name as `esc50ann runs` shows it (default: the latest)")
+    p.add_argument("--markdown", action="store_true", help="print the whole report.md instead")
     return parser
 
 
@@ -138,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error already printed in one line
         return exc.code if isinstance(exc.code, int) else 1
-    args.progress = not getattr(args, "quiet", False)
+    args.quiet = getattr(args, "quiet", False)
+    args.progress = not args.quiet
     args.verbose = getattr(args, "verbose", False) and args.progress
     args.data_dir = getattr(args, "data_dir", None)
     args.source = getattr(args, "source", None)
@@ -224,9 +227,15 @@ def cmd_cache(args) -> None:
 
 def cmd_run(args) -> None:
     pipe = _pipeline(args, args.pipeline, n_jobs=args.jobs or -1)
-    run = pipe.run(folds=args.folds, out=args.out, n_jobs=args.jobs)
-    print((run.run_dir / "report.md").read_text(encoding="utf-8"))
-    print(f"run folder: {run.run_dir}")
+    run = pipe.run(folds=args.folds, out=args.out, n_jobs=args.jobs, force=args.force)
+    _print_summary(args, run.metrics, run.run_dir)
+
+
+def _print_summary(args, metrics, folder) -> None:
+    """A finished run's (or sweep's) result on stdout: one line with -q, else a plain-text summary."""
+    from esc50ann.report import summary_line, text_summary
+
+    print(summary_line(metrics, folder) if args.quiet else text_summary(metrics, folder), end="\n" if args.quiet else "")
 
 
 def cmd_pipelines(args) -> None:
@@ -276,30 +285,30 @@ def cmd_sweep(args) -> None:
 
     result = sweep.run(args.sweep_file, data_dir=args.data_dir, source=args.source, out=args.out,
                        n_jobs=args.jobs, cluster=args.cluster, progress=args.progress)
-    print((result.out_dir / "report.md").read_text(encoding="utf-8"))
-    print(f"sweep folder: {result.out_dir}")
+    _print_summary(args, result.metrics, result.out_dir)
 
 
 def cmd_runs(args) -> None:
     from esc50ann import paths
     from esc50ann.report import list_runs
 
-    runs_dir = paths.runs_dir(paths.data_dir(args.data_dir))
-    runs = list_runs(runs_dir)
+    root = paths.data_dir(args.data_dir)
+    runs = list_runs(root)
     if runs.empty:
-        print(f"no finished runs in {runs_dir}")
+        print(f"no finished runs in {paths.runs_dir(root)}")
     for r in runs.itertuples():
-        print(f"{r.finished[:19].replace('T', ' ')}  {r.pipeline:<12s}  folds {r.folds:<9s}  "
-              f"{100 * r.accuracy:5.1f} %  {r.folder}")
+        settings = " ".join(filter(None, (r.config, r.settings)))
+        print(f"{r.finished[:19].replace('T', ' ')}  {r.kind:<5s} {r.name:<14s} folds {r.folds:<9s} "
+              f"{100 * r.accuracy:5.1f} %  {settings + '  ' if settings else ''}{r.folder}")
 
 
 def cmd_report(args) -> None:
-    from esc50ann.report import load_run
+    from esc50ann import paths
+    from esc50ann.report import find_run, load_run, text_summary
 
-    if not args.run_dir.is_dir():
-        raise Esc50Error(f"{args.run_dir}: no such run folder")
-    _, text = load_run(args.run_dir)
-    print(text)
+    folder = find_run(paths.data_dir(args.data_dir), args.run)
+    metrics, markdown = load_run(folder)
+    print(markdown if args.markdown else text_summary(metrics, folder), end="")
 
 
 COMMANDS = {"download": cmd_download, "info": cmd_info, "pipelines": cmd_pipelines, "features": cmd_features,

@@ -3,6 +3,8 @@ model, predictions on folders of real-world recordings, and progress readable in
 import csv
 import io
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -254,7 +256,34 @@ def test_log_has_stage_lines_and_no_carriage_returns(cli_root, tmp_path, capsys)
 def test_quiet_prints_only_the_result(cli_root, tmp_path, capsys):
     code, out, err = esc50ann(capsys, "--quiet", "run", cli_root / "tiny.toml", "--data-dir", cli_root / "data",
                               "--out", tmp_path / "r", "--set", "training.max_epochs=2")
-    assert code == 0 and err == "" and "run folder" in out
+    assert code == 0 and err == "" and len(out.splitlines()) == 1 and "accuracy" in out and str(tmp_path / "r") in out
+
+
+def test_runs_are_found_by_name_path_or_latest_and_never_overwritten(cli_root, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(cli_root / "data", data, ignore=shutil.ignore_patterns("runs"))
+    args = ["--quiet", "run", cli_root / "tiny.toml", "--data-dir", data, "--jobs", 1]
+    assert esc50ann(capsys, *args, "--set", "training.max_epochs=2")[0] == 0
+    elsewhere = tmp_path / "mine"
+    assert esc50ann(capsys, *args, "--set", "training.max_epochs=3", "--out", elsewhere)[0] == 0
+    code, out, _ = esc50ann(capsys, "runs", "--data-dir", data)
+    lines = out.strip().splitlines()
+    assert code == 0 and len(lines) == 2, out
+    assert lines[0].endswith(str(elsewhere)) and "training.max_epochs=3" in lines[0]  # newest first
+    assert "training.max_epochs=2" in lines[1] and lines[0].split()[8] != lines[1].split()[8]  # config hashes
+    first = Path(lines[1].split()[-1])
+    assert first.parent == data / "runs"
+    _, latest, _ = esc50ann(capsys, "report", "--data-dir", data)
+    _, by_name, _ = esc50ann(capsys, "report", first.name, "--data-dir", data)
+    assert str(elsewhere) in latest and str(first) in by_name and "per fold:" in by_name
+    code, _, err = esc50ann(capsys, "report", "tiny-nope", "--data-dir", data)
+    assert code == 1 and "tiny-nope" in err and first.name in err  # names the runs there are
+    before = (elsewhere / "metrics.json").read_text()
+    code, _, err = esc50ann(capsys, *args, "--out", elsewhere)
+    assert code == 1 and "--force" in err and str(elsewhere) in err
+    assert (elsewhere / "metrics.json").read_text() == before  # refused before any work
+    assert esc50ann(capsys, *args, "--out", elsewhere, "--force")[0] == 0
+    assert (elsewhere / "metrics.json").read_text() != before
 
 
 def test_unknown_folds_are_named_before_counting(cli_root, capsys):

@@ -96,4 +96,5 @@ def test_runs_lists_finished_runs_newest_first(run, capsys, tmp_path):
     assert cli.main(["runs", "--data-dir", str(data)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[0].endswith(str(result.run_dir)) and lines[1].startswith("2001-01-01")
+    assert len(repr(result)) < 200 and str(result.run_dir) in repr(result)  # a one-line repr
     assert "tiny" in lines[0] and "folds 1,2,3" in lines[0]
