@@ -202,10 +202,30 @@ def sweep_summary(metrics: dict[str, Any], per_class: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def html_page(metrics: dict[str, Any], per_class: pd.DataFrame, run_dir: Path) -> str:
+def _misclassified_rows(predictions: pd.DataFrame, run_dir: Path, esc) -> str:
+    """Table rows of the misclassified clips, most confident mistake first, each with a player.
+
+    The clips are linked (relative to the run folder), not embedded: a 5 s clip is 441 kB, and a
+    run's few hundred mistakes would make a page of a hundred megabytes or more."""
+    wrong = predictions[predictions["true_target"] != predictions["predicted_target"]]
+    rows = []
+    for r in wrong.sort_values("probability", ascending=False).itertuples():
+        src = Path(os.path.relpath(r.path, run_dir)).as_posix() if "path" in wrong else ""
+        player = f'<audio controls preload="none" src="{esc(src)}"></audio>' if src else ""
+        rows.append(f"<tr><td>{esc(str(r.clip))}</td><td>{r.fold}</td><td>{esc(str(r.true))}</td>"
+                    f"<td>{esc(str(r.predicted))}</td><td>{100 * r.probability:.1f} %</td><td>{player}</td></tr>")
+    return "".join(rows)
+
+
+def html_page(metrics: dict[str, Any], per_class: pd.DataFrame, run_dir: Path,
+              predictions: pd.DataFrame | None = None) -> str:
     """``report.html``: one self-contained page (styles and images inline, no network) with the
-    summary, settings, per-fold table, per-class table (worst first) and the images."""
+    summary, settings, per-fold table, per-class table (worst first), the most-confused pairs,
+    the misclassified clips (each with an audio player linking the clip) and the images."""
     esc = html.escape
+    confused = "".join(f"<tr><td>{esc(t)}</td><td>{esc(p)}</td><td>{n}</td></tr>"
+                       for t, p, n in metrics.get("most_confused") or [])
+    wrong = "" if predictions is None else _misclassified_rows(predictions, Path(run_dir), esc)
     name = esc(str(metrics["pipeline"].get("name", "run")))
     folds = "".join(f"<tr><td>{esc(k)}</td><td>{100 * v:.1f} %</td></tr>" for k, v in metrics["fold_accuracy"].items())
     rows = "".join(
@@ -234,6 +254,10 @@ th {{ background: #eef; }} .big {{ font-size: 1.6em; font-weight: bold; }} img {
 <h2>Per fold</h2><table id="folds"><tr><th>test fold</th><th>accuracy</th></tr>{folds}</table>
 <h2>Per class (worst first)</h2>
 <table id="per-class"><tr><th>category</th><th>correct / total</th><th>accuracy (recall)</th><th>precision</th><th>F1</th></tr>{rows}</table>
+<h2>Most confused pairs</h2>
+<table id="confused"><tr><th>true</th><th>predicted as</th><th>clips</th></tr>{confused}</table>
+<h2>Misclassified clips (most confident first)</h2>
+<table id="misclassified"><tr><th>clip</th><th>fold</th><th>true</th><th>predicted</th><th>probability</th><th>listen</th></tr>{wrong}</table>
 <h2>Images</h2>{images}
 </body></html>
 """
@@ -248,12 +272,18 @@ def plot_confusion(confusion: pd.DataFrame, *, normalize: bool = False):
     if normalize:
         values = values / np.maximum(values.sum(axis=1, keepdims=True), 1)
     n = len(confusion)
-    size = max(6.0, 0.28 * n + 3)
+    size = max(6.0, 0.34 * n + 4)  # 50 classes: cells of a third of an inch, labels at 8 pt
     fig = Figure(figsize=(size, size), layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else None)
-    ax.set_xticks(range(n), confusion.columns, rotation=90, fontsize=7 if n > 20 else 9)
-    ax.set_yticks(range(n), confusion.index, fontsize=7 if n > 20 else 9)
+    ax.set_xticks(range(n), confusion.columns, rotation=90, fontsize=8 if n > 20 else 10)
+    ax.set_yticks(range(n), confusion.index, fontsize=8 if n > 20 else 10)
+    if not normalize:  # the counts themselves, where a cell holds any
+        dark = values > 0.6 * max(values.max(), 1)
+        for (i, j), count in np.ndenumerate(confusion.to_numpy()):
+            if count:
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=6 if n > 20 else 9,
+                        color="white" if dark[i, j] else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("Confusion matrix, all test folds" + (" (rows normalised)" if normalize else ""))
@@ -347,7 +377,7 @@ def write_run(run_dir: Path, cv: CVResult, dataset: Dataset, *, pipeline: dict[s
     result = metrics(cv, per_class, pipeline=pipeline, timings=timings, confused=most_confused(confusion),
                      extra=extra)
     write_text(run_dir / "report.md", summary(result, per_class))
-    write_text(run_dir / "report.html", html_page(result, per_class, run_dir))
+    write_text(run_dir / "report.html", html_page(result, per_class, run_dir, predictions))
     _finish_folder(run_dir, result)
     return result
 
