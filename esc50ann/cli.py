@@ -54,48 +54,63 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     # Global options are accepted before or after the subcommand; SUPPRESS keeps a subcommand's
-    # unset option from overwriting one given before it.
-    common = _Parser(add_help=False)
-    common.add_argument("--data-dir", default=argparse.SUPPRESS,
-                        help="data root (default: $ESC50ANN_DATA_DIR, else the checkout's data/ in a source "
-                             "checkout, else the per-user data directory)")
-    common.add_argument("--source", default=argparse.SUPPRESS,
-                        help="dataset URL, .zip or extracted folder (default: $ESC50ANN_SOURCE, the pipeline's, or the official archive)")
-    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                        help="print only errors and the final result")
-    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="also a line per training epoch")
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show the traceback of an internal error")
-    settings = _Parser(add_help=False)
-    settings.add_argument("--set", dest="settings", metavar="SECTION.KEY=VALUE", type=_setting, action="append",
-                          default=[], help="override a pipeline key (repeatable), checked like the file")
-    settings.add_argument("--seed", type=int, help="random state of everything random (training.random_state)")
+    # unset option from overwriting one given before it. Each subcommand lists only those it uses.
+    options = {name: _Parser(add_help=False) for name in ("data", "source", "quiet", "verbose", "debug", "set")}
+    options["data"].add_argument("--data-dir", default=argparse.SUPPRESS,
+                                 help="data root (default: $ESC50ANN_DATA_DIR, else the checkout's data/ in a "
+                                      "source checkout, else the per-user data directory)")
+    options["source"].add_argument("--source", default=argparse.SUPPRESS,
+                                   help="dataset URL, .zip or extracted folder (default: $ESC50ANN_SOURCE, the "
+                                        "pipeline's, or the official archive)")
+    options["quiet"].add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                                  help="print only errors and the final result")
+    options["verbose"].add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                    help="also a line per training epoch")
+    options["debug"].add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                  help="show the traceback of an internal error")
+    options["set"].add_argument("--set", dest="settings", metavar="SECTION.KEY=VALUE", type=_setting,
+                                action="append", default=[],
+                                help="override a pipeline key (repeatable), checked like the file")
+    options["set"].add_argument("--seed", type=int, help="random state of everything random (training.random_state)")
 
-    parser = _Parser(prog="esc50ann", parents=[common],
-                                     description="ESC-50 sound classification with an MLP written from scratch.")
+    parser = _Parser(prog="esc50ann", parents=list(options.values())[:-1],
+                     description="ESC-50 sound classification with an MLP written from scratch.",
+                     epilog="example: esc50ann run quick   (then `esc50ann report`; `esc50ann COMMAND --help` "
+                            "for each command)")
     parser.add_argument("--version", action="version", version=f"esc50ann {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def command(name, help_text, aliases=(), configurable=False):
-        parents = [common, settings] if configurable else [common]
-        return sub.add_parser(name, parents=parents, help=help_text, description=help_text, aliases=aliases)
+    def command(name, help_text, example, uses=("debug",), aliases=()):
+        return sub.add_parser(name, parents=[options[u] for u in uses], help=help_text, description=help_text,
+                              aliases=aliases, epilog=f"example: {example}",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    p = command("download", "download, verify and extract the dataset (a no-op when already done)")
+    p = command("download", "download, verify and extract the dataset (a no-op when already done)",
+                "esc50ann download --source ESC-50-master.zip", ("data", "source", "quiet", "debug"))
     p.add_argument("--sha256", help="expected SHA-256 of the archive")
-    p = command("info", "describe the downloaded dataset")
+    p = command("info", "describe the downloaded dataset", "esc50ann info --verify", ("data", "quiet", "debug"))
     p.add_argument("--verify", action="store_true", help="re-check every audio file against the manifest")
-    p = command("pipelines", "list the built-in pipelines, or print one to copy and edit")
-    p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    p = command("pipelines", "list the built-in pipelines, or print one to copy and edit",
+                "esc50ann pipelines show quick > mine.toml")
+    p.add_argument("action", nargs="?", choices=["list", "show"], default="list",
+                   help="list (default): names and descriptions; show: print the file of NAME")
     p.add_argument("name", nargs="?", help="with show: the pipeline to print")
-    p = command("features", "compute (or load from the cache) the features of a pipeline", configurable=True)
+    p = command("sweeps", "list the built-in sweeps, or print one to copy and edit",
+                "esc50ann sweeps show default-small > mine.toml")
+    p.add_argument("action", nargs="?", choices=["list", "show"], default="list",
+                   help="list (default): names and what they try; show: print the file of NAME")
+    p.add_argument("name", nargs="?", help="with show: the sweep to print")
+    every = ("data", "source", "quiet", "verbose", "debug", "set")
+    p = command("features", "compute (or load from the cache) the features of a pipeline",
+                "esc50ann features quick", every)
     p.add_argument("pipeline", nargs="?", default="default", help="pipeline file or name (default: default)")
     p.add_argument("--jobs", type=int, default=-1, help="worker processes (default: all cores)")
-    p = command("cache", "list or clear the feature cache")
-    p.add_argument("action", choices=["list", "clear"])
+    p = command("cache", "list or clear the feature cache", "esc50ann cache clear --key 1a2b3c4d",
+                ("data", "debug"))
+    p.add_argument("action", choices=["list", "clear"], help="list the entries, or clear them (all, or --key)")
     p.add_argument("--key", help="with clear: only this entry")
-    p = command("run", "run a whole pipeline: download, features, cross-validation, report", aliases=["cv"],
-                configurable=True)
+    p = command("run", "run a whole pipeline: download, features, cross-validation, report",
+                "esc50ann run quick --set training.max_epochs=20", every, aliases=["cv"])
     p.add_argument("pipeline", nargs="?", default="default",
                    help="pipeline file or built-in name (default: default; see `esc50ann pipelines`)")
     p.add_argument("--folds", type=_folds, help="test folds, e.g. 1,2 (default: every fold listed)")
@@ -105,46 +120,57 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes for feature extraction and for folds trained in parallel "
                         "(default: all cores for features, the pipeline's n_jobs for folds)")
     p = command("train", "train a model (the final one on every fold, or with a test fold held out) and save it",
-                configurable=True)
-    p.add_argument("pipeline")
+                "esc50ann train default --all --save model.npz", every)
+    p.add_argument("pipeline", help="pipeline file or built-in name (see `esc50ann pipelines`)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--all", action="store_true", help="train the final model on every fold")
     which.add_argument("--test-fold", type=int, help="hold this fold out and report the accuracy on it")
     p.add_argument("--save", type=Path, required=True, help="model file to write (.npz)")
-    p = command("predict", "classify audio files, folders or glob patterns with a saved model")
-    p.add_argument("model", type=Path)
+    p = command("predict", "classify audio files, folders or glob patterns with a saved model",
+                'esc50ann predict model.npz recordings/ "more/*.wav" --format csv', ("quiet", "debug"))
+    p.add_argument("model", type=Path, help="model file written by `esc50ann train ... --save`")
     p.add_argument("inputs", nargs="+", metavar="AUDIO", help="files, folders (searched recursively) or glob patterns")
     p.add_argument("--top", type=_positive_int, default=5, help="classes to show per file (default 5)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table",
-                   help="table (default), csv or json on stdout; messages go to stderr")
+                   help="table (default), csv or json on stdout (csv and json list every input, with its "
+                        "warnings or error); messages go to stderr")
     p.add_argument("--hop", type=float,
                    help="seconds (>= 0.01) between windows of a recording longer than the model's clip "
                         "(default: half a clip)")
     p.add_argument("--min-confidence", type=float, metavar="P",
                    help="mark predictions whose top probability is below P (0-1) as low confidence")
     p.add_argument("--per-window", action="store_true", help="also list each window's prediction")
-    p = command("sweep", "try many configurations of a pipeline, chosen by nested cross-validation")
-    p.add_argument("sweep_file", type=Path, help="sweep file (see sweeps/)")
+    p = command("sweep", "try many configurations of a pipeline, chosen by nested cross-validation",
+                "esc50ann sweep default-small --cluster local:2", ("data", "source", "quiet", "debug"))
+    p.add_argument("sweep_file", type=Path, metavar="SWEEP",
+                   help="sweep file or built-in name (see `esc50ann sweeps`)")
     p.add_argument("--out", type=Path, help="report folder; rerun into it to resume (default: <data-dir>/runs/sweep-...)")
     p.add_argument("--jobs", type=int, default=-1, help="local worker processes (default: all cores)")
     p.add_argument("--cluster", help="tcp://host:8786 (a Dask scheduler) or local:N (a LocalCluster of N workers)")
-    command("runs", "list the finished runs and sweeps of the data root, newest first")
-    p = command("report", "print the summary of a finished run or sweep")
+    command("runs", "list the finished runs and sweeps of the data root, newest first", "esc50ann runs",
+            ("data", "debug"))
+    p = command("report", "print the summary of a finished run or sweep", "esc50ann report quick-20261203-112650",
+                ("data", "debug"))
     p.add_argument("run", nargs="?", help="run folder, or its name as `esc50ann runs` shows it (default: the latest)")
     p.add_argument("--markdown", action="store_true", help="print the whole report.md instead")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error already printed in one line
         return exc.code if isinstance(exc.code, int) else 1
+    if args.command is None:  # bare `esc50ann`: what it can do, not an error
+        parser.print_help()
+        return 0
     args.quiet = getattr(args, "quiet", False)
     args.progress = not args.quiet
     args.verbose = getattr(args, "verbose", False) and args.progress
     args.data_dir = getattr(args, "data_dir", None)
     args.source = getattr(args, "source", None)
+    args.settings = getattr(args, "settings", [])
     try:
         return COMMANDS[args.command](args) or 0
     except (Esc50Error, OSError) as exc:  # OSError: unwritable --out, disk full, ... (names the path)
@@ -202,9 +228,10 @@ def cmd_info(args) -> int:
 def cmd_features(args) -> None:
     pipe = _pipeline(args, args.pipeline, n_jobs=args.jobs)
     feats = pipe.features()
-    how = "loaded from cache" if feats.from_cache else "computed"
-    print(f"features {feats.X.shape[0]} x {feats.X.shape[1]} {how} in {pipe.timings['features']:.2f} s "
-          f"(key {feats.key})")
+    # The stage's own line (stderr) is the summary, worded as in `run`; stdout gets it when it is
+    # not the same terminal (a file, a pipe) or when --quiet kept stderr silent.
+    if args.quiet or not (sys.stdout.isatty() and sys.stderr.isatty()):
+        print(pipe.stage_lines["features"])
     for filename, reason in feats.skipped:
         print(f"  skipped {filename}: {reason}")
 
@@ -250,6 +277,21 @@ def cmd_pipelines(args) -> None:
     width = max(map(len, builtin))
     for name, path in builtin.items():
         print(f"{name:<{width}}  {config.load(path).description}")
+
+
+def cmd_sweeps(args) -> None:
+    from esc50ann import config
+
+    builtin = config.builtin_pipelines("sweeps")
+    if args.action == "show":
+        if args.name is None:
+            raise Esc50Error(f"sweeps show: name a sweep ({', '.join(builtin)})")
+        print(config.find(args.name, "sweeps").read_text(encoding="utf-8"), end="")
+        return
+    width = max(map(len, builtin))
+    for name, path in builtin.items():
+        first = path.read_text(encoding="utf-8").splitlines()[0]  # every sweep file opens with what it tries
+        print(f"{name:<{width}}  {first.lstrip('# ')}")
 
 
 def cmd_train(args) -> None:
@@ -311,6 +353,7 @@ def cmd_report(args) -> None:
     print(markdown if args.markdown else text_summary(metrics, folder), end="")
 
 
-COMMANDS = {"download": cmd_download, "info": cmd_info, "pipelines": cmd_pipelines, "features": cmd_features,
+COMMANDS = {"download": cmd_download, "info": cmd_info, "pipelines": cmd_pipelines, "sweeps": cmd_sweeps,
+            "features": cmd_features,
             "cache": cmd_cache,
             "run": cmd_run, "cv": cmd_run, "sweep": cmd_sweep, "runs": cmd_runs, "train": cmd_train, "predict": cmd_predict, "report": cmd_report}

@@ -80,6 +80,7 @@ class Pipeline:
         self.progress = progress
         self.verbose = verbose
         self.timings: dict[str, float] = {}
+        self.stage_lines: dict[str, str] = {}  # each finished stage's summary line, as printed
         self._dataset: Dataset | None = None
         self._features: FeatureSet | None = None
         self.overrides: dict[str, Any] = {}  # the --set values config holds, recorded with a run
@@ -244,8 +245,8 @@ class Pipeline:
 
     def _note(self, stage: str, result: str) -> None:
         """The stage's line: what it gave and how long it took."""
-        progress_mod.note(f"{stage.replace('_', '-')}: {result} ({self.timings.get(stage, 0.0):.1f} s)",
-                          enabled=self.progress)
+        self.stage_lines[stage] = f"{stage.replace('_', '-')}: {result} ({self.timings.get(stage, 0.0):.1f} s)"
+        progress_mod.note(self.stage_lines[stage], enabled=self.progress)
 
     @contextlib.contextmanager
     def _timed(self, stage: str):

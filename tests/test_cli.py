@@ -92,7 +92,7 @@ def test_cv_is_run(cli_root, tmp_path, capsys):
 def test_bad_input_is_one_line_error(cli_root, capsys, args, words):
     (cli_root / "typo.toml").write_text("[features]\nn_mel = 64\n")
     args = [a.format(dir=cli_root) for a in args]
-    assert_one_line_error(esc50ann(capsys, "--quiet", *args, "--data-dir", cli_root / "data"), *words)
+    assert_one_line_error(esc50ann(capsys, "--quiet", "--data-dir", cli_root / "data", *args), *words)
 
 
 def test_info_without_dataset_says_what_to_do(tmp_path, capsys):

@@ -306,3 +306,64 @@ def test_an_internal_error_is_one_line_without_a_traceback(monkeypatch, capsys):
     assert code == 2 and err == "esc50ann: internal error: RuntimeError: a bug with two lines (run with --debug for the traceback)\n"
     with pytest.raises(RuntimeError):
         cli.main(["pipelines", "--debug"])
+
+
+def test_bare_command_prints_the_usage(capsys):
+    code, out, err = esc50ann(capsys)
+    assert code == 0 and err == "" and "COMMAND" in out and "predict" in out and "example:" in out
+
+
+@pytest.mark.parametrize("command", ["download", "info", "pipelines", "sweeps", "features", "cache", "run",
+                                     "train", "predict", "sweep", "runs", "report"])
+def test_each_command_help_lists_only_its_options_documents_positionals_and_ends_with_an_example(
+        command, capsys):
+    code, out, _ = esc50ann(capsys, command, "--help")
+    assert code == 0 and out.rstrip().splitlines()[-1].startswith(f"example: esc50ann {command}")
+    parser = cli.build_parser()
+    sub = parser._subparsers._group_actions[0].choices[command]
+    for action in sub._actions:
+        if not action.option_strings:  # a positional: has its line of help
+            assert action.help, f"{command} {action.dest} has no help"
+    takes_source = command in {"download", "features", "run", "train", "sweep"}
+    assert ("--source" in out) == takes_source
+    assert ("--set" in out) == (command in {"features", "run", "train"})
+    assert ("--data-dir" in out) == (command not in {"pipelines", "sweeps", "predict"})
+
+
+def test_builtin_sweeps_are_listed_shown_and_run_by_name(capsys, tmp_path):
+    from esc50ann.sweepfile import Sweep
+
+    code, out, _ = esc50ann(capsys, "sweeps")
+    names = [line.split()[0] for line in out.strip().splitlines()]
+    assert code == 0 and names == ["default-depth", "default-random", "default-small"]
+    code, out, _ = esc50ann(capsys, "sweeps", "show", "default-small")
+    assert code == 0 and 'name = "default-small"' in out
+    assert Sweep.from_toml("default-small").name == "default-small"  # what `sweep default-small` reads
+    code, _, err = esc50ann(capsys, "sweep", "nosuch", "--data-dir", tmp_path)
+    assert code == 1 and "default-small" in err and "nosuch" in err
+
+
+def test_pipeline_descriptions_carry_no_figures():
+    import re
+
+    from esc50ann import config
+
+    for name, path in config.builtin_pipelines().items():
+        description = config.load(path).description
+        assert not re.search(r"\d\s*%|\d+\.\d+ ?s\b|\bminutes?\b", description), (name, description)
+
+
+def test_features_prints_its_summary_once_worded_like_run(cli_root, capsys, monkeypatch):
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):  # as on a terminal
+        monkeypatch.setattr(stream, "isatty", lambda: True)
+    code, out, err = esc50ann(capsys, "features", cli_root / "tiny.toml", "--data-dir", cli_root / "data",
+                              "--jobs", 1)
+    lines = [line for line in (out + err).splitlines() if line.startswith("features:")]
+    assert code == 0 and len(lines) == 1 and "x" in lines[0] and "(key " in lines[0], out + err
+    code, out, err = esc50ann(capsys, "-q", "features", cli_root / "tiny.toml", "--data-dir", cli_root / "data")
+    assert code == 0 and err == "" and out.startswith("features: ") and len(out.splitlines()) == 1
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)  # stdout to a file: the line goes there too
+    code, out, err = esc50ann(capsys, "features", cli_root / "tiny.toml", "--data-dir", cli_root / "data")
+    assert code == 0 and out.startswith("features: ") and "features: " in err
