@@ -1,6 +1,7 @@
 """What a user installs is a wheel: build it, install it into a fresh virtual environment and run a
 built-in pipeline by name from a directory outside the checkout."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,8 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 
 
 def run(*args, cwd, env=None):
+    # The installed wheel must be what runs: no PYTHONPATH pointing into a checkout.
+    env = {k: v for k, v in (env or os.environ).items() if k != "PYTHONPATH"}
     result = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, f"{args}\n{result.stdout}\n{result.stderr}"
     return result
@@ -21,8 +24,9 @@ def test_wheel_installs_and_runs_a_builtin_pipeline_from_anywhere(tmp_path, synt
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(CHECKOUT / name, src / name)
-    for folder in ("esc50ann", "pipelines"):
-        shutil.copytree(CHECKOUT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("esc50ann", "pipelines", "sweeps"):  # (a worktree may link the data folders into esc50ann/)
+        shutil.copytree(CHECKOUT / folder, src / folder,
+                        ignore=shutil.ignore_patterns("__pycache__", "pipelines", "sweeps"))
     run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", src,
         "-w", tmp_path / "dist", cwd=tmp_path)
     wheel, = (tmp_path / "dist").glob("esc50ann-*.whl")
@@ -45,3 +49,6 @@ def test_wheel_installs_and_runs_a_builtin_pipeline_from_anywhere(tmp_path, synt
                  "print(esc50ann.__file__, Pipeline.from_toml('pipelines/default.toml').config.name)",
                  cwd=elsewhere).stdout.split()
     assert loaded[0].startswith(str(venv)) and loaded[1] == "default"  # the wheel's, not this checkout's
+    sweeps = run(command, "sweeps", cwd=elsewhere).stdout
+    assert "default-small" in sweeps  # the example sweeps ship in the wheel
+    assert run(command, "report", "--data-dir", data, cwd=elsewhere).stdout.startswith("quick: accuracy")
