@@ -256,9 +256,11 @@ th {{ background: #eef; }} .big {{ font-size: 1.6em; font-weight: bold; }} img {
 <table id="per-class"><tr><th>category</th><th>correct / total</th><th>accuracy (recall)</th><th>precision</th><th>F1</th></tr>{rows}</table>
 <h2>Most confused pairs</h2>
 <table id="confused"><tr><th>true</th><th>predicted as</th><th>clips</th></tr>{confused}</table>
-<h2>Misclassified clips (most confident first)</h2>
-<table id="misclassified"><tr><th>clip</th><th>fold</th><th>true</th><th>predicted</th><th>probability</th><th>listen</th></tr>{wrong}</table>
 <h2>Images</h2>{images}
+<h2>Misclassified clips</h2>
+<details><summary>{wrong.count("<tr>")} clips, most confident mistake first: open to list and listen</summary>
+<table id="misclassified"><tr><th>clip</th><th>fold</th><th>true</th><th>predicted</th><th>probability</th><th>listen</th></tr>{wrong}</table>
+</details>
 </body></html>
 """
 
