@@ -156,3 +156,35 @@ def test_a_folder_of_nothing_is_one_line(tmp_path, capsys):
     (tmp_path / "empty" / "label" / "notes.txt").write_text("no audio")
     assert_one_line_error(esc50ann(capsys, "download", "--source", tmp_path / "empty", "--data-dir", tmp_path / "d"),
                           "no class folders of audio files")
+
+
+# ----------------------------------------------------------------------------- features --out
+
+
+def test_features_out_writes_one_row_per_clip(tree, tmp_path, capsys):
+    data = tmp_path / "data"
+    (tmp_path / "tiny.toml").write_text(synth.TINY_PIPELINE)
+    code, out, err = esc50ann(capsys, "--quiet", "features", tmp_path / "tiny.toml", "--source", tree, "--data-dir",
+                              data, "--out", tmp_path / "f.csv", *FAST)
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "f.csv")
+    assert len(table) == 15 and list(table.columns[:3]) == ["filename", "category", "fold"]
+    assert table["filename"].is_unique and set(table["category"]) == {"bark", "chime", "hum"}
+    d = load(data)
+    assert table.set_index("filename")["fold"].to_dict() == d.meta.set_index("filename")["fold"].to_dict()
+    assert table.shape[1] == 3 + 6 * 32 and np.isfinite(table.iloc[:, 3:].to_numpy()).all()
+    assert "wrote 15 rows" in out
+    pytest.importorskip("pyarrow")
+    code, _, err = esc50ann(capsys, "--quiet", "features", tmp_path / "tiny.toml", "--data-dir", data,
+                            "--out", tmp_path / "f.parquet", *FAST)
+    assert code == 0, err
+    parquet = pd.read_parquet(tmp_path / "f.parquet")
+    assert list(parquet.columns) == list(table.columns) and parquet.iloc[:, :3].equals(table.iloc[:, :3])
+    assert parquet.dtypes.iloc[3] == np.float32  # as computed, not widened by a text round trip
+    np.testing.assert_allclose(parquet.iloc[:, 3:].to_numpy(), table.iloc[:, 3:].to_numpy(), rtol=1e-6)
+
+
+def test_features_out_of_another_kind_is_refused_before_any_work(tmp_path, capsys):
+    assert_one_line_error(esc50ann(capsys, "features", "quick", "--data-dir", tmp_path / "nothing",
+                                   "--out", tmp_path / "f.xlsx"), "f.xlsx", ".csv or .parquet")
+    assert not (tmp_path / "nothing").exists()
