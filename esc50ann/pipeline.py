@@ -168,7 +168,8 @@ class Pipeline:
         feats = self.features()
         with self._timed("report"):
             recorded = record_mod.read(self.data_dir) or {}
-            extra = {"source": recorded.get("source"), "overrides": self.overrides,
+            extra = {"source": recorded.get("source"), "dataset_layout": feats.dataset.layout,
+                     "overrides": self.overrides,
                      "feature_shape": list(feats.X.shape), "feature_cache_key": feats.key,
                      "features_from_cache": feats.from_cache,
                      "skipped_clips": [list(s) for s in feats.skipped],

@@ -127,13 +127,18 @@ IMAGES = (("confusion.png", "Confusion matrix"), ("confusion_normalized.png", "C
           ("learning_curves.png", "Learning curves"))
 
 
+LAYOUTS = {"esc50": "ESC-50", "urbansound8k": "UrbanSound8K", "folders": "class-per-folder"}
+
+
 def settings_lines(metrics: dict[str, Any]) -> list[str]:
     """What was run, in a few lines: source, features, network, training, evaluation, seed."""
     pipe = metrics["pipeline"]
     f, e, m, t = (pipe.get(k, {}) for k in ("features", "evaluation", "model", "training"))
     overrides = metrics.get("overrides") or {}
     return [
-        f"- source: {metrics.get('source') or 'the dataset in the data root'}",
+        f"- source: {metrics.get('source') or 'the dataset in the data root'}"
+        + (f" ({LAYOUTS.get(metrics['dataset_layout'], metrics['dataset_layout'])} layout)"
+           if metrics.get("dataset_layout") else ""),
         *([f"- overrides: {format_overrides(overrides)}"] if overrides else []),
         f"- features: {f.get('representation')} of a {f.get('n_mels')}-band log-mel"
         + (" + delta" if f.get("deltas") else "") + (f" + {f.get('n_mfcc')} MFCC" if f.get("n_mfcc") else "")

@@ -59,9 +59,21 @@ def test_class_tree_runs_to_a_report_with_per_class_accuracy(tree, tmp_path, cap
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["per_class_accuracy"]) == {"bark", "chime", "hum"} and metrics["n_clips"] == 15
-    assert "Per-class accuracy" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "Per-class accuracy" in report and f"source: {tree} (class-per-folder layout)" in report
     predictions = pd.read_csv(out / "predictions.csv")
     assert len(predictions) == 15
+    code, info, err = esc50ann(capsys, "info", "--data-dir", tmp_path / "data")
+    assert code == 0 and "layout:   a folder per class" in info and "ESC-10" not in info, err
+    # a model trained on it classifies a clip of another rate and length as one of its classes
+    model = tmp_path / "model.npz"
+    code, _, err = esc50ann(capsys, "--quiet", "train", tmp_path / "tiny.toml", "--all", "--save", model,
+                            "--data-dir", tmp_path / "data", *FAST[:4])
+    assert code == 0, err
+    clip = next(tree.rglob("*.ogg"))
+    code, predicted, err = esc50ann(capsys, "predict", model, clip, "--top", 1)
+    assert code == 0, err
+    assert predicted.split(": ", 1)[1].rsplit(" ", 2)[0] in {"bark", "chime", "hum"}, predicted
 
 
 def test_native_rate_means_one_rate_on_other_datasets(tree, tmp_path):
