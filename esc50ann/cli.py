@@ -208,17 +208,14 @@ def cmd_download(args) -> None:
     print(f"dataset ready: {len(dataset)} clips in {dataset.root} ({time.perf_counter() - start:.1f} s)")
 
 
-_LAYOUT_NAMES = {"esc50": "ESC-50", "urbansound8k": "UrbanSound8K (metadata/UrbanSound8K.csv)",
-                 "folders": "a folder per class (folds split by esc50ann)"}
-
-
 def cmd_info(args) -> int:
     from esc50ann.dataset import load
+    from esc50ann.layouts import NAMES
 
     dataset = load(args.data_dir, check_files=not args.verify)  # --verify reports changed files itself
     info = dataset.summary()
     print(f"root:     {info['root']}")
-    print(f"layout:   {_LAYOUT_NAMES.get(info['layout'], info['layout'])}")
+    print(f"layout:   {NAMES.get(info['layout'], info['layout'])}")
     esc10 = f"  (ESC-10 subset: {info['n_esc10']})" if info["layout"] == "esc50" else ""
     print(f"clips:    {info['n_clips']}{esc10}")
     print(f"classes:  {info['n_classes']}")

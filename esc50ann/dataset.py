@@ -105,8 +105,8 @@ class Dataset:
         if name == "esc50":
             return self
         if name == "esc10" and self.layout != layouts.ESC50:
-            raise DatasetError(f"subset 'esc10' is part of ESC-50 only, and {self.root} is a {self.layout} "
-                               "dataset: use subset = 'esc50' (every clip)")
+            raise DatasetError(f"subset 'esc10' is part of ESC-50 only, and {self.root} is a "
+                               f"{layouts.NAMES[self.layout]} dataset: use subset = 'esc50' (every clip)")
         if name == "esc10":
             meta = self.meta[self.meta["esc10"]].reset_index(drop=True)
             return dataclasses.replace(self, meta=meta)

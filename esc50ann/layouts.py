@@ -24,6 +24,7 @@ from esc50ann.fileio import write_text
 from esc50ann.metadata import load_metadata, load_table
 
 ESC50, URBANSOUND8K, FOLDERS = "esc50", "urbansound8k", "folders"
+NAMES = {ESC50: "ESC-50", URBANSOUND8K: "UrbanSound8K", FOLDERS: "class-per-folder"}  # as messages say them
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 N_FOLDS = 5  # of a class-per-folder split, fewer when a class has fewer clips
 SPLIT_SEED = 0  # the split's random state: the same tree always splits the same way

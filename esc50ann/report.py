@@ -29,6 +29,7 @@ from esc50ann.dataset import Dataset
 from esc50ann.errors import Esc50Error, one_line
 from esc50ann.evaluate import CVResult
 from esc50ann.fileio import atomic_path, json_default, write_text
+from esc50ann.layouts import NAMES
 
 
 def predictions_table(cv: CVResult, dataset: Dataset) -> pd.DataFrame:
@@ -127,9 +128,6 @@ IMAGES = (("confusion.png", "Confusion matrix"), ("confusion_normalized.png", "C
           ("learning_curves.png", "Learning curves"))
 
 
-LAYOUTS = {"esc50": "ESC-50", "urbansound8k": "UrbanSound8K", "folders": "class-per-folder"}
-
-
 def settings_lines(metrics: dict[str, Any]) -> list[str]:
     """What was run, in a few lines: source, features, network, training, evaluation, seed."""
     pipe = metrics["pipeline"]
@@ -137,7 +135,7 @@ def settings_lines(metrics: dict[str, Any]) -> list[str]:
     overrides = metrics.get("overrides") or {}
     return [
         f"- source: {metrics.get('source') or 'the dataset in the data root'}"
-        + (f" ({LAYOUTS.get(metrics['dataset_layout'], metrics['dataset_layout'])} layout)"
+        + (f" ({NAMES.get(metrics['dataset_layout'], metrics['dataset_layout'])} layout)"
            if metrics.get("dataset_layout") else ""),
         *([f"- overrides: {format_overrides(overrides)}"] if overrides else []),
         f"- features: {f.get('representation')} of a {f.get('n_mels')}-band log-mel"

@@ -64,7 +64,7 @@ def test_class_tree_runs_to_a_report_with_per_class_accuracy(tree, tmp_path, cap
     predictions = pd.read_csv(out / "predictions.csv")
     assert len(predictions) == 15
     code, info, err = esc50ann(capsys, "info", "--data-dir", tmp_path / "data")
-    assert code == 0 and "layout:   a folder per class" in info and "ESC-10" not in info, err
+    assert code == 0 and "layout:   class-per-folder" in info and "ESC-10" not in info, err
     # a model trained on it classifies a clip of another rate and length as one of its classes
     model = tmp_path / "model.npz"
     code, _, err = esc50ann(capsys, "--quiet", "train", tmp_path / "tiny.toml", "--all", "--save", model,
@@ -200,3 +200,15 @@ def test_features_out_of_another_kind_is_refused_before_any_work(tmp_path, capsy
     assert_one_line_error(esc50ann(capsys, "features", "quick", "--data-dir", tmp_path / "nothing",
                                    "--out", tmp_path / "f.xlsx"), "f.xlsx", ".csv or .parquet")
     assert not (tmp_path / "nothing").exists()
+
+
+def test_a_tree_that_changed_is_split_anew_with_a_warning(tree, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(tree, tmp_path / "sounds")
+    first = prepare(copy, tmp_path / "data", progress=False)
+    shutil.copy(copy / "bark" / "clip0.wav", copy / "bark" / "clip9.wav")
+    with pytest.warns(UserWarning, match="splitting it anew"):
+        again = prepare(copy, tmp_path / "data", progress=False)
+    assert len(again) == len(first) + 1 and "bark/clip9.wav" in set(again.meta["filename"])
+    assert set(pd.read_csv(paths.folds_csv(tmp_path / "data", copy))["filename"]) == set(again.meta["filename"])
