@@ -102,9 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="with show: the sweep to print")
     every = ("data", "source", "quiet", "verbose", "debug", "set")
     p = command("features", "compute (or load from the cache) the features of a pipeline",
-                "esc50ann features quick", every)
+                "esc50ann features quick --out features.csv", every)
     p.add_argument("pipeline", nargs="?", default="default", help="pipeline file or name (default: default)")
     p.add_argument("--jobs", type=int, default=-1, help="worker processes (default: all cores)")
+    p.add_argument("--out", type=Path, help="also write the feature matrix, one row per clip (.csv, or .parquet "
+                                             "with the parquet extra)")
     p = command("cache", "list or clear the feature cache", "esc50ann cache clear --key 1a2b3c4d",
                 ("data", "debug"))
     p.add_argument("action", choices=["list", "clear"], help="list the entries, or clear them (all, or --key)")
@@ -208,11 +210,14 @@ def cmd_download(args) -> None:
 
 def cmd_info(args) -> int:
     from esc50ann.dataset import load
+    from esc50ann.layouts import NAMES
 
     dataset = load(args.data_dir, check_files=not args.verify)  # --verify reports changed files itself
     info = dataset.summary()
     print(f"root:     {info['root']}")
-    print(f"clips:    {info['n_clips']}  (ESC-10 subset: {info['n_esc10']})")
+    print(f"layout:   {NAMES.get(info['layout'], info['layout'])}")
+    esc10 = f"  (ESC-10 subset: {info['n_esc10']})" if info["layout"] == "esc50" else ""
+    print(f"clips:    {info['n_clips']}{esc10}")
     print(f"classes:  {info['n_classes']}")
     print(f"folds:    {', '.join(map(str, info['folds']))}")
     print(f"verified: {'yes' if info['verified'] else 'no'}")
@@ -226,14 +231,22 @@ def cmd_info(args) -> int:
 
 
 def cmd_features(args) -> None:
+    from esc50ann.features import check_table_path
+
+    if args.out is not None:
+        check_table_path(args.out)  # before minutes of feature extraction, not after
     pipe = _pipeline(args, args.pipeline, n_jobs=args.jobs)
     feats = pipe.features()
+    if args.out is not None:
+        feats.write(args.out)
     # The stage's own line (stderr) is the summary, worded as in `run`; stdout gets it when it is
     # not the same terminal (a file, a pipe) or when --quiet kept stderr silent.
     if args.quiet or not (sys.stdout.isatty() and sys.stderr.isatty()):
         print(pipe.stage_lines["features"])
     for filename, reason in feats.skipped:
         print(f"  skipped {filename}: {reason}")
+    if args.out is not None:
+        print(f"wrote {len(feats.filenames)} rows x {feats.X.shape[1]} features to {args.out}")
 
 
 def cmd_cache(args) -> None:

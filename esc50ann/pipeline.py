@@ -12,6 +12,7 @@ cache on disk), so calling a later stage first runs the earlier ones once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -111,6 +112,11 @@ class Pipeline:
                 full = dataset_mod.prepare(self.source, self.data_dir, sha256=self.config.dataset.sha256,
                                            n_jobs=self.n_jobs, progress=self.progress)
                 self._dataset = full.subset(self.config.dataset.subset)
+            if self._dataset.layout != "esc50" and self.config.features.sample_rate is None:
+                # "Native rate" means one rate on ESC-50 only: other sets mix rates, and features
+                # (and a saved model's) must be of one rate, so they are read at ESC-50's.
+                features = dataclasses.replace(self.config.features, sample_rate=verify.SAMPLE_RATE)
+                self.config = dataclasses.replace(self.config, features=features)
             d = self._dataset
             self._note("dataset", f"{len(d)} clips, {len(d.classes)} classes, folds "
                                   f"{','.join(map(str, d.folds))} in {d.root}")
@@ -162,7 +168,8 @@ class Pipeline:
         feats = self.features()
         with self._timed("report"):
             recorded = record_mod.read(self.data_dir) or {}
-            extra = {"source": recorded.get("source"), "overrides": self.overrides,
+            extra = {"source": recorded.get("source"), "dataset_layout": feats.dataset.layout,
+                     "overrides": self.overrides,
                      "feature_shape": list(feats.X.shape), "feature_cache_key": feats.key,
                      "features_from_cache": feats.from_cache,
                      "skipped_clips": [list(s) for s in feats.skipped],

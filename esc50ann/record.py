@@ -1,7 +1,10 @@
 """The data root's ``dataset.json``: what the dataset stage verified, so the next run trusts it.
 
     {"source": ..., "archive_sha256": ... | null, "root": <dataset folder>, "verified_at": ...,
-     "n_clips": N, "files": {filename: sha256}, "stats": {filename: [size, mtime_ns]}}
+     "n_clips": N, "files": {filename: sha256}, "stats": {filename: [size, mtime_ns]},
+     "layout": "esc50" | "urbansound8k" | "folders", "audio_dir": ..., "metadata": ...}
+
+A record without ``layout`` (written before other layouts existed) is ESC-50's.
 
 ``read`` checks the shape of the file before anything uses it (a damaged or forged record is one
 ``DatasetError``); ``write`` replaces it atomically.
@@ -12,6 +15,7 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+from esc50ann import layouts
 from esc50ann.errors import DatasetError, one_line
 from esc50ann.fileio import write_text
 from esc50ann.paths import record_path
@@ -50,13 +54,25 @@ def _well_formed(record) -> bool:
             and isinstance(stats, dict)
             and all(v is None or (isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v))
                     for v in stats.values())
-            and isinstance(record.get("archive_sha256") or "", str))
+            and isinstance(record.get("archive_sha256") or "", str)
+            and record.get("layout", layouts.ESC50) in (layouts.ESC50, layouts.URBANSOUND8K, layouts.FOLDERS)
+            and all(isinstance(record.get(k, ""), str) for k in ("audio_dir", "metadata")))
+
+
+def layout(record: dict) -> layouts.Layout:
+    """The ``esc50ann.layouts.Layout`` a record (as ``read`` gives it) describes."""
+    kind = record.get("layout", layouts.ESC50)
+    if kind == layouts.ESC50 or not record.get("audio_dir") or not record.get("metadata"):
+        return layouts.esc50(Path(record["root"]))
+    return layouts.Layout(kind, Path(record["root"]), Path(record["audio_dir"]), Path(record["metadata"]))
 
 
 def write(data_dir: Path, *, source: str, root: Path, manifest: dict[str, str],
-          archive_sha256: str | None = None) -> Path:
+          archive_sha256: str | None = None, layout: layouts.Layout | None = None) -> Path:
     """Atomically write ``dataset.json`` for the verified dataset folder ``root`` whose audio files
-    hash to ``manifest`` (filename -> SHA-256), and the archive checksum it was checked against."""
+    hash to ``manifest`` (filename -> SHA-256), and the archive checksum it was checked against;
+    ``layout`` (default: ESC-50's) says where its metadata and audio are."""
+    layout = layout or layouts.esc50(root)
     record = {
         "source": source,
         "archive_sha256": archive_sha256.strip().lower() if archive_sha256 else None,
@@ -64,8 +80,11 @@ def write(data_dir: Path, *, source: str, root: Path, manifest: dict[str, str],
         "verified_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "n_clips": len(manifest),
         "files": dict(manifest),
-        "stats": fingerprints(Path(root) / "audio", manifest),
+        "stats": fingerprints(layout.audio_dir, manifest),
     }
+    if layout.kind != layouts.ESC50:  # ESC-50's records stay as they always were
+        record.update(layout=layout.kind, audio_dir=str(Path(layout.audio_dir).resolve()),
+                      metadata=str(Path(layout.metadata).resolve()))
     return write_text(record_path(data_dir), json.dumps(record, indent=1) + "\n")
 
 

@@ -29,6 +29,7 @@ from esc50ann.dataset import Dataset
 from esc50ann.errors import Esc50Error, one_line
 from esc50ann.evaluate import CVResult
 from esc50ann.fileio import atomic_path, json_default, write_text
+from esc50ann.layouts import NAMES
 
 
 def predictions_table(cv: CVResult, dataset: Dataset) -> pd.DataFrame:
@@ -133,7 +134,9 @@ def settings_lines(metrics: dict[str, Any]) -> list[str]:
     f, e, m, t = (pipe.get(k, {}) for k in ("features", "evaluation", "model", "training"))
     overrides = metrics.get("overrides") or {}
     return [
-        f"- source: {metrics.get('source') or 'the dataset in the data root'}",
+        f"- source: {metrics.get('source') or 'the dataset in the data root'}"
+        + (f" ({NAMES.get(metrics['dataset_layout'], metrics['dataset_layout'])} layout)"
+           if metrics.get("dataset_layout") else ""),
         *([f"- overrides: {format_overrides(overrides)}"] if overrides else []),
         f"- features: {f.get('representation')} of a {f.get('n_mels')}-band log-mel"
         + (" + delta" if f.get("deltas") else "") + (f" + {f.get('n_mfcc')} MFCC" if f.get("n_mfcc") else "")
