@@ -10,10 +10,12 @@ import os
 import sys
 import tomllib
 import time
+import warnings
 from pathlib import Path
 
 from esc50ann import __version__
-from esc50ann.errors import Esc50Error, one_line
+from esc50ann.params import Integral, Interval, Real
+from esc50ann.errors import Esc50Error, one_line, os_error, show_warning
 
 
 def _folds(text: str) -> list[int]:
@@ -36,24 +38,26 @@ def _setting(text: str) -> tuple[str, object]:
     return key.strip(), parsed
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, not {text!r}")
-    return value
+def _number(constraint):
+    """An argparse type: a number that ``constraint`` (``esc50ann.params``, the vocabulary of the
+    pipeline files' checks) accepts -- zero, negatives, inf and NaN refused where they mean nothing."""
+    def parse(text: str):
+        try:
+            value = int(text) if constraint.kind is Integral else float(text)
+        except ValueError:
+            value = None
+        if value is None or not constraint.accepts(value):
+            raise argparse.ArgumentTypeError(f"expected {constraint}, not {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, not {text!r}")
-    return value
+_positive_int = _number(Interval(Integral, 1))
+_positive_float = _number(Interval(Real, 0, closed="neither"))
+# Any integer: 0 runs in this process, -1 every core, N is capped at the cores (parallel.n_processes).
+_jobs = _number(Interval(Integral))
+_seed = _number(Interval(Integral, 0))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,6 +65,9 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(1, f"esc50ann: error: {message} (see {self.prog} --help)\n")
+
+
+JOBS_HELP = "0 or 1: none, -1: all cores, -2: all but one; at most one per core"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     settings = _Parser(add_help=False)
     settings.add_argument("--set", dest="settings", metavar="SECTION.KEY=VALUE", type=_setting, action="append",
                           default=[], help="override a pipeline key (repeatable), checked like the file")
-    settings.add_argument("--seed", type=int, help="random state of everything random (training.random_state)")
+    settings.add_argument("--seed", type=_seed, help="random state of everything random (training.random_state)")
 
     parser = _Parser(prog="esc50ann", parents=[common],
                                      description="ESC-50 sound classification with an MLP written from scratch.")
@@ -101,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="with show: the pipeline to print")
     p = command("features", "compute (or load from the cache) the features of a pipeline", configurable=True)
     p.add_argument("pipeline", nargs="?", default="default", help="pipeline file or name (default: default)")
-    p.add_argument("--jobs", type=int, default=-1, help="worker processes (default: all cores)")
+    p.add_argument("--jobs", type=_jobs, default=-1, help="worker processes (default: all cores; " + JOBS_HELP + ")")
     p = command("cache", "list or clear the feature cache")
     p.add_argument("action", choices=["list", "clear"])
     p.add_argument("--key", help="with clear: only this entry")
@@ -111,15 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pipeline file or built-in name (default: default; see `esc50ann pipelines`)")
     p.add_argument("--folds", type=_folds, help="test folds, e.g. 1,2 (default: every fold listed)")
     p.add_argument("--out", type=Path, help="run folder (default: <data-dir>/runs/<name>-<timestamp>)")
-    p.add_argument("--jobs", type=int,
+    p.add_argument("--jobs", type=_jobs,
                    help="worker processes for feature extraction and for folds trained in parallel "
-                        "(default: all cores for features, the pipeline's n_jobs for folds)")
+                        "(default: all cores for features, the pipeline's n_jobs for folds; " + JOBS_HELP + ")")
     p = command("train", "train a model (the final one on every fold, or with a test fold held out) and save it",
                 configurable=True)
     p.add_argument("pipeline")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--all", action="store_true", help="train the final model on every fold")
-    which.add_argument("--test-fold", type=int, help="hold this fold out and report the accuracy on it")
+    which.add_argument("--test-fold", type=_positive_int, help="hold this fold out and report the accuracy on it")
     p.add_argument("--save", type=Path, required=True, help="model file to write (.npz)")
     p = command("predict", "classify audio files, folders or glob patterns with a saved model")
     p.add_argument("model", type=Path)
@@ -133,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("sweep", "try many configurations of a pipeline, chosen by nested cross-validation")
     p.add_argument("sweep_file", type=Path, help="sweep file (see sweeps/)")
     p.add_argument("--out", type=Path, help="report folder; rerun into it to resume (default: <data-dir>/runs/sweep-...)")
-    p.add_argument("--jobs", type=int, default=-1, help="local worker processes (default: all cores)")
+    p.add_argument("--jobs", type=_jobs, default=-1,
+                   help="local worker processes (default: all cores; " + JOBS_HELP + ")")
     p.add_argument("--cluster", help="tcp://host:8786 (a Dask scheduler) or local:N (a LocalCluster of N workers)")
     command("runs", "list the finished runs under the data root, newest first")
     p = command("report", "print the report of a finished run")
@@ -151,9 +159,22 @@ def main(argv: list[str] | None = None) -> int:
     args.data_dir = getattr(args, "data_dir", None)
     args.source = getattr(args, "source", None)
     try:
-        return COMMANDS[args.command](args) or 0
-    except (Esc50Error, OSError) as exc:  # OSError: unwritable --out, disk full, ... (names the path)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning  # ours and the libraries': one line each
+            code = COMMANDS[args.command](args) or 0
+            sys.stdout.flush()  # a closed pipe shows here, not at exit
+            return code
+    except BrokenPipeError:
+        if not _stdout_closed():
+            print(f"esc50ann: error: {os_error(sys.exc_info()[1])}", file=sys.stderr)
+            return 1
+        _quiet_stdout()  # `esc50ann runs | head -1`: the reader has what it wanted
+        return 0
+    except Esc50Error as exc:
         print(f"esc50ann: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # an unwritable --out, ...: what is wrong and where, not an errno text
+        print(f"esc50ann: error: {os_error(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("esc50ann: interrupted (caches stay valid; an unfinished run folder has no metrics.json)",
@@ -165,6 +186,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"esc50ann: internal error: {type(exc).__name__}: {one_line(exc)} (run with --debug for the "
               "traceback)", file=sys.stderr)
         return 2
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe nobody reads any more (a BrokenPipeError may come from elsewhere)."""
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (ImportError, AttributeError, OSError, ValueError):  # cannot tell: most likely it was stdout
+        return True
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered for a closed pipe is dropped at exit
+    instead of ending in "Exception ignored ... BrokenPipeError" (the Python documentation's way)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a test's captured stdout)
+        pass
 
 
 def _pipeline(args, name, n_jobs=-1):
@@ -231,7 +274,7 @@ def cmd_cache(args) -> None:
 
 
 def cmd_run(args) -> None:
-    pipe = _pipeline(args, args.pipeline, n_jobs=args.jobs or -1)
+    pipe = _pipeline(args, args.pipeline, n_jobs=-1 if args.jobs is None else args.jobs)
     run = pipe.run(folds=args.folds, out=args.out, n_jobs=args.jobs)
     print((run.run_dir / "report.md").read_text(encoding="utf-8"))
     print(f"run folder: {run.run_dir}")

@@ -170,10 +170,16 @@ def signal_features(y: np.ndarray, sr: int, config: FeatureConfig, *, augmented:
     once by the parent of worker processes; others are built (and cached) here.
     """
     shifted = augmented and bool(config.pitch_shifts)
-    S = audio.log_mel(y, sr, n_fft=config.n_fft, hop_length=config.hop_length, n_mels=config.n_mels,
-                      fmin=config.fmin, fmax=config.fmax, top_db=config.top_db,
-                      semitones=(0.0, *config.pitch_shifts) if shifted else None,
-                      basis=(filterbanks or {}).get((sr, shifted)))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # huge samples: see below
+        S = audio.log_mel(y, sr, n_fft=config.n_fft, hop_length=config.hop_length, n_mels=config.n_mels,
+                          fmin=config.fmin, fmax=config.fmax, top_db=config.top_db,
+                          semitones=(0.0, *config.pitch_shifts) if shifted else None,
+                          basis=(filterbanks or {}).get((sr, shifted)))
+    if not np.isfinite(S).all():
+        # Finite samples whose power overflows float32 (|x| ~ 1e19 and more): no feature means
+        # anything. The callers' finiteness checks name the file; librosa would raise on these.
+        n = len(feature_names(config, sample_rate=sr)) * (1 + len(config.pitch_shifts) if shifted else 1)
+        return np.full(n, np.nan, np.float32)
     if not shifted:
         return _describe(S, sr, config)
     return np.concatenate([_describe(S_db, sr, config) for S_db in S])

@@ -197,7 +197,7 @@ def test_loky_workers_exit_when_the_run_is_killed():
             "list(Runner(2).map(task, [(0,), (1,)]))\n") % os.getcwd()
     env = {k: v for k, v in os.environ.items() if k != "ESC50ANN_MAIN_PID"}  # the child is its own main process
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
-    assert proc.stdout.readline().strip() == "working"
+    assert proc.stdout.readline().startswith("working")  # both workers may print on one line
     workers = [pid for pid in _children(proc.pid) if "loky" in Path(f"/proc/{pid}/cmdline").read_text()]
     assert workers
     os.kill(proc.pid, signal.SIGKILL)
