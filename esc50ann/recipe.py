@@ -134,8 +134,13 @@ def n_frames(config: FeatureConfig, sample_rate: int) -> int:
 
 
 def feature_shape(config: FeatureConfig, sample_rate: int = 44100) -> tuple[int]:
-    """(n_features,) for clips at ``sample_rate`` (ignored when the config fixes the rate)."""
-    return (len(feature_names(config, sample_rate=sample_rate)),)
+    """(n_features,) for clips at ``sample_rate`` (ignored when the config fixes the rate): as many
+    as ``feature_names`` names, counted without naming them."""
+    layout = planes(config)
+    per_band = (len(audio.STATS) if config.representation == "stats"
+                else math.ceil(n_frames(config, sample_rate) / config.time_pool))
+    return (sum(bands for _, bands, _ in layout) * per_band
+            + sum(bands for _, bands, modulated in layout if modulated) * len(config.modulation),)
 
 
 def feature_names(config: FeatureConfig, sample_rate: int = 44100) -> list[str]:
@@ -178,7 +183,7 @@ def signal_features(y: np.ndarray, sr: int, config: FeatureConfig, *, augmented:
     if not np.isfinite(S).all():
         # Finite samples whose power overflows float32 (|x| ~ 1e19 and more): no feature means
         # anything. The callers' finiteness checks name the file; librosa would raise on these.
-        n = len(feature_names(config, sample_rate=sr)) * (1 + len(config.pitch_shifts) if shifted else 1)
+        n = feature_shape(config, sr)[0] * (1 + len(config.pitch_shifts) if shifted else 1)
         return np.full(n, np.nan, np.float32)
     if not shifted:
         return _describe(S, sr, config)

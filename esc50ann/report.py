@@ -27,6 +27,7 @@ from esc50ann.dataset import Dataset
 from esc50ann.errors import Esc50Error, one_line
 from esc50ann.evaluate import CVResult
 from esc50ann.fileio import atomic_path, json_default, write_text
+from esc50ann.params import Document, InstanceOf, Integral, Interval, ListOf, Real
 
 
 def predictions_table(cv: CVResult, dataset: Dataset) -> pd.DataFrame:
@@ -332,18 +333,43 @@ def write_run(run_dir: Path, cv: CVResult, dataset: Dataset, *, pipeline: dict[s
     return result
 
 
+# The shapes of metrics.json that are read back: a run's (``metrics``) and a sweep's
+# (``esc50ann.sweep``), as far as ``load_run`` and ``list_runs`` use them.
+RUN_METRICS = Document({
+    "pipeline": [Document({"name": [InstanceOf(str)]}, description="an object with a name")],
+    "folds": [ListOf(Interval(Integral))],
+    "accuracy_mean": [Interval(Real, 0, 1)],
+}, {"finished": [InstanceOf(str)]}, description="a JSON object (a run's metrics)")
+SWEEP_METRICS = Document({"sweep": [InstanceOf(str)], "nested_accuracy_mean": [Interval(Real, 0, 1)]},
+                         {"finished": [InstanceOf(str)]}, description="a JSON object (a sweep's metrics)")
+
+
+def read_metrics(path: Path, kinds=(RUN_METRICS, SWEEP_METRICS)) -> dict[str, Any]:
+    """The ``metrics.json`` at ``path``, checked to be of one of ``kinds``' shapes: the one reader of
+    metrics files.
+
+    Raises
+    ------
+    Esc50Error
+        Unreadable, not JSON, or of none of the shapes; the message names the file.
+    """
+    try:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:  # JSON errors and non-UTF-8 bytes are both ValueErrors
+        raise Esc50Error(f"{path}: damaged metrics file ({one_line(exc)})") from None
+    problems = [kind.problem(result) for kind in kinds]
+    if all(problems):
+        raise Esc50Error(f"{path}: damaged metrics file ({problems[0]})")
+    return result
+
+
 def load_run(run_dir: Path) -> tuple[dict[str, Any], str]:
-    """A finished run's metrics and its report text (for ``esc50ann report``)."""
+    """A finished run's (or sweep's) metrics and its report text (for ``esc50ann report``)."""
     run_dir = Path(run_dir)
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.is_file():
         raise Esc50Error(f"{run_dir}: no metrics.json — not a finished run (interrupted, or not a run folder)")
-    try:
-        result = json.loads(metrics_path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as exc:  # JSON errors and non-UTF-8 bytes are both ValueErrors
-        raise Esc50Error(f"{metrics_path}: damaged metrics file ({one_line(exc)})") from None
-    if not isinstance(result, dict):
-        raise Esc50Error(f"{metrics_path}: damaged metrics file (not a JSON object)")
+    result = read_metrics(metrics_path)
     report_path = run_dir / "report.md"
     try:
         text = report_path.read_text(encoding="utf-8") if report_path.is_file() else ""
@@ -358,13 +384,14 @@ def list_runs(runs_dir: Path) -> pd.DataFrame:
     rows = []
     for path in Path(runs_dir).glob("*/metrics.json"):
         try:
-            result = json.loads(path.read_text(encoding="utf-8"))
-            rows.append({"finished": result.get("finished") or datetime.fromtimestamp(path.stat().st_mtime)
-                         .astimezone().isoformat(timespec="seconds"),
-                         "pipeline": result["pipeline"]["name"], "folds": ",".join(map(str, result["folds"])),
-                         "accuracy": float(result["accuracy_mean"]), "folder": str(path.parent)})
-        except (OSError, ValueError, KeyError, TypeError):
+            result = read_metrics(path, kinds=(RUN_METRICS,))
+            finished = result.get("finished") or datetime.fromtimestamp(path.stat().st_mtime).astimezone().isoformat(
+                timespec="seconds")
+        except (Esc50Error, OSError):  # a sweep's, or damaged: not a finished run
             continue
+        rows.append({"finished": finished, "pipeline": result["pipeline"]["name"],
+                     "folds": ",".join(map(str, result["folds"])), "accuracy": float(result["accuracy_mean"]),
+                     "folder": str(path.parent)})
     columns = ["finished", "pipeline", "folds", "accuracy", "folder"]
     return pd.DataFrame(rows, columns=columns).sort_values("finished", ascending=False, ignore_index=True)
 

@@ -376,10 +376,15 @@ def test_network_too_large_for_memory(user, capsys):
     assert "does not fit in memory" in err
 
 
+GOOD_METRICS = b'{"pipeline": {"name": "p"}, "folds": [1, 2], "accuracy_mean": 0.5}'
+
+
 @pytest.mark.parametrize("metrics, report, words", [
     (b"\xff{}", None, ["metrics.json", "damaged"]),
-    (b"[1, 2]", None, ["metrics.json", "not a JSON object"]),
-    (b"{}", b"\xff\xfe", ["report.md", "damaged"]),
+    (b"[1, 2]", None, ["metrics.json", "expected a JSON object", "got an array"]),
+    (b"{}", None, ["metrics.json", "no 'pipeline'"]),
+    (GOOD_METRICS.replace(b"0.5", b'"high"'), None, ["metrics.json", "accuracy_mean"]),
+    (GOOD_METRICS, b"\xff\xfe", ["report.md", "damaged"]),
 ])
 def test_report_of_damaged_files(tmp_path, capsys, metrics, report, words):
     (tmp_path / "metrics.json").write_bytes(metrics)
