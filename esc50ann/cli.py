@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from esc50ann import __version__
-from esc50ann.params import Integral, Interval, Real
+from esc50ann.params import Integral, Interval, Pattern, Real
 from esc50ann.errors import Esc50Error, one_line, os_error, show_warning
 
 
@@ -38,12 +38,15 @@ def _setting(text: str) -> tuple[str, object]:
     return key.strip(), parsed
 
 
-def _number(constraint):
-    """An argparse type: a number that ``constraint`` (``esc50ann.params``, the vocabulary of the
-    pipeline files' checks) accepts -- zero, negatives, inf and NaN refused where they mean nothing."""
+def _checked(constraint):
+    """An argparse type: a value that ``constraint`` (``esc50ann.params``, the vocabulary of the
+    pipeline files' checks) accepts -- for a number zero, negatives, inf and NaN are refused where
+    they mean nothing."""
+    kind = getattr(constraint, "kind", str)
+
     def parse(text: str):
         try:
-            value = int(text) if constraint.kind is Integral else float(text)
+            value = int(text) if kind is Integral else float(text) if kind is Real else text
         except ValueError:
             value = None
         if value is None or not constraint.accepts(value):
@@ -53,11 +56,12 @@ def _number(constraint):
     return parse
 
 
-_positive_int = _number(Interval(Integral, 1))
-_positive_float = _number(Interval(Real, 0, closed="neither"))
+_positive_int = _checked(Interval(Integral, 1))
+_positive_float = _checked(Interval(Real, 0, closed="neither"))
 # Any integer: 0 runs in this process, -1 every core, N is capped at the cores (parallel.n_processes).
-_jobs = _number(Interval(Integral))
-_seed = _number(Interval(Integral, 0))
+_jobs = _checked(Interval(Integral))
+_seed = _checked(Interval(Integral, 0))
+_sha256 = _checked(Pattern(r"[0-9a-fA-F]{64}", "64 hexadecimal digits"))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -100,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=parents, help=help_text, description=help_text, aliases=aliases)
 
     p = command("download", "download, verify and extract the dataset (a no-op when already done)")
-    p.add_argument("--sha256", help="expected SHA-256 of the archive")
+    p.add_argument("--sha256", type=_sha256, help="expected SHA-256 of the archive")
     p = command("info", "describe the downloaded dataset")
     p.add_argument("--verify", action="store_true", help="re-check every audio file against the manifest")
     p = command("pipelines", "list the built-in pipelines, or print one to copy and edit")

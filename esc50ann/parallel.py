@@ -19,6 +19,7 @@ stage: ``--jobs``, a pipeline's ``n_jobs`` and ``local:N`` alike.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -203,8 +204,10 @@ def cluster(address: str | None, *, n_jobs: int = 1):
     from distributed import Client, LocalCluster
 
     if workers is not None:
+        # silence_logs: the workers' own log lines (warnings about ports, memory) stay out of the
+        # output; a worker that fails still fails the task, as one line.
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                          dashboard_address=None) as local, Client(local) as client:
+                          dashboard_address=None, silence_logs=logging.ERROR) as local, Client(local) as client:
             yield Runner(client=client)
         return
     try:

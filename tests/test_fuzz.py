@@ -349,3 +349,17 @@ def test_metrics_files_of_any_shape(place, change, whole):
     assert len(listed) in (0, 1)
     succeeds_or_says_so(lambda: report.load_run(run))
     assert cli.main(["--quiet", "runs", "--data-dir", str(place / "runs-data")]) == 0
+
+
+# --------------------------------------------------------------------------- sweep files
+
+sweep_keys = st.sampled_from(["pipeline", "mode", "n_samples", "seed", "cluster", "name", "values", "extra"])
+
+
+@FUZZ
+@given(doc=st.dictionaries(sweep_keys, json_values | st.dictionaries(keys, toml_values | json_values, max_size=3),
+                           max_size=5))
+def test_sweep_documents(doc):
+    from esc50ann.sweepfile import Sweep
+
+    succeeds_or_says_so(lambda: Sweep.from_dict({"pipeline": "quick", **doc}, where="fuzz.toml"))

@@ -135,18 +135,16 @@ def test_run_and_sweep_take_any_jobs(cli_root, capsys, tmp_path, jobs, monkeypat
     assert code == 0, err
 
 
-@pytest.mark.parametrize("option, value, words", [
-    ("--seed", "-1", "argument --seed: expected an integer >= 0, not '-1'"),
-    ("--seed", "1.5", "argument --seed: expected an integer >= 0, not '1.5'"),
-    ("--test-fold", "0", "argument --test-fold: expected an integer >= 1, not '0'"),
-    ("--jobs", "all", "argument --jobs: expected an integer, not 'all'"),
+@pytest.mark.parametrize("args, words", [
+    (["train", "tiny.toml", "--all", "--save", "m.npz", "--seed", "-1"], "argument --seed: expected an integer >= 0, not '-1'"),
+    (["train", "tiny.toml", "--all", "--save", "m.npz", "--seed", "1.5"], "argument --seed: expected an integer >= 0"),
+    (["train", "tiny.toml", "--test-fold", "0", "--save", "m.npz"], "argument --test-fold: expected an integer >= 1, not '0'"),
+    (["features", "tiny.toml", "--jobs", "all"], "argument --jobs: expected an integer, not 'all'"),
+    (["predict", "m.npz", "x.wav", "--top", "0"], "argument --top: expected an integer >= 1, not '0'"),
+    (["download", "--sha256", "xyz"], "argument --sha256: expected 64 hexadecimal digits, not 'xyz'"),
 ])
-def test_numeric_options_are_checked_by_the_one_vocabulary(cli_root, capsys, option, value, words):
-    args = ["train", "tiny.toml", "--save", "m.npz", option, value] + ([] if option == "--test-fold" else ["--all"])
-    if option == "--jobs":
-        args = ["features", "tiny.toml", option, value]
-    err = one_line_error(*run_cli(capsys, *args)[::2])
-    assert words in err
+def test_options_are_checked_by_the_one_vocabulary(capsys, args, words):
+    assert words in one_line_error(*run_cli(capsys, *args)[::2])
 
 
 def test_local_cluster_of_ten_thousand_workers_starts_one_per_core(monkeypatch):
