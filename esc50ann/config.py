@@ -60,12 +60,12 @@ class DatasetSection:
 class EvaluationSection:
     validation: str = "auto"  # "auto": a whole training fold drives early stopping; "none"
     refit: bool = True  # after early stopping, retrain on train+validation for the best epoch count
-    n_jobs: int = 1  # folds trained in parallel; -1: all cores
+    n_jobs: int = 1  # folds trained in parallel; -1: all cores (esc50ann.parallel.n_processes)
 
     _constraints = {
         "validation": [Options("auto", "none")],
         "refit": [Boolean()],
-        "n_jobs": [Interval(Integral, 1), Options(-1)],
+        "n_jobs": [Interval(Integral)],  # any: 0 none, -1 all cores, capped at the cores
     }
 
     def __post_init__(self):

@@ -18,6 +18,7 @@ from esc50ann import modelfile
 from esc50ann.errors import ConfigError, ModelError, one_line
 from esc50ann.mlp import ACTIVATIONS, COSTS, MLP, OUTPUTS
 from esc50ann.optim import OPTIMIZERS, make_optimizer
+from esc50ann.parallel import physical_memory
 from esc50ann.params import Boolean, InstanceOf, Integral, Interval, ListOf, Options, Real, validate
 from esc50ann.train import train
 
@@ -25,6 +26,12 @@ __all__ = ["ANNClassifier", "default_params"]
 
 # Rows per forward pass at prediction time: bounds memory on large inputs.
 _PREDICT_CHUNK = 4096
+# More epochs than any training here needs (the default runs 30-100), fewer than a runaway asks.
+MAX_EPOCHS = 100_000
+MAX_LAYERS = 100
+# Arrays of a network's size held while training, besides the kept networks: its gradients and
+# the optimizer's state (Momentum: a velocity; Adam: two moments).
+_STATE = {"sgd": 1, "momentum": 2, "adam": 3}
 
 
 class ANNClassifier(ClassifierMixin, BaseEstimator):
@@ -49,6 +56,7 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
     batch_size : int, default=32
         Samples per update (1 = per-sample SGD as in the write-ups).
     max_epochs : int, default=100
+        At most ``MAX_EPOCHS`` (100,000).
     weight_decay : float, default=0.0
         L2 penalty ``(weight_decay / 2) ||W||^2`` on the weight matrices.
     n_networks : int, default=1
@@ -128,7 +136,7 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         self.verbose = verbose
 
     _parameter_constraints = {
-        "hidden_layer_sizes": [ListOf(Interval(Integral, 1))],
+        "hidden_layer_sizes": [ListOf(Interval(Integral, 1), max_len=MAX_LAYERS)],
         "activation": [Options(*ACTIVATIONS)],
         "output": [Options(*OUTPUTS)],
         "loss": [Options(*COSTS)],
@@ -137,7 +145,7 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         "learning_rate": [Interval(Real, 0, closed="neither")],
         "momentum": [Interval(Real, 0, 1, closed="left")],
         "batch_size": [Interval(Integral, 1)],
-        "max_epochs": [Interval(Integral, 1)],
+        "max_epochs": [Interval(Integral, 1, MAX_EPOCHS)],
         "weight_decay": [Interval(Real, 0)],
         "n_networks": [Interval(Integral, 1, 64)],
         "mixup": [Interval(Real, 0, 100)],
@@ -194,6 +202,7 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         if self.early_stopping and X_val is None:
             X, y, X_val, y_val = self._validation_split(X, y)
         y_idx = np.searchsorted(self.classes_, y)
+        self._check_memory([X.shape[1], *self.hidden_layer_sizes, len(self.classes_)], dtype)
 
         if self.standardize:
             self.mean_ = X.mean(axis=0, dtype=np.float64)
@@ -229,12 +238,25 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         """The (first) network; ``networks_`` holds all ``n_networks``."""
         return self.networks_[0]
 
+    def _check_memory(self, sizes, dtype) -> None:
+        """Refuse up front an ensemble that cannot fit in this machine's memory: the kept networks,
+        one network's gradients and optimizer state while it trains, and the float64 copies
+        ``predict_proba`` scores with. (Allocating it would succeed lazily and then swap, or be
+        killed by the kernel half-way.)"""
+        weights = sum(a * b + b for a, b in zip(sizes, sizes[1:])) + (sizes[0] if self.input_bias else 0)
+        need = weights * (self.n_networks * (dtype.itemsize + 8) + _STATE.get(self.solver, 3) * dtype.itemsize)
+        memory = physical_memory()
+        if memory is not None and need > memory:
+            raise ModelError(f"network {sizes} x {self.n_networks} does not fit in memory ({weights:,} weights per "
+                             f"network: {need / 2**30:,.1f} GiB to train and score, this machine has "
+                             f"{memory / 2**30:,.1f} GiB): choose smaller hidden_layer_sizes or fewer n_networks")
+
     def _fit_network(self, Xs, Y, Xv, Yv, dtype, rng, callback):
         """One network trained on the standardised rows: ``(network, history, best_epoch)``."""
         sizes = [Xs.shape[1], *self.hidden_layer_sizes, Y.shape[1]]
         try:
             net = MLP(sizes, self.activation, self.output, self.loss, bool(self.input_bias), dtype, rng)
-        except MemoryError:
+        except MemoryError:  # fits the machine, not what is free of it now
             n = sum(a * b for a, b in zip(sizes, sizes[1:]))
             raise ModelError(f"network {sizes} does not fit in memory ({n:,} weights): choose smaller "
                              "hidden_layer_sizes") from None

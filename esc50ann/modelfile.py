@@ -147,11 +147,8 @@ def write(path, arrays: dict[str, np.ndarray], header: dict) -> Path:
         if np.issubdtype(np.asarray(array).dtype, np.floating) and not np.isfinite(array).all():
             raise ModelError(f"{path}: refusing to save non-finite values in {name!r} (training diverged)")
     arrays = {**arrays, "header": np.frombuffer(text.encode("utf-8"), dtype=np.uint8)}
-    try:
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)  # a file object, so numpy does not append ".npz"
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot write the model ({one_line(exc)})") from None
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a full disk etc.: one line naming path
+        np.savez(fh, **arrays)  # a file object, so numpy does not append ".npz"
     return path
 
 

@@ -12,22 +12,54 @@ cores, and more threads would oversubscribe them), and local workers exit as soo
 process is gone: joblib's loky workers otherwise outlive a parent killed with SIGKILL
 (re-parented, ~250 MB each, for good). A runner of one job runs tasks in this process, as they
 are, with no pool at all.
+
+How many processes a request means is said once, by ``n_processes``, for every command and
+stage: ``--jobs``, a pipeline's ``n_jobs`` and ``local:N`` alike.
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
+import warnings
 from typing import Any, Callable, Iterable, Iterator
 
-from esc50ann.errors import Esc50Error
+from esc50ann.errors import Esc50Error, show_warning
 
 MAIN_PID_ENV = "ESC50ANN_MAIN_PID"
 os.environ.setdefault(MAIN_PID_ENV, str(os.getpid()))  # inherited by every worker process
 POLL_SECONDS = 0.5
 
 _watching = False
+
+
+def cpu_count() -> int:
+    """The CPUs this process may use (joblib's count: affinity and container limits respected)."""
+    from joblib import cpu_count as joblib_cpu_count
+
+    return max(1, joblib_cpu_count())
+
+
+def n_processes(n_jobs: int | None, n_tasks: int | None = None) -> int:
+    """How many processes (or threads) a request of ``n_jobs`` means.
+
+    ``N >= 1`` is N, capped at the CPUs (every task is one BLAS thread, so more processes only
+    cost memory) and at ``n_tasks``; ``0`` or None is 1 (in this process); a negative number
+    counts back from the CPUs as joblib does (-1: all, -2: all but one), at least 1.
+    """
+    cpus = cpu_count()
+    n = 1 if not n_jobs else (min(int(n_jobs), cpus) if n_jobs > 0 else max(1, cpus + 1 + int(n_jobs)))
+    return max(1, min(n, n_tasks)) if n_tasks is not None else n
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory of this machine, or None where it cannot be told."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def exit_with_parent() -> None:
@@ -59,6 +91,7 @@ def _in_worker(fn: Callable, position: int, args: tuple) -> tuple[int, Any]:
     from threadpoolctl import threadpool_limits
 
     exit_with_parent()
+    warnings.showwarning = show_warning  # a worker's warnings in the one-line form too
     with threadpool_limits(limits=1):
         return position, fn(*args)
 
@@ -69,7 +102,8 @@ class Runner:
     Parameters
     ----------
     n_jobs : int
-        Local worker processes; 1 runs every task in this process, -1 uses every core.
+        Local worker processes (``n_processes``): 1 (or 0) runs every task in this process, -1
+        uses every core.
     client : distributed.Client, optional
         Run on this Dask cluster instead (``n_jobs`` is then ignored).
     """
@@ -86,9 +120,7 @@ class Runner:
         """How many tasks run at once."""
         if self.client is not None:
             return max(1, sum(self.client.nthreads().values()))
-        from joblib import cpu_count
-
-        return cpu_count() if self.n_jobs < 0 else max(1, self.n_jobs)
+        return n_processes(self.n_jobs)
 
     def share(self, value):
         """``value`` as tasks should receive it: sent to every cluster worker once (a Dask future),
@@ -127,23 +159,19 @@ class Runner:
                 yield future.result()
 
 
-@contextlib.contextmanager
-def cluster(address: str | None, *, n_jobs: int = 1):
-    """A ``Runner`` for ``address``: ``None`` for local processes (``n_jobs``), ``"local:N"`` for a
-    ``LocalCluster`` of N single-threaded worker processes on 127.0.0.1, or ``"tcp://host:port"``
-    for an existing Dask scheduler; the cluster is closed afterwards.
+def check_cluster(address: str | None) -> int | None:
+    """Check a cluster address before any work is done: the number of workers of ``"local:N"``
+    (capped at the CPUs, as ``n_processes``), None for a scheduler address or no cluster.
 
     Raises
     ------
     Esc50Error
-        Dask distributed is not installed, the address is malformed, or the scheduler cannot be
-        reached.
+        Dask distributed is not installed, or the address is malformed.
     """
     if not address:
-        yield Runner(n_jobs)
-        return
+        return None
     try:
-        from distributed import Client, LocalCluster
+        import distributed  # noqa: F401
     except ImportError:
         raise Esc50Error("--cluster needs Dask distributed: pip install 'esc50ann[cluster]'") from None
     if address.startswith("local:"):
@@ -153,8 +181,33 @@ def cluster(address: str | None, *, n_jobs: int = 1):
             n = 0
         if n < 1:
             raise Esc50Error(f"cluster {address!r}: expected local:N with N >= 1 workers")
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                          dashboard_address=None) as local, Client(local) as client:
+        return n_processes(n)
+    return None
+
+
+@contextlib.contextmanager
+def cluster(address: str | None, *, n_jobs: int = 1):
+    """A ``Runner`` for ``address``: ``None`` for local processes (``n_jobs``), ``"local:N"`` for a
+    ``LocalCluster`` of N single-threaded worker processes on 127.0.0.1 (at most one per CPU), or
+    ``"tcp://host:port"`` for an existing Dask scheduler; the cluster is closed afterwards.
+
+    Raises
+    ------
+    Esc50Error
+        Dask distributed is not installed, the address is malformed (``check_cluster``), or the
+        scheduler cannot be reached.
+    """
+    workers = check_cluster(address)
+    if not address:
+        yield Runner(n_jobs)
+        return
+    from distributed import Client, LocalCluster
+
+    if workers is not None:
+        # silence_logs: the workers' own log lines (warnings about ports, memory) stay out of the
+        # output; a worker that fails still fails the task, as one line.
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address=None, silence_logs=logging.ERROR) as local, Client(local) as client:
             yield Runner(client=client)
         return
     try:

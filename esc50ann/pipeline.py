@@ -154,7 +154,7 @@ class Pipeline:
             cv = cross_validate(
                 np.asarray(feats.X), feats.dataset, self.config.estimator_params(), folds=folds,
                 validation=evaluation.validation, refit=evaluation.refit,
-                n_jobs=n_jobs or evaluation.n_jobs, progress=self.progress, verbose=self.verbose,
+                n_jobs=evaluation.n_jobs if n_jobs is None else n_jobs, progress=self.progress, verbose=self.verbose,
                 X_aug=None if feats.X_aug is None else np.asarray(feats.X_aug))
         self._note("cross_validation", f"accuracy {100 * cv.accuracy_mean:.1f} % ± {100 * cv.accuracy_std:.1f} "
                                        f"over folds {','.join(map(str, cv.folds))}")

@@ -30,6 +30,7 @@ from esc50ann.errors import Esc50Error, one_line
 from esc50ann.evaluate import CVResult
 from esc50ann.fileio import atomic_path, json_default, write_text
 from esc50ann.layouts import NAMES
+from esc50ann.params import DictOf, Document, InstanceOf, Integral, Interval, ListOf, Real
 
 
 def predictions_table(cv: CVResult, dataset: Dataset) -> pd.DataFrame:
@@ -435,42 +436,59 @@ def text_summary(metrics: dict[str, Any], folder: Path, *, n_worst: int = 5, n_p
     return "\n".join(lines) + "\n"
 
 
+# The shapes of metrics.json that are read back: a run's (``metrics``) and a sweep's
+# (``esc50ann.sweep``), as far as ``runs``, ``report`` and the summaries use them.
+_FRACTION = [Interval(Real, 0, 1)]
+RUN_METRICS = Document({
+    "pipeline": [Document({"name": [InstanceOf(str)]}, description="an object with a name")],
+    "folds": [ListOf(Interval(Integral))],
+    "accuracy_mean": _FRACTION, "accuracy_std": [Interval(Real, 0, None)],
+    "fold_accuracy": [DictOf(*_FRACTION, description="an object of folds and their accuracy")],
+}, {"finished": [InstanceOf(str)], "overrides": [InstanceOf(dict)], "config_hash": [InstanceOf(str)],
+    "per_class_accuracy": [DictOf(*_FRACTION)], "most_confused": [ListOf(ListOf(InstanceOf(str, int),
+                                                                              min_len=3, max_len=3))]},
+    description="a JSON object (a run's metrics)")
+SWEEP_METRICS = Document({
+    "sweep": [InstanceOf(str)], "folds": [ListOf(Interval(Integral))],
+    "nested_accuracy_mean": _FRACTION, "nested_accuracy_std": [Interval(Real, 0, None)],
+    "optimistic_accuracy_mean": _FRACTION,
+    "nested_fold_accuracy": [DictOf(*_FRACTION)], "chosen_configuration": [DictOf(InstanceOf(dict))],
+}, {"finished": [InstanceOf(str)], "nested_per_class_accuracy": [DictOf(*_FRACTION)]},
+    description="a JSON object (a sweep's metrics)")
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    """The ``metrics.json`` at ``path``, checked to be of a run's or a sweep's shape: the one
+    reader of metrics files.
+
+    Raises
+    ------
+    Esc50Error
+        Unreadable, not JSON, or of neither shape; the message names the file.
+    """
+    try:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:  # JSON errors and non-UTF-8 bytes are both ValueErrors
+        raise Esc50Error(f"{path}: damaged metrics file ({one_line(exc)})") from None
+    problem = (SWEEP_METRICS if isinstance(result, dict) and is_sweep(result) else RUN_METRICS).problem(result)
+    if problem:
+        raise Esc50Error(f"{path}: damaged metrics file ({problem})")
+    return result
+
+
 def load_run(run_dir: Path) -> tuple[dict[str, Any], str]:
     """A finished run's (or sweep's) metrics and its Markdown report."""
     run_dir = Path(run_dir)
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.is_file():
         raise Esc50Error(f"{run_dir}: no metrics.json — not a finished run (interrupted, or not a run folder)")
-    try:
-        result = json.loads(metrics_path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as exc:  # JSON errors and non-UTF-8 bytes are both ValueErrors
-        raise Esc50Error(f"{metrics_path}: damaged metrics file ({one_line(exc)})") from None
-    if not isinstance(result, dict):
-        raise Esc50Error(f"{metrics_path}: damaged metrics file (not a JSON object)")
-    if not _well_formed(result):
-        raise Esc50Error(f"{metrics_path}: damaged metrics file (not the metrics of a run or a sweep)")
+    result = read_metrics(metrics_path)
     report_path = run_dir / "report.md"
     try:
         text = report_path.read_text(encoding="utf-8") if report_path.is_file() else ""
     except (ValueError, OSError) as exc:
         raise Esc50Error(f"{report_path}: damaged report ({one_line(exc)})") from None
     return result, text
-
-
-def _well_formed(result) -> bool:
-    """What ``runs`` and ``report`` read of a metrics file is there, of the right types."""
-    if not (isinstance(result, dict) and isinstance(result.get("folds"), list)
-            and isinstance(result.get("finished", ""), str)):
-        return False
-    if is_sweep(result):
-        keys = {"sweep": str, "nested_accuracy_mean": (int, float), "nested_accuracy_std": (int, float),
-                "optimistic_accuracy_mean": (int, float), "nested_fold_accuracy": dict,
-                "chosen_configuration": dict}
-    else:
-        keys = {"pipeline": dict, "accuracy_mean": (int, float), "accuracy_std": (int, float),
-                "fold_accuracy": dict}
-    return (all(isinstance(result.get(k), t) for k, t in keys.items())
-            and (is_sweep(result) or isinstance(result["pipeline"].get("name"), str)))
 
 
 def remember(data_dir: Path, folder: Path) -> None:

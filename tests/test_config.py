@@ -47,7 +47,7 @@ def write(tmp_path, text):
     ("[evaluation]\nvalidation = 'test'\n", ["p.toml", "validation"]),
     ("[model]\nactivation = 'swish'\n", ["p.toml", "activation"]),
     ("name = 3\n", ["p.toml", "name"]),
-    ("[evaluation]\nn_jobs = 0\n", ["p.toml", "evaluation.n_jobs"]),
+    ("[evaluation]\nn_jobs = 'all'\n", ["p.toml", "evaluation.n_jobs"]),
     ("[features\n", ["p.toml", "invalid TOML"]),
 ])
 def test_bad_pipeline_names_key_and_file(tmp_path, text, words):
