@@ -24,6 +24,7 @@ from esc50ann.folds import Split
 from esc50ann.model import ANNClassifier, default_params
 from esc50ann import progress as progress_mod
 from esc50ann.parallel import Runner
+from esc50ann.train import instability
 
 
 @dataclass
@@ -31,7 +32,9 @@ class FoldResult:
     """One test fold's outcome.
 
     ``test_index`` holds row positions into the dataset's metadata, shape (n_test,);
-    ``proba`` has shape (n_test, n_classes) with columns in ``CVResult.classes`` order.
+    ``proba`` has shape (n_test, n_classes) with columns in ``CVResult.classes`` order;
+    ``histories`` and ``best_epochs`` hold every network's training history and kept epoch (of
+    the first fit, before any refit).
     """
 
     test_fold: int | None  # None: a final model trained on every fold
@@ -40,11 +43,40 @@ class FoldResult:
     y_true: np.ndarray
     y_pred: np.ndarray
     proba: np.ndarray
-    history: list[dict]
-    best_epoch: int | None
+    histories: list[list[dict]]
+    best_epochs: list[int]
     model: ANNClassifier = field(repr=False)
     seconds: float = 0.0
     refitted: bool = False  # the model was retrained on train + validation after early stopping
+
+    @property
+    def history(self) -> list[dict]:
+        """The first network's history."""
+        return self.histories[0]
+
+    @property
+    def best_epoch(self) -> int | None:
+        """The first network's kept epoch."""
+        return self.best_epochs[0]
+
+    @property
+    def stability(self) -> list[dict]:
+        """Per network, how its training loss ended against its lowest (``esc50ann.train.instability``)."""
+        return [{"network": j, **instability(h, e)} for j, (h, e) in enumerate(zip(self.histories, self.best_epochs),
+                                                                                start=1) if h]
+
+    @property
+    def warnings(self) -> list[str]:
+        """One line per network of this fold that ended on a spike of its training loss."""
+        label = "final model" if self.test_fold is None else f"fold {self.test_fold}"
+        lines = []
+        for s in self.stability:
+            if s["unstable"]:
+                who = f"{label} network {s['network']}" if len(self.histories) > 1 else label
+                lines.append(f"{who}: unstable training: the training loss at the kept epoch {s['kept_epoch']} is "
+                             f"{s['final_loss']:.4f}, {s['ratio']:.1f}x its minimum {s['min_loss']:.4f} (epoch "
+                             f"{s['min_epoch']}); decay the learning rate (training.lr_schedule = \"cosine\") or lower it")
+        return lines
 
     @property
     def accuracy(self) -> float | None:
@@ -81,6 +113,11 @@ class CVResult:
     @property
     def fold_accuracy(self) -> dict[int, float]:
         return {k: f.accuracy for k, f in self.folds.items()}
+
+    @property
+    def warnings(self) -> list[str]:
+        """Every fold's warnings (``FoldResult.warnings``): networks that ended on a loss spike."""
+        return [line for f in self.folds.values() for line in f.warnings]
 
     @property
     def accuracy_mean(self) -> float:
@@ -141,16 +178,16 @@ def fit_fold(X: np.ndarray, y: np.ndarray, split: Split, params: dict[str, Any],
                   callback=callback)
     else:
         model.fit(*training_rows(X, y, train_val, X_aug), callback=callback)
-    history, best_epoch = model.history_, model.best_epoch_
+    histories, best_epochs = model.histories_, model.best_epochs_
     if early_stopping and refit:
-        model = ANNClassifier(**{**params, "max_epochs": best_epoch, "patience": None})
+        model = ANNClassifier(**{**params, "max_epochs": best_epochs[0], "patience": None})
         model.fit(*training_rows(X, y, train_val, X_aug))
     proba = (model.predict_proba(X[split.test]) if split.test.size
              else np.empty((0, len(model.classes_)), dtype=np.float32))
     return FoldResult(
         test_fold=split.test_fold, val_fold=split.val_fold, test_index=split.test, y_true=y[split.test],
-        y_pred=model.classes_[np.argmax(proba, axis=1)], proba=proba, history=history,
-        best_epoch=best_epoch, model=model, seconds=time.perf_counter() - start,
+        y_pred=model.classes_[np.argmax(proba, axis=1)], proba=proba, histories=histories,
+        best_epochs=best_epochs, model=model, seconds=time.perf_counter() - start,
         refitted=early_stopping and refit,
     )
 

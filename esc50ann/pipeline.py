@@ -145,6 +145,8 @@ class Pipeline:
                 X_aug=None if feats.X_aug is None else np.asarray(feats.X_aug))
         self._note("cross_validation", f"accuracy {100 * cv.accuracy_mean:.1f} % ± {100 * cv.accuracy_std:.1f} "
                                        f"over folds {','.join(map(str, cv.folds))}")
+        for line in cv.warnings:
+            progress_mod.warn(line)
         return cv
 
     def report(self, cv: CVResult, out=None) -> RunResult:
@@ -186,6 +188,8 @@ class Pipeline:
                               X_aug=None if feats.X_aug is None else np.asarray(feats.X_aug))
         self._note("train", f"{split.train.size + split.val.size} clips" + (
             f", test fold {test_fold} accuracy {100 * result.accuracy:.1f} %" if test_fold is not None else ""))
+        for line in result.warnings:
+            progress_mod.warn(line)
         names = dataset.names_by_target
         result.model.class_names_ = [names[int(c)] for c in result.model.classes_]
         result.model.metadata_ = {**self.model_metadata(), "test_fold": test_fold,
