@@ -197,7 +197,7 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
 
     # --- fitting ------------------------------------------------------------------------------
 
-    def fit(self, X, y, *, X_val=None, y_val=None, callback=None):
+    def fit(self, X, y, *, X_val=None, y_val=None, callback=None, networks=None):
         """Train on ``X`` (n_samples, n_features) and labels ``y`` (n_samples,).
 
         Parameters
@@ -212,6 +212,11 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         callback : callable, optional
             Called after every epoch of every network with that epoch's history row (and, for an
             ensemble, ``row["network"]``: 1 to ``n_networks``).
+        networks : sequence of int, optional
+            Train only these networks of the ensemble (0-based), exactly as they are trained in the
+            whole of it: one ensemble can be trained in parts on several workers and put together
+            with :meth:`join` (``esc50ann.evaluate`` does, to keep every core busy). Without
+            early stopping only: with it, the parts would stop at different epochs.
 
         Returns
         -------
@@ -245,7 +250,16 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
             Yv = np.eye(len(self.classes_), dtype=dtype)[self._encode(y_val, len(Xv))]
 
         rng = self._rng()
-        stack = MLPStack(self._new_networks(Xs.shape[1], Y.shape[1], dtype, rng))
+        everyone = self._new_networks(Xs.shape[1], Y.shape[1], dtype, rng)
+        numbers = list(range(self.n_networks)) if networks is None else sorted(set(map(int, networks)))
+        if not numbers or not set(numbers) <= set(range(self.n_networks)):
+            raise ConfigError(f"networks must be some of 0 to {self.n_networks - 1} (got {networks!r})")
+        if len(numbers) < self.n_networks and Xv is not None and self.patience is not None:
+            raise ConfigError("networks: an ensemble with early stopping trains as a whole")
+        stack = MLPStack([everyone[j] for j in numbers])
+        del everyone
+        if self.n_networks > 1 and callback is not None:  # rows say which network of the whole ensemble
+            callback = _numbered(callback, numbers)
         optimizer = make_optimizer(self.solver, self.learning_rate, weight_decay=self.weight_decay,
                                    momentum=self.momentum)
         schedule = LRSchedule(self.lr_schedule, epochs=self.max_epochs, warmup_epochs=self.warmup_epochs,
@@ -254,10 +268,28 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
             stack, Xs, Y, optimizer=optimizer, batch_size=self.batch_size, max_epochs=self.max_epochs,
             rng=rng, mixup=self.mixup, schedule=schedule, X_val=Xv, Y_val=Yv,
             patience=self.patience if Xv is not None else None, callback=callback, verbose=bool(self.verbose))
+        if self.n_networks > 1:
+            for j, history in zip(numbers, self.histories_):
+                for row in history:
+                    row["network"] = j + 1
         self.networks_ = stack.networks()
         self.history_, self.best_epoch_ = self.histories_[0], self.best_epochs_[0]
         self.n_iter_ = len(self.history_)
         return self
+
+    @classmethod
+    def join(cls, parts):
+        """One fitted ensemble from ``parts``: models of the same params and training data that
+        each trained some of its networks (``fit(..., networks=...)``), in network order."""
+        model = cls(**parts[0].get_params())
+        for name in ("classes_", "n_features_in_", "mean_", "scale_", "feature_names_in_"):
+            if hasattr(parts[0], name):
+                setattr(model, name, getattr(parts[0], name))
+        model.networks_ = [net for part in parts for net in part.networks_]
+        model.histories_ = [h for part in parts for h in part.histories_]
+        model.best_epochs_ = [e for part in parts for e in part.best_epochs_]
+        model.history_, model.best_epoch_, model.n_iter_ = model.histories_[0], model.best_epochs_[0], parts[0].n_iter_
+        return model
 
     @property
     def network_(self):
@@ -409,6 +441,11 @@ def default_params() -> dict:
     """Every ``ANNClassifier`` parameter with its default value (what an unset key means)."""
     return {name: p.default for name, p in inspect.signature(ANNClassifier.__init__).parameters.items()
             if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def _numbered(callback, numbers):
+    """``callback`` given rows numbered by network of the whole ensemble (``numbers``: 0-based)."""
+    return lambda row: callback({**row, "network": numbers[row.get("network", 1) - 1] + 1})
 
 
 def _float64(net):

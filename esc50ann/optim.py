@@ -24,9 +24,10 @@ __all__ = ["SGD", "Momentum", "Adam", "OPTIMIZERS", "make_optimizer", "LRSchedul
 
 # The updates are elementwise and memory-bound.  They walk the parameters in slices of this
 # many values, so the several passes of momentum/Adam over a slice hit the cache instead of main
-# memory (about 1.3x faster than whole-array passes for a 5000x1024 W on the development machine;
-# splitting the slices over two threads gave nothing more there, so the update stays serial).
-_CHUNK = 1 << 18
+# memory: the parameter, its gradient, two moments and a scratch slice (640 KB) stay in a 2 MB
+# L2 cache. Adam over the default ensemble's 10.7 M weights, one thread: 52 ms a step with
+# slices of 2^15 values, 71 ms with 2^18, 89 ms with 2^20 (the development machine, shared).
+_CHUNK = 1 << 15
 
 
 def _is_weight(name):
@@ -98,7 +99,13 @@ class Momentum(SGD):
 class Adam(SGD):
     """Adam (Kingma & Ba 2015) with the step-size form of bias correction (as in scikit-learn):
     ``w <- w - lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``.
-    Weight decay is added to the gradient (L2, not decoupled AdamW)."""
+    Weight decay is added to the gradient (L2, not decoupled AdamW).
+
+    The moments are kept without their ``(1 - b)`` factors, ``M = m / (1 - b1)`` and
+    ``V = v / (1 - b2)`` (``M <- b1 M + g``: one pass over memory fewer for each), and the
+    constants go into the step: ``m / (sqrt(v) + eps) = (1 - b1) / sqrt(1 - b2) * M / (sqrt(V) +
+    eps / sqrt(1 - b2))``. The update is the same; it is memory-bound, so passes are what it costs.
+    """
 
     n_state = 2
 
@@ -107,23 +114,21 @@ class Adam(SGD):
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
 
     def _begin_step(self):
-        t = self.t
-        self.lr_t = self.lr * math.sqrt(1.0 - self.beta2 ** t) / (1.0 - self.beta1 ** t)
+        t, b1, b2 = self.t, self.beta1, self.beta2
+        self.lr_t = (self.lr * math.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)) * (1.0 - b1) / math.sqrt(1.0 - b2)
+        self.eps_t = self.eps / math.sqrt(1.0 - b2)
 
     def _kernel(self, p, g, m, v, *, decay, tmp):
-        b1, b2 = self.beta1, self.beta2
         if decay:
             np.multiply(p, decay, out=tmp)
             g += tmp
-        m *= b1                        # m <- b1 m + (1 - b1) g
-        np.multiply(g, 1.0 - b1, out=tmp)
-        m += tmp
-        v *= b2                        # v <- b2 v + (1 - b2) g^2
-        np.multiply(g, g, out=tmp)
-        tmp *= 1.0 - b2
-        v += tmp
-        np.sqrt(v, out=tmp)            # w <- w - lr_t m / (sqrt(v) + eps)
-        tmp += self.eps
+        m *= self.beta1                # M <- b1 M + g
+        m += g
+        np.square(g, out=g)            # V <- b2 V + g^2  (g is scratch)
+        v *= self.beta2
+        v += g
+        np.sqrt(v, out=tmp)            # w <- w - lr_t M / (sqrt(V) + eps_t)
+        tmp += self.eps_t
         np.divide(m, tmp, out=tmp)
         tmp *= self.lr_t
         p -= tmp
