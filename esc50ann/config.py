@@ -8,7 +8,8 @@ A pipeline file has a ``name``, a one-line ``description`` and five tables::
     [features]    the fields of ``esc50ann.features.FeatureConfig``
     [model]       network shape: hidden_layer_sizes, activation, output, loss, input_bias,
                   n_networks (an ensemble)
-    [training]    solver, learning_rate, momentum, batch_size, max_epochs, weight_decay, mixup,
+    [training]    solver, learning_rate, lr_schedule, lr_floor, warmup_epochs, lr_step_every,
+                  lr_step_factor, momentum, batch_size, max_epochs, weight_decay, mixup,
                   patience (0: off), standardize, dtype, random_state
     [evaluation]  validation ("auto" | "none"), refit, n_jobs
 
@@ -33,7 +34,8 @@ from esc50ann.params import Boolean, InstanceOf, Integral, Interval, ListOf, Opt
 SECTIONS = ("dataset", "features", "model", "training", "evaluation")
 # Which estimator parameters each section sets (ANNClassifier's constraint table checks them).
 MODEL_KEYS = ("hidden_layer_sizes", "activation", "output", "loss", "input_bias", "n_networks")
-TRAINING_KEYS = ("solver", "learning_rate", "momentum", "batch_size", "max_epochs", "weight_decay", "mixup",
+TRAINING_KEYS = ("solver", "learning_rate", "lr_schedule", "lr_floor", "warmup_epochs", "lr_step_every",
+                 "lr_step_factor", "momentum", "batch_size", "max_epochs", "weight_decay", "mixup",
                  "patience", "standardize", "dtype", "random_state")
 
 

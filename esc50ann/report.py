@@ -117,6 +117,9 @@ def metrics(cv: CVResult, per_class: pd.DataFrame, *, pipeline: dict[str, Any],
         "validation_folds": {str(k): f.val_fold for k, f in cv.folds.items()},
         "best_epochs": {str(k): f.best_epoch for k, f in cv.folds.items()},
         "most_confused": [list(pair) for pair in confused],
+        # per fold and network: the training loss at the kept epoch against its minimum
+        "training_stability": {str(k): f.stability for k, f in cv.folds.items()},
+        "warnings": cv.warnings,
         "pipeline": pipeline,
         "config_hash": config_hash(pipeline),
         "versions": provenance.versions("numpy", "librosa", "scikit-learn"),
@@ -144,11 +147,25 @@ def settings_lines(metrics: dict[str, Any]) -> list[str]:
         + f" ({'x'.join(map(str, metrics.get('feature_shape', [])))})",
         f"- network: {m.get('hidden_layer_sizes')} {m.get('activation')}, {m.get('output')} output, "
         f"{m.get('loss')} loss, input bias {m.get('input_bias')}",
-        f"- training: {t.get('solver')}, learning rate {t.get('learning_rate')}, batch {t.get('batch_size')}, "
+        f"- training: {t.get('solver')}, learning rate {t.get('learning_rate')} ({_schedule(t)}), "
+        f"batch {t.get('batch_size')}, "
         f"{t.get('max_epochs')} epochs max, weight decay {t.get('weight_decay')}, patience {t.get('patience')}",
         f"- evaluation: validation {e.get('validation')}, refit {e.get('refit')}; seed {metrics.get('seed')}; "
         f"finished {metrics.get('finished', '?')}",
     ]
+
+
+def _schedule(t: dict[str, Any]) -> str:
+    """The learning-rate schedule of a [training] section, in words."""
+    kind = t.get("lr_schedule", "constant")
+    words = {"cosine": "cosine decay", "linear": "linear decay", "step": "step decay"}.get(kind, kind)
+    if kind in ("cosine", "linear"):
+        words += f" to {t.get('lr_floor', 0.0):g}x"
+    elif kind == "step":
+        words += f" x{t.get('lr_step_factor'):g} every {t.get('lr_step_every')} epochs"
+    if t.get("warmup_epochs"):
+        words += f", {t['warmup_epochs']} warm-up epochs"
+    return words
 
 
 def summary(metrics: dict[str, Any], per_class: pd.DataFrame) -> str:
@@ -161,6 +178,8 @@ def summary(metrics: dict[str, Any], per_class: pd.DataFrame) -> str:
              "(mean ± sample standard deviation over test folds)"]
     if "macro_f1" in metrics:
         lines.append(f"macro-F1 {100 * metrics['macro_f1']:.1f} %; chance {100 * metrics['chance']:.1f} %")
+    if metrics.get("warnings"):
+        lines += ["", "## Warnings", "", *(f"- {w}" for w in metrics["warnings"])]
     lines += ["", "## Settings", "", *settings_lines(metrics),
               "", "| fold | " + " | ".join(metrics["fold_accuracy"]) + " |",
               "|---|" + "---|" * len(metrics["fold_accuracy"]),
@@ -243,6 +262,8 @@ def html_page(metrics: dict[str, Any], per_class: pd.DataFrame, run_dir: Path,
             data = base64.b64encode(path.read_bytes()).decode("ascii")
             images += f'<figure><img alt="{esc(title)}" src="data:image/png;base64,{data}"><figcaption>{esc(title)}</figcaption></figure>'
     settings = "".join(f"<li>{esc(line[2:])}</li>" for line in settings_lines(metrics))
+    warnings = "".join(f"<li>{esc(w)}</li>" for w in metrics.get("warnings", []))
+    warnings = f'<h2>Warnings</h2><ul id="warnings">{warnings}</ul>' if warnings else ""
     f1 = (f"<p>macro-F1 {100 * metrics['macro_f1']:.1f} % · chance {100 * metrics['chance']:.1f} %</p>"
           if "macro_f1" in metrics else "")
     return f"""<!DOCTYPE html>
@@ -254,7 +275,7 @@ th {{ background: #eef; }} .big {{ font-size: 1.6em; font-weight: bold; }} img {
 </style></head><body>
 <h1>{name}: cross-validation over {len(metrics["folds"])} test folds, {metrics["n_clips"]} test clips</h1>
 <p class="big" id="accuracy">Accuracy {100 * metrics["accuracy_mean"]:.1f} % ± {100 * metrics["accuracy_std"]:.1f}</p>
-{f1}<h2>Settings</h2><ul>{settings}</ul>
+{f1}{warnings}<h2>Settings</h2><ul>{settings}</ul>
 <h2>Per fold</h2><table id="folds"><tr><th>test fold</th><th>accuracy</th></tr>{folds}</table>
 <h2>Per class (worst first)</h2>
 <table id="per-class"><tr><th>category</th><th>correct / total</th><th>accuracy (recall)</th><th>precision</th><th>F1</th></tr>{rows}</table>
@@ -298,30 +319,42 @@ def plot_confusion(confusion: pd.DataFrame, *, normalize: bool = False):
 
 
 def plot_learning_curves(cv: CVResult):
-    """Loss and accuracy per epoch, one colour per fold; solid: training, dashed: validation.
-    Returns a matplotlib ``Figure`` whose title says what was run."""
+    """Loss and accuracy per epoch, one colour per fold and a line per network of an ensemble
+    (the first solid, the others fainter); training solid, validation dashed; a dot marks the
+    epoch each network kept, and a cross one that ended on a spike of its training loss (the
+    report's warnings). Returns a matplotlib ``Figure`` whose title says what was run."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 4), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
     validated = False
-    for fold in cv.folds.values():
-        history = pd.DataFrame(fold.history)
-        if history.empty:
-            continue
-        for ax, train_col, val_col in ((loss_ax, "loss", "val_loss"), (acc_ax, "accuracy", "val_accuracy")):
-            line, = ax.plot(history["epoch"], history[train_col], label=f"fold {fold.test_fold} training")
-            if val_col in history and history[val_col].notna().any():
-                validated = True
-                ax.plot(history["epoch"], history[val_col], color=line.get_color(), linestyle="--",
-                        label=f"fold {fold.test_fold} validation (fold {fold.val_fold})")
+    for i, fold in enumerate(cv.folds.values()):
+        colour = f"C{i % 10}"
+        stability = {s["network"]: s for s in fold.stability}
+        for j, (rows, kept) in enumerate(zip(fold.histories, fold.best_epochs), start=1):
+            history = pd.DataFrame(rows)
+            if history.empty:
+                continue
+            style = {"color": colour, "alpha": 1.0 if j == 1 else 0.45, "linewidth": 1.4 if j == 1 else 0.8}
+            kept = int(kept or len(history))
+            marker = "X" if stability.get(j, {}).get("unstable") else "o"
+            for ax, train_col, val_col in ((loss_ax, "loss", "val_loss"), (acc_ax, "accuracy", "val_accuracy")):
+                label = None if j > 1 else f"fold {fold.test_fold} training" + (
+                    f" ({len(fold.histories)} networks)" if len(fold.histories) > 1 else "")
+                ax.plot(history["epoch"], history[train_col], label=label, **style)
+                ax.plot([kept], [history[train_col].iloc[kept - 1]], marker=marker, linestyle="none",
+                        markersize=6 if marker == "X" else 4, color=colour)
+                if val_col in history and history[val_col].notna().any():
+                    validated = True
+                    ax.plot(history["epoch"], history[val_col], linestyle="--",
+                            label=None if j > 1 else f"fold {fold.test_fold} validation (fold {fold.val_fold})", **style)
     for ax, label in ((loss_ax, "loss"), (acc_ax, "accuracy (training: running, over the epoch)")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     if not validated:
-        title = "Learning curves: training on every non-test fold (no validation fold)"
+        title = "Learning curves: training on every non-test fold (no validation fold); dot: the epoch kept"
     elif any(f.refitted for f in cv.folds.values()):
         title = "Learning curves with early stopping on a validation fold (before the refit on training + validation)"
     else:
