@@ -14,6 +14,7 @@ imported only for resampling, deltas and MFCCs.
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import scipy.fft
@@ -24,6 +25,7 @@ from esc50ann.errors import FeatureError, one_line
 
 AMIN = 1e-10  # floor of power_to_db, as librosa
 MEL_BLOCK = 128  # frames per STFT block, see mel_power
+SHORT_FRACTION = 0.1  # of the clip length: a shorter clip warns (load_clip)
 STATS = ("mean", "std", "min", "max", "mean_abs_diff", "std_diff")
 
 
@@ -91,9 +93,13 @@ def fit_length(y: np.ndarray, n: int) -> np.ndarray:
 def load_clip(path, *, duration: float, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
     """Read a clip as mono float32, cut or zero-padded to ``round(duration * sr)`` samples.
 
-    See :func:`read_audio` for the parameters and errors; ``duration`` is in seconds.
+    See :func:`read_audio` for the parameters and errors; ``duration`` is in seconds. A clip
+    shorter than a tenth of ``duration`` warns: its features would describe mostly padding.
     """
     y, sr = read_audio(path, sample_rate=sample_rate, max_seconds=duration)
+    if len(y) < SHORT_FRACTION * duration * sr:
+        warnings.warn(f"{path}: {len(y) / sr:.2f} s long, under a tenth of the {duration:g} s clip length "
+                      "(zero-padded)", stacklevel=2)
     return np.ascontiguousarray(fit_length(y, int(round(duration * sr))), dtype=np.float32), sr
 
 

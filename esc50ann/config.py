@@ -111,15 +111,17 @@ class PipelineConfig:
         return {**self.to_doc(), "source_file": self.source_file}
 
 
-def builtin_pipelines() -> dict[str, Path]:
-    """The pipelines shipped with the package (the repository's ``pipelines/``): name -> file."""
-    folder = files("esc50ann.pipelines")
+def builtin_pipelines(kind: str = "pipelines") -> dict[str, Path]:
+    """The files shipped with the package: name -> file. ``kind`` ``"pipelines"`` (the
+    repository's ``pipelines/``) or ``"sweeps"`` (its ``sweeps/``)."""
+    folder = files(f"esc50ann.{kind}")
     return {Path(item.name).stem: Path(str(item)) for item in sorted(folder.iterdir(), key=lambda i: Path(i.name).stem)
             if item.name.endswith(".toml")}
 
 
-def find(name_or_path: str | Path | None = None) -> Path:
-    """A pipeline file: an existing path as given, else a built-in pipeline of that name.
+def find(name_or_path: str | Path | None = None, kind: str = "pipelines") -> Path:
+    """A pipeline (or, with ``kind="sweeps"``, sweep) file: an existing path as given, else a
+    built-in one of that name.
 
     Raises
     ------
@@ -129,12 +131,13 @@ def find(name_or_path: str | Path | None = None) -> Path:
     path = Path(name_or_path or "default")
     if path.is_file():
         return path
-    builtin = builtin_pipelines()
+    builtin = builtin_pipelines(kind)
     # "quick", "quick.toml" and "pipelines/quick.toml" (the checkout's path) all name a built-in.
-    name = path.stem if path.suffix == ".toml" and path.parent in (Path("."), Path("pipelines")) else str(path)
+    name = path.stem if path.suffix == ".toml" and path.parent in (Path("."), Path(kind)) else str(path)
     if name in builtin:
         return builtin[name]
-    raise ConfigError(f"{name_or_path}: pipeline file not found (built-in pipelines: {', '.join(builtin)})")
+    noun = kind[:-1]
+    raise ConfigError(f"{name_or_path}: {noun} file not found (built-in {kind}: {', '.join(builtin)})")
 
 
 def load(path: str | Path) -> PipelineConfig:

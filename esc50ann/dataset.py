@@ -1,4 +1,5 @@
-"""Dataset stage: obtain ESC-50 (download or local copy), unpack it, validate and verify it.
+"""Dataset stage: obtain ESC-50 (download or local copy), unpack it, validate and verify it; or
+read another labelled audio folder (``esc50ann.layouts``: UrbanSound8K's layout, class folders).
 
 ``prepare`` is the stage; ``Dataset`` is what it returns and what every later stage takes as
 input: the validated metadata, the audio paths, the folds and the class names. The data root's
@@ -17,47 +18,59 @@ from urllib.request import url2pathname
 import numpy as np
 import pandas as pd
 
-from esc50ann import paths, record
+from esc50ann import layouts, paths, record
 from esc50ann.archive import extract
 from esc50ann.download import DEFAULT_SOURCE, check_sha256, fetch
 from esc50ann.errors import DatasetError, StorageError, one_line
 from esc50ann.fileio import file_lock
-from esc50ann.metadata import load_metadata
-from esc50ann.verify import SAMPLE_RATE, changed_files, describe_problems, verify_clips
+from esc50ann.layouts import Layout
+from esc50ann.verify import changed_files, describe_problems, verify_clips
 
 SOURCE_ENV = "ESC50ANN_SOURCE"
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """ESC-50 (or a subset of it) as the pipeline sees it.
+    """ESC-50 (or a subset of it, or another labelled set of clips) as the pipeline sees it.
 
     Attributes
     ----------
     root : Path
-        Folder holding ``meta/esc50.csv`` and ``audio/``.
+        The dataset folder (for ESC-50, the one holding ``meta/esc50.csv`` and ``audio/``).
     meta : pandas.DataFrame
         Validated metadata, one row per clip, columns ``esc50ann.metadata.COLUMNS``, index 0..n-1.
     manifest : dict[str, str] or None
         filename -> SHA-256 of the audio file, recorded at verification; None if never verified.
+    layout : str
+        ``"esc50"``, ``"urbansound8k"`` or ``"folders"`` (``esc50ann.layouts``).
+    audio_dir : Path, optional
+        The folder ``meta``'s filenames are relative to; default ``root / "audio"``.
     """
 
     root: Path
     meta: pd.DataFrame
     manifest: dict[str, str] | None = field(default=None, repr=False)
+    layout: str = layouts.ESC50
+    audio_dir: Path | None = None
 
     def __repr__(self):
         subset = " (ESC-10)" if len(self.classes) == 10 and self.meta["esc10"].all() else ""
+        kind = "" if self.layout == layouts.ESC50 else f"{self.layout}, "
         return (f"Dataset({len(self)} clips, {len(self.classes)} classes{subset}, folds "
-                f"{','.join(map(str, self.folds))}, {self.root})")
+                f"{','.join(map(str, self.folds))}, {kind}{self.root})")
 
     def __len__(self) -> int:
         return len(self.meta)
 
     @property
+    def audio_root(self) -> Path:
+        """The folder the metadata's filenames are relative to."""
+        return self.audio_dir if self.audio_dir is not None else self.root / "audio"
+
+    @property
     def audio_paths(self) -> list[Path]:
-        """Path of each clip's WAV, in ``meta`` row order."""
-        audio = self.root / "audio"
+        """Path of each clip's audio file, in ``meta`` row order."""
+        audio = self.audio_root
         return [audio / name for name in self.meta["filename"]]
 
     @property
@@ -88,12 +101,15 @@ class Dataset:
         return {int(t): str(c) for t, c in zip(pairs["target"], pairs["category"])}
 
     def subset(self, name: str) -> "Dataset":
-        """``"esc50"``: all clips; ``"esc10"``: the clips whose ``esc10`` column is true."""
+        """``"esc50"``: all clips; ``"esc10"``: the clips whose ``esc10`` column is true (ESC-50 only)."""
         if name == "esc50":
             return self
+        if name == "esc10" and self.layout != layouts.ESC50:
+            raise DatasetError(f"subset 'esc10' is part of ESC-50 only, and {self.root} is a "
+                               f"{layouts.NAMES[self.layout]} dataset: use subset = 'esc50' (every clip)")
         if name == "esc10":
             meta = self.meta[self.meta["esc10"]].reset_index(drop=True)
-            return Dataset(self.root, meta, self.manifest)
+            return dataclasses.replace(self, meta=meta)
         raise DatasetError(f"unknown subset {name!r}: expected 'esc50' or 'esc10'")
 
     def select(self, filenames) -> "Dataset":
@@ -111,7 +127,7 @@ class Dataset:
             raise DatasetError(f"cannot select {unknown[0]!r}: not in the metadata of {self.root}"
                                + (f" (and {len(unknown) - 1} more unknown)" if len(unknown) > 1 else ""))
         meta = self.meta.iloc[position[names].to_numpy()].reset_index(drop=True)
-        return Dataset(self.root, meta, self.manifest)
+        return dataclasses.replace(self, meta=meta)
 
     def verify(self, n_jobs: int = -1, progress: bool = True) -> list[tuple[str, str]]:
         """Re-check every clip's format and SHA-256 against ``self.manifest``.
@@ -120,10 +136,10 @@ class Dataset:
         -------
         list of (filename, reason)
             Every bad file; empty when all are fine. Without a manifest only the format
-            (existence, sample rate, channels, length) is checked.
+            (existence, readability; for ESC-50 also sample rate, channels, length) is checked.
         """
-        _, problems = verify_clips(self.root / "audio", self.meta["filename"], expected=self.manifest,
-                                   n_jobs=n_jobs, progress=progress)
+        _, problems = verify_clips(self.audio_root, self.meta["filename"], expected=self.manifest,
+                                   strict=self.layout == layouts.ESC50, n_jobs=n_jobs, progress=progress)
         return problems
 
     def summary(self) -> dict:
@@ -136,6 +152,7 @@ class Dataset:
             "clips_per_fold": {str(int(f)): int(n) for f, n in per_fold.items()},
             "n_esc10": int(self.meta["esc10"].sum()),
             "root": str(self.root),
+            "layout": self.layout,
             "verified": self.manifest is not None,
         }
 
@@ -148,8 +165,9 @@ def prepare(source: str | Path | None = None, data_dir: Path | str | None = None
     ----------
     source : str or Path, optional
         An http(s) URL (downloaded into ``data_dir/downloads/``), a ``file://`` URL or a local
-        ``.zip`` (extracted straight from where it is), or an extracted folder holding
-        ``meta/esc50.csv`` and ``audio/`` (used in place). Default: ``$ESC50ANN_SOURCE``,
+        ``.zip`` (extracted straight from where it is), or an extracted folder (used in place):
+        ESC-50's (``meta/esc50.csv`` and ``audio/``), UrbanSound8K's, or one folder of audio
+        files per class (``esc50ann.layouts``). Default: ``$ESC50ANN_SOURCE``,
         else whatever dataset ``data_dir`` already holds, else ``DEFAULT_SOURCE``.
     data_dir : Path or str, optional
         Data root (``esc50ann.paths.data_dir``).
@@ -202,12 +220,12 @@ def prepare(source: str | Path | None = None, data_dir: Path | str | None = None
         # fails, the previous dataset is still there and still loadable.
         local = _obtain(source, data_dir, sha256=sha256, progress=progress)
         if local.is_dir():
-            dataset = _validate(_dataset_folder(local, source), n_jobs=n_jobs, progress=progress)
+            dataset = _validate(_dataset_folder(local, source, data_dir), n_jobs=n_jobs, progress=progress)
         else:
             dataset = _extract_and_validate(local, data_dir, downloaded=_is_url(source),
                                             n_jobs=n_jobs, progress=progress)
         record.write(data_dir, source=source, root=dataset.root, manifest=dataset.manifest,
-                     archive_sha256=sha256)  # atomic: replaces the previous record
+                     archive_sha256=sha256, layout=_layout_of(dataset, data_dir))  # atomic: replaces the previous record
     return dataset
 
 
@@ -226,14 +244,15 @@ def load(data_dir: Path | str | None = None, *, check_files: bool = True) -> Dat
     rec = record.read(data_dir)
     if rec is None:
         raise DatasetError(f"no dataset in {data_dir}: run `esc50ann download` first")
-    root = Path(rec["root"])
-    if not (root / "meta" / "esc50.csv").is_file():
-        raise DatasetError(f"{paths.record_path(data_dir)}: dataset folder {root} is gone: run `esc50ann download` again")
-    changed = changed_files(root / "audio", rec.get("stats")) if check_files else []
+    layout = record.layout(rec)
+    if not layout.metadata.is_file() or not layout.audio_dir.is_dir():
+        raise DatasetError(f"{paths.record_path(data_dir)}: dataset folder {layout.root} is gone: "
+                           "run `esc50ann download` again")
+    changed = changed_files(layout.audio_dir, rec.get("stats")) if check_files else []
     if changed:
-        raise DatasetError(f"{root / 'audio' / changed[0]}: changed since verification ({len(changed)} file(s)); "
+        raise DatasetError(f"{layout.audio_dir / changed[0]}: changed since verification ({len(changed)} file(s)); "
                            "run `esc50ann download` to repair it from the kept archive")
-    return Dataset(root, load_metadata(root / "meta" / "esc50.csv"), dict(rec["files"]))
+    return _dataset(layout, layouts.read(layout), dict(rec["files"]))
 
 
 def resolve_source(source: str | Path | None = None) -> str:
@@ -306,21 +325,38 @@ def _extract(archive: Path, data_dir: Path, *, downloaded: bool, progress: bool,
         raise DatasetError(f"{e} (removed the download)") from None
 
 
-def _dataset_folder(folder: Path, source: str) -> Path:
-    """``folder`` itself, or its ``ESC-50-master/``, whichever holds the metadata and audio."""
-    for candidate in (folder, folder / "ESC-50-master"):
-        if (candidate / "meta" / "esc50.csv").is_file() and (candidate / "audio").is_dir():
-            return candidate
-    raise DatasetError(f"source {source}: folder has no meta/esc50.csv and audio/ (not an ESC-50 folder)")
+def _dataset_folder(folder: Path, source: str, data_dir: Path) -> Layout:
+    """The layout of ``folder`` (``layouts.detect``)."""
+    layout = layouts.detect(folder, data_dir)
+    if layout is None:
+        raise DatasetError(f"source {source}: folder has no meta/esc50.csv and audio/ (ESC-50), no "
+                           f"metadata/UrbanSound8K.csv and audio/ (UrbanSound8K) and no class folders of "
+                           f"audio files (<label>/*{', *'.join(layouts.AUDIO_EXTENSIONS)})")
+    return layout
 
 
-def _validate(root: Path, *, n_jobs: int, progress: bool) -> Dataset:
-    """Load the metadata and verify every clip; raise if any is bad."""
-    meta = load_metadata(root / "meta" / "esc50.csv")
-    manifest, problems = verify_clips(root / "audio", meta["filename"], n_jobs=n_jobs, progress=progress)
+def _validate(layout: Layout | Path, *, n_jobs: int, progress: bool) -> Dataset:
+    """Load the metadata and verify every clip; raise if any is bad. Only ESC-50's clips must be
+    of its exact format: other layouts' clips are resampled and cut or padded by the features."""
+    layout = layout if isinstance(layout, Layout) else layouts.esc50(layout)
+    meta = layouts.read(layout)
+    manifest, problems = verify_clips(layout.audio_dir, meta["filename"], strict=layout.kind == layouts.ESC50,
+                                      n_jobs=n_jobs, progress=progress)
     if problems:
-        raise DatasetError(describe_problems(problems, len(meta), root))
-    return Dataset(root, meta, manifest)
+        raise DatasetError(describe_problems(problems, len(meta), layout.root))
+    return _dataset(layout, meta, manifest)
+
+
+def _dataset(layout: Layout, meta: pd.DataFrame, manifest: dict | None) -> Dataset:
+    if layout.kind == layouts.ESC50:
+        return Dataset(layout.root, meta, manifest)
+    return Dataset(layout.root, meta, manifest, layout=layout.kind, audio_dir=layout.audio_dir)
+
+
+def _layout_of(dataset: Dataset, data_dir: Path) -> Layout:
+    if dataset.layout == layouts.ESC50:
+        return layouts.esc50(dataset.root)
+    return layouts.detect(dataset.root, data_dir)
 
 
 def _recorded(data_dir: Path, source: str | None, sha256: str | None = None) -> Dataset | None:
@@ -338,14 +374,13 @@ def _recorded(data_dir: Path, source: str | None, sha256: str | None = None) -> 
         return None
     if sha256 and (rec.get("archive_sha256") or "") != sha256.strip().lower():
         return None
-    root = Path(rec["root"])
-    csv_path = root / "meta" / "esc50.csv"
-    if not csv_path.is_file() or not (root / "audio").is_dir():
+    layout = record.layout(rec)
+    if not layout.audio_dir.is_dir() or (layout.kind != layouts.FOLDERS and not layout.metadata.is_file()):
         return None
     try:
-        meta = load_metadata(csv_path)
+        meta = layouts.read(layout)
     except DatasetError:
         return None
-    if set(meta["filename"]) != set(rec["files"]) or changed_files(root / "audio", rec.get("stats")):
+    if set(meta["filename"]) != set(rec["files"]) or changed_files(layout.audio_dir, rec.get("stats")):
         return None
-    return Dataset(root, meta, dict(rec["files"]))
+    return _dataset(layout, meta, dict(rec["files"]))

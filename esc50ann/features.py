@@ -19,6 +19,7 @@ from esc50ann import cache, provenance
 from esc50ann import progress as progress_mod
 from esc50ann.dataset import Dataset
 from esc50ann.errors import FeatureError
+from esc50ann.fileio import atomic_path
 from esc50ann.params import Document, InstanceOf, ListOf
 from esc50ann.recipe import FEATURE_VERSION, FeatureConfig, feature_names, feature_shape, files_features, mel_filterbank
 from esc50ann.verify import SAMPLE_RATE, fingerprint
@@ -93,6 +94,44 @@ class FeatureSet:
         """The features as a DataFrame indexed by filename, joined with the metadata columns."""
         frame = pd.DataFrame(np.asarray(self.X), columns=self.feature_names, index=pd.Index(self.filenames, name="filename"))
         return self.meta.set_index("filename").join(frame)
+
+    def write(self, path) -> Path:
+        """Write the feature matrix, one row per clip, to ``path`` (``.csv``, or ``.parquet`` with
+        pyarrow installed), atomically: columns ``filename``, ``category``, ``fold``, then the
+        features (``feature_names``)."""
+        path = Path(path)
+        check_table_path(path)
+        frame = pd.DataFrame(np.asarray(self.X), columns=self.feature_names)
+        frame.insert(0, "filename", self.filenames)
+        frame.insert(1, "category", self.meta["category"].to_numpy())
+        frame.insert(2, "fold", self.meta["fold"].to_numpy())
+        with atomic_path(path) as tmp:
+            if path.suffix.lower() == ".parquet":
+                frame.to_parquet(tmp, index=False)
+            else:
+                frame.to_csv(tmp, index=False)
+        return path
+
+
+TABLE_SUFFIXES = (".csv", ".parquet")
+
+
+def check_table_path(path) -> None:
+    """Refuse a ``FeatureSet.write`` destination it cannot write, before any work is done.
+
+    Raises
+    ------
+    FeatureError
+        Neither ``.csv`` nor ``.parquet``, or ``.parquet`` without pyarrow.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise FeatureError(f"{path}: expected a .csv or .parquet file name")
+    if suffix == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise FeatureError(f"{path}: writing .parquet needs pyarrow (pip install 'esc50ann[parquet]')") from None
 
 
 def cache_key(dataset: Dataset, config: FeatureConfig) -> str:

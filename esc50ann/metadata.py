@@ -1,7 +1,8 @@
 """The metadata schema: ``meta/esc50.csv`` read and validated, every error naming row and column.
 
 Columns: ``filename,fold,target,category,esc10,src_file,take`` (the official file's, in order);
-filenames spell out ``{fold}-{src_file}-{take}-{target}.wav``.
+filenames spell out ``{fold}-{src_file}-{take}-{target}.wav``. ``load_table`` reads the CSV of
+another layout (``esc50ann.layouts``) into the same columns.
 """
 from __future__ import annotations
 
@@ -105,12 +106,7 @@ def _nonempty(cells: list[str], column: str, csv_path: Path) -> list[str]:
 
 def _check_filenames(meta: pd.DataFrame, csv_path: Path) -> None:
     """Names are unique and spell out ``{fold}-{src_file}-{take}-{target}.wav``."""
-    dup = meta["filename"].duplicated()
-    if dup.any():
-        i = int(np.flatnonzero(dup.to_numpy())[0])
-        first = int(np.flatnonzero((meta["filename"] == meta["filename"].iloc[i]).to_numpy())[0])
-        raise DatasetError(f"{csv_path}: {_row(i)}, column 'filename': {meta['filename'].iloc[i]!r} "
-                           f"duplicates {_row(first)}")
+    _check_duplicates(meta, csv_path)
     for i, row in enumerate(meta.itertuples(index=False)):
         m = _FILENAME.match(row.filename)
         if not m:
@@ -123,17 +119,85 @@ def _check_filenames(meta: pd.DataFrame, csv_path: Path) -> None:
                                    f"disagrees with filename {row.filename!r}")
 
 
-def _check_categories(meta: pd.DataFrame, csv_path: Path) -> None:
-    """One category name per target and one target per category name."""
+def _check_categories(meta: pd.DataFrame, csv_path: Path, target: str = "target", label: str = "category") -> None:
+    """One category name per target and one target per category name (``target`` and ``label``:
+    what the CSV calls those columns)."""
+    called = {"target": target, "category": label}
     for key, other in (("target", "category"), ("category", "target")):
         first = meta.groupby(key, sort=False)[other].transform("first")
         bad = np.flatnonzero((meta[other] != first).to_numpy())
         if bad.size:
             i = int(bad[0])
-            raise DatasetError(f"{csv_path}: {_row(i)}, column {other!r}: {key} {_show(meta[key].iloc[i])} "
-                               f"has {other} {_show(meta[other].iloc[i])} here but {_show(first.iloc[i])} earlier")
+            raise DatasetError(f"{csv_path}: {_row(i)}, column {called[other]!r}: {called[key]} "
+                               f"{_show(meta[key].iloc[i])} has {called[other]} {_show(meta[other].iloc[i])} "
+                               f"here but {_show(first.iloc[i])} earlier")
 
 
 def _show(value) -> str:
     """Numbers plain, text quoted (numpy scalars' repr would say np.int64(0))."""
     return str(int(value)) if isinstance(value, (int, np.integer)) else repr(str(value))
+
+
+def load_table(csv_path: Path, *, file: str, fold: str, label: str, target: str | None = None,
+               group: str | None = None, prefix=None) -> pd.DataFrame:
+    """Read a metadata CSV of another layout (UrbanSound8K's, a class-per-folder split) into the
+    frame ``load_metadata`` gives, ``COLUMNS`` in order.
+
+    Parameters
+    ----------
+    csv_path : Path
+    file, fold, label : str
+        The columns holding the file name, the fold (an integer >= 1) and the class name.
+    target : str, optional
+        The column holding the class id; default: the class names' rank in sorted order.
+    group : str, optional
+        An integer column naming the source recording (``src_file``: fragments of one recording
+        never straddle train and test); default: every clip its own recording.
+    prefix : callable, optional
+        ``prefix(row)`` -> the folder the file lies in, relative to the audio root (UrbanSound8K's
+        ``fold<k>``); the ``filename`` column is then ``<prefix>/<file>``.
+
+    Raises
+    ------
+    DatasetError
+        Unreadable file, missing column, bad value, duplicate file, one class id with two names.
+    """
+    csv_path = Path(csv_path)
+    raw = _read_csv(csv_path)
+    wanted = [c for c in (file, fold, label, target, group) if c is not None]
+    missing = [c for c in wanted if c not in raw.columns]
+    if missing:
+        raise DatasetError(f"{csv_path}: missing column {missing[0]!r} (has: {', '.join(map(str, raw.columns))})")
+    if raw.empty:
+        raise DatasetError(f"{csv_path}: no data rows")
+    cell = {c: [v.strip() for v in raw[c].tolist()] for c in wanted}
+    folds = _ints(cell[fold], fold, csv_path, minimum=1)
+    names = _nonempty(cell[file], file, csv_path)
+    if prefix is not None:
+        names = [f"{prefix(int(k))}/{n}" for k, n in zip(folds, names)]
+    categories = _nonempty(cell[label], label, csv_path)
+    if target is None:
+        rank = {c: i for i, c in enumerate(sorted(set(categories)))}
+        targets = np.array([rank[c] for c in categories], dtype=np.int64)
+    else:
+        targets = _ints(cell[target], target, csv_path, minimum=0)
+    meta = pd.DataFrame({
+        "filename": names, "fold": folds, "target": targets, "category": categories,
+        "esc10": np.zeros(len(names), dtype=bool),
+        "src_file": (_ints(cell[group], group, csv_path) if group is not None
+                     else np.arange(len(names), dtype=np.int64)),
+        "take": ["A"] * len(names),
+    }, columns=COLUMNS)
+    _check_duplicates(meta, csv_path, file)
+    _check_categories(meta, csv_path, target or label, label)
+    return meta
+
+
+def _check_duplicates(meta: pd.DataFrame, csv_path: Path, column: str = "filename") -> None:
+    """Every file listed once."""
+    dup = meta["filename"].duplicated()
+    if dup.any():
+        i = int(np.flatnonzero(dup.to_numpy())[0])
+        first = int(np.flatnonzero((meta["filename"] == meta["filename"].iloc[i]).to_numpy())[0])
+        raise DatasetError(f"{csv_path}: {_row(i)}, column {column!r}: {meta['filename'].iloc[i]!r} "
+                           f"duplicates {_row(first)}")

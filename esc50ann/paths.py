@@ -7,6 +7,7 @@
       .dataset.lock          serialises dataset preparations on one data root
       downloads/             downloaded archives, named by their URL (download_path)
       ESC-50-master/         the extracted dataset (esc50ann.archive)
+      folds/<name>-<hash>.csv  the fold split of a class-per-folder dataset (esc50ann.layouts)
       cache/features/        feature cache entries (esc50ann.cache)
       runs/<name>-<stamp>/   one folder per cross-validation run (esc50ann.report)
 
@@ -104,3 +105,10 @@ def download_path(url: str, root: str | Path) -> Path:
     name = Path(urlparse(url).path).name or "esc50"
     name = name if name.endswith(".zip") else name + ".zip"
     return Path(root) / "downloads" / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
+
+
+def folds_csv(root: str | Path, dataset_root: str | Path) -> Path:
+    """Where the fold split of the class-per-folder dataset ``dataset_root`` is kept under the data
+    root ``root``: named by the folder's absolute path, so two trees never share a split."""
+    folder = Path(dataset_root).resolve()
+    return Path(root) / "folds" / f"{folder.name}-{hashlib.sha256(str(folder).encode()).hexdigest()[:12]}.csv"

@@ -12,6 +12,7 @@ cache on disk), so calling a later stage first runs the earlier ones once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from esc50ann.errors import DatasetError, Esc50Error
 from esc50ann.evaluate import CVResult, cross_validate, fit_fold
 from esc50ann.features import FeatureSet
 from esc50ann.model import ANNClassifier
-from esc50ann.report import write_run
+from esc50ann import report as report_mod
 
 @dataclass
 class RunResult:
@@ -44,6 +45,9 @@ class RunResult:
     run_dir: Path
     metrics: dict[str, Any]
     cv: CVResult
+
+    def __repr__(self):
+        return f"RunResult({report_mod.summary_line(self.metrics, self.run_dir)})"
 
 
 class Pipeline:
@@ -77,8 +81,10 @@ class Pipeline:
         self.progress = progress
         self.verbose = verbose
         self.timings: dict[str, float] = {}
+        self.stage_lines: dict[str, str] = {}  # each finished stage's summary line, as printed
         self._dataset: Dataset | None = None
         self._features: FeatureSet | None = None
+        self.overrides: dict[str, Any] = {}  # the --set values config holds, recorded with a run
 
     def __repr__(self):
         stages = [name for name, done in (("dataset", self._dataset), ("features", self._features)) if done is not None]
@@ -93,7 +99,9 @@ class Pipeline:
         config = config_mod.load(config_mod.find(path))
         if overrides:
             config = config_mod.override(config, overrides, where="--set")
-        return cls(config, **kwargs)
+        pipe = cls(config, **kwargs)
+        pipe.overrides = dict(overrides or {})
+        return pipe
 
     # --- stages -------------------------------------------------------------------------------
 
@@ -104,6 +112,11 @@ class Pipeline:
                 full = dataset_mod.prepare(self.source, self.data_dir, sha256=self.config.dataset.sha256,
                                            n_jobs=self.n_jobs, progress=self.progress)
                 self._dataset = full.subset(self.config.dataset.subset)
+            if self._dataset.layout != "esc50" and self.config.features.sample_rate is None:
+                # "Native rate" means one rate on ESC-50 only: other sets mix rates, and features
+                # (and a saved model's) must be of one rate, so they are read at ESC-50's.
+                features = dataclasses.replace(self.config.features, sample_rate=verify.SAMPLE_RATE)
+                self.config = dataclasses.replace(self.config, features=features)
             d = self._dataset
             self._note("dataset", f"{len(d)} clips, {len(d.classes)} classes, folds "
                                   f"{','.join(map(str, d.folds))} in {d.root}")
@@ -147,24 +160,30 @@ class Pipeline:
                                        f"over folds {','.join(map(str, cv.folds))}")
         return cv
 
-    def report(self, cv: CVResult, out=None) -> RunResult:
-        """Write the run folder (``out``, default ``<data_dir>/runs/<name>-<timestamp>``)."""
+    def report(self, cv: CVResult, out=None, *, force: bool = False) -> RunResult:
+        """Write the run folder (``out``, default ``<data_dir>/runs/<name>-<timestamp>``); a finished
+        run in ``out`` is kept unless ``force``."""
+        _check_out(out, force)
         run_dir = Path(out) if out else self._new_run_dir()
         feats = self.features()
         with self._timed("report"):
             recorded = record_mod.read(self.data_dir) or {}
-            extra = {"source": recorded.get("source"), "feature_shape": list(feats.X.shape), "feature_cache_key": feats.key,
+            extra = {"source": recorded.get("source"), "dataset_layout": feats.dataset.layout,
+                     "overrides": self.overrides,
+                     "feature_shape": list(feats.X.shape), "feature_cache_key": feats.key,
                      "features_from_cache": feats.from_cache,
                      "skipped_clips": [list(s) for s in feats.skipped],
                      "fold_train_seconds": {str(k): f.seconds for k, f in cv.folds.items()}}
-            metrics = write_run(run_dir, cv, feats.dataset, pipeline=self.config.to_dict(),
+            metrics = report_mod.write_run(run_dir, cv, feats.dataset, pipeline=self.config.to_dict(),
                                 timings=dict(self.timings), extra=extra, model_metadata=self.model_metadata())
+            report_mod.remember(self.data_dir, run_dir)
         self._note("report", str(run_dir))
         return RunResult(run_dir, metrics, cv)
 
-    def run(self, folds=None, out=None, n_jobs: int | None = None) -> RunResult:
-        """All stages: download, features, cross-validation, report."""
-        return self.report(self.cross_validate(folds=folds, n_jobs=n_jobs), out=out)
+    def run(self, folds=None, out=None, n_jobs: int | None = None, *, force: bool = False) -> RunResult:
+        """All stages: download, features, cross-validation, report (see ``report`` for ``force``)."""
+        _check_out(out, force)  # before the work, not after it
+        return self.report(self.cross_validate(folds=folds, n_jobs=n_jobs), out=out, force=force)
 
     def train(self, test_fold: int | None = None) -> ANNClassifier:
         """Train one model with ``test_fold`` held out, or (``None``) the final model on every fold.
@@ -233,8 +252,8 @@ class Pipeline:
 
     def _note(self, stage: str, result: str) -> None:
         """The stage's line: what it gave and how long it took."""
-        progress_mod.note(f"{stage.replace('_', '-')}: {result} ({self.timings.get(stage, 0.0):.1f} s)",
-                          enabled=self.progress)
+        self.stage_lines[stage] = f"{stage.replace('_', '-')}: {result} ({self.timings.get(stage, 0.0):.1f} s)"
+        progress_mod.note(self.stage_lines[stage], enabled=self.progress)
 
     @contextlib.contextmanager
     def _timed(self, stage: str):
@@ -244,3 +263,10 @@ class Pipeline:
             yield
         finally:
             self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+def _check_out(out, force: bool) -> None:
+    """Refuse to overwrite a finished run folder unless told to."""
+    if out is not None and not force and (Path(out) / "metrics.json").is_file():
+        raise Esc50Error(f"{out}: holds a finished run; pass --force (force=True) to overwrite it, "
+                         "or choose another --out")

@@ -1,7 +1,10 @@
 """The data root's ``dataset.json``: what the dataset stage verified, so the next run trusts it.
 
     {"source": ..., "archive_sha256": ... | null, "root": <dataset folder>, "verified_at": ...,
-     "n_clips": N, "files": {filename: sha256}, "stats": {filename: [size, mtime_ns]}}
+     "n_clips": N, "files": {filename: sha256}, "stats": {filename: [size, mtime_ns]},
+     "layout": "esc50" | "urbansound8k" | "folders", "audio_dir": ..., "metadata": ...}
+
+A record without ``layout`` (written before other layouts existed) is ESC-50's.
 
 ``read`` checks the shape of the file (``RECORD``) before anything uses it (a damaged or forged record is one
 ``DatasetError``); ``write`` replaces it atomically.
@@ -12,9 +15,10 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+from esc50ann import layouts
 from esc50ann.errors import DatasetError, one_line
 from esc50ann.fileio import write_text
-from esc50ann.params import DictOf, Document, InstanceOf, Integral, Interval, ListOf
+from esc50ann.params import DictOf, Document, InstanceOf, Integral, Interval, ListOf, Options
 from esc50ann.paths import record_path
 from esc50ann.verify import fingerprints
 
@@ -29,6 +33,9 @@ RECORD = Document({
     "archive_sha256": [InstanceOf(str), None],
     "stats": [DictOf(ListOf(Interval(Integral), min_len=2, max_len=2), None,
                      description="an object of file names and their [size, mtime_ns]")],
+    "layout": [Options(*layouts.NAMES)],  # absent: ESC-50 (a record written before other layouts)
+    "audio_dir": [InstanceOf(str)],
+    "metadata": [InstanceOf(str)],
 }, description="an object (what the dataset stage verified)")
 
 
@@ -53,10 +60,20 @@ def read(data_dir: Path) -> dict | None:
     return record
 
 
+def layout(record: dict) -> layouts.Layout:
+    """The ``esc50ann.layouts.Layout`` a record (as ``read`` gives it) describes."""
+    kind = record.get("layout", layouts.ESC50)
+    if kind == layouts.ESC50 or not record.get("audio_dir") or not record.get("metadata"):
+        return layouts.esc50(Path(record["root"]))
+    return layouts.Layout(kind, Path(record["root"]), Path(record["audio_dir"]), Path(record["metadata"]))
+
+
 def write(data_dir: Path, *, source: str, root: Path, manifest: dict[str, str],
-          archive_sha256: str | None = None) -> Path:
+          archive_sha256: str | None = None, layout: layouts.Layout | None = None) -> Path:
     """Atomically write ``dataset.json`` for the verified dataset folder ``root`` whose audio files
-    hash to ``manifest`` (filename -> SHA-256), and the archive checksum it was checked against."""
+    hash to ``manifest`` (filename -> SHA-256), and the archive checksum it was checked against;
+    ``layout`` (default: ESC-50's) says where its metadata and audio are."""
+    layout = layout or layouts.esc50(root)
     record = {
         "source": source,
         "archive_sha256": archive_sha256.strip().lower() if archive_sha256 else None,
@@ -64,8 +81,11 @@ def write(data_dir: Path, *, source: str, root: Path, manifest: dict[str, str],
         "verified_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "n_clips": len(manifest),
         "files": dict(manifest),
-        "stats": fingerprints(Path(root) / "audio", manifest),
+        "stats": fingerprints(layout.audio_dir, manifest),
     }
+    if layout.kind != layouts.ESC50:  # ESC-50's records stay as they always were
+        record.update(layout=layout.kind, audio_dir=str(Path(layout.audio_dir).resolve()),
+                      metadata=str(Path(layout.metadata).resolve()))
     return write_text(record_path(data_dir), json.dumps(record, indent=1) + "\n")
 
 

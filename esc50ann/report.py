@@ -11,6 +11,8 @@ metrics.json``. ``metrics.json`` is written last, so a folder without it is an i
 from __future__ import annotations
 
 import base64
+import hashlib
+import os
 import contextlib
 import html
 import json
@@ -22,17 +24,20 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
-from esc50ann import provenance
+from esc50ann import paths, provenance
 from esc50ann.dataset import Dataset
 from esc50ann.errors import Esc50Error, one_line
 from esc50ann.evaluate import CVResult
 from esc50ann.fileio import atomic_path, json_default, write_text
-from esc50ann.params import Document, InstanceOf, Integral, Interval, ListOf, Real
+from esc50ann.layouts import NAMES
+from esc50ann.params import DictOf, Document, InstanceOf, Integral, Interval, ListOf, Real
 
 
 def predictions_table(cv: CVResult, dataset: Dataset) -> pd.DataFrame:
-    """One row per test clip: clip, fold, true, predicted (category names), target ids, probability."""
+    """One row per test clip: clip, fold, true, predicted (category names), target ids, probability
+    (the top one), path (of the audio file)."""
     names = cv.names_by_target
+    audio_paths = np.array([str(p) for p in dataset.audio_paths], dtype=object)
     frames = []
     for fold in cv.folds.values():
         frames.append(pd.DataFrame({
@@ -43,6 +48,7 @@ def predictions_table(cv: CVResult, dataset: Dataset) -> pd.DataFrame:
             "true_target": fold.y_true,
             "predicted_target": fold.y_pred,
             "probability": fold.proba.max(axis=1),
+            "path": audio_paths[fold.test_index],
         }))
     return pd.concat(frames, ignore_index=True)
 
@@ -83,8 +89,14 @@ def most_confused(confusion: pd.DataFrame, k: int = 10) -> list[tuple[str, str, 
     return [(confusion.index[r], confusion.columns[c], int(counts[r, c])) for r, c in zip(rows, cols) if counts[r, c]]
 
 
+def config_hash(pipeline: dict[str, Any]) -> str:
+    """A short hash of a resolved pipeline: two runs with the same one ran the same settings."""
+    return hashlib.sha256(json.dumps(pipeline, sort_keys=True, default=json_default).encode()).hexdigest()[:8]
+
+
 def metrics(cv: CVResult, per_class: pd.DataFrame, *, pipeline: dict[str, Any],
-            timings: dict[str, float], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+            timings: dict[str, float], confused: list[tuple[str, str, int]] = (),
+            extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run's ``metrics.json`` content."""
     truth = np.concatenate([f.y_true for f in cv.folds.values()])
     guess = np.concatenate([f.y_pred for f in cv.folds.values()])
@@ -104,7 +116,9 @@ def metrics(cv: CVResult, per_class: pd.DataFrame, *, pipeline: dict[str, Any],
         "folds": list(cv.folds),
         "validation_folds": {str(k): f.val_fold for k, f in cv.folds.items()},
         "best_epochs": {str(k): f.best_epoch for k, f in cv.folds.items()},
+        "most_confused": [list(pair) for pair in confused],
         "pipeline": pipeline,
+        "config_hash": config_hash(pipeline),
         "versions": provenance.versions("numpy", "librosa", "scikit-learn"),
         "timings_seconds": timings,
         **(extra or {}),
@@ -119,8 +133,12 @@ def settings_lines(metrics: dict[str, Any]) -> list[str]:
     """What was run, in a few lines: source, features, network, training, evaluation, seed."""
     pipe = metrics["pipeline"]
     f, e, m, t = (pipe.get(k, {}) for k in ("features", "evaluation", "model", "training"))
+    overrides = metrics.get("overrides") or {}
     return [
-        f"- source: {metrics.get('source') or 'the dataset in the data root'}",
+        f"- source: {metrics.get('source') or 'the dataset in the data root'}"
+        + (f" ({NAMES.get(metrics['dataset_layout'], metrics['dataset_layout'])} layout)"
+           if metrics.get("dataset_layout") else ""),
+        *([f"- overrides: {format_overrides(overrides)}"] if overrides else []),
         f"- features: {f.get('representation')} of a {f.get('n_mels')}-band log-mel"
         + (" + delta" if f.get("deltas") else "") + (f" + {f.get('n_mfcc')} MFCC" if f.get("n_mfcc") else "")
         + f" ({'x'.join(map(str, metrics.get('feature_shape', [])))})",
@@ -133,9 +151,10 @@ def settings_lines(metrics: dict[str, Any]) -> list[str]:
     ]
 
 
-def summary(metrics: dict[str, Any], per_class: pd.DataFrame, confused: list[tuple[str, str, int]] = ()) -> str:
-    """The text printed at the end of a run and kept as ``report.md``: settings, folds, mean ± std,
-    macro-F1 and chance, per class (precision, recall, F1), the images."""
+def summary(metrics: dict[str, Any], per_class: pd.DataFrame) -> str:
+    """``report.md``: settings, folds, mean ± std, macro-F1 and chance, per class (precision,
+    recall, F1), the most-confused pairs (``metrics["most_confused"]``), the images."""
+    confused = metrics.get("most_confused") or []
     name = metrics["pipeline"].get("name", "run")
     lines = [f"# {name}: cross-validation over {len(metrics['folds'])} test folds, {metrics['n_clips']} test clips", "",
              f"**Accuracy: {100 * metrics['accuracy_mean']:.1f} % ± {100 * metrics['accuracy_std']:.1f}** "
@@ -178,16 +197,39 @@ def sweep_summary(metrics: dict[str, Any], per_class: pd.DataFrame) -> str:
              "| outer fold | chosen configuration | nested accuracy |", "|---|---|---|"]
     lines += [f"| {k} | {json.dumps(c)} | {100 * metrics['nested_fold_accuracy'][k]:.1f} % |"
               for k, c in metrics["chosen_configuration"].items()]
+    if metrics.get("inner_fits_train_every_epoch"):
+        lines += ["", f"Inner fits train on {len(metrics['folds']) - 2} folds, with no validation fold left to "
+                      "stop early on: they train every epoch, while outer fits stop early on a validation fold."]
     lines += ["", f"Best by outer-fold CV: {json.dumps(metrics['optimistic_configuration'])}", "",
               *_per_class_lines(per_class), "",
               "Files: `sweep.csv` (every task's score), `per_class.csv` (nested predictions), `scores.png`."]
     return "\n".join(lines) + "\n"
 
 
-def html_page(metrics: dict[str, Any], per_class: pd.DataFrame, run_dir: Path) -> str:
+def _misclassified_rows(predictions: pd.DataFrame, run_dir: Path, esc) -> str:
+    """Table rows of the misclassified clips, most confident mistake first, each with a player.
+
+    The clips are linked (relative to the run folder), not embedded: a 5 s clip is 441 kB, and a
+    run's few hundred mistakes would make a page of a hundred megabytes or more."""
+    wrong = predictions[predictions["true_target"] != predictions["predicted_target"]]
+    rows = []
+    for r in wrong.sort_values("probability", ascending=False).itertuples():
+        src = Path(os.path.relpath(r.path, run_dir)).as_posix() if "path" in wrong else ""
+        player = f'<audio controls preload="none" src="{esc(src)}"></audio>' if src else ""
+        rows.append(f"<tr><td>{esc(str(r.clip))}</td><td>{r.fold}</td><td>{esc(str(r.true))}</td>"
+                    f"<td>{esc(str(r.predicted))}</td><td>{100 * r.probability:.1f} %</td><td>{player}</td></tr>")
+    return "".join(rows)
+
+
+def html_page(metrics: dict[str, Any], per_class: pd.DataFrame, run_dir: Path,
+              predictions: pd.DataFrame | None = None) -> str:
     """``report.html``: one self-contained page (styles and images inline, no network) with the
-    summary, settings, per-fold table, per-class table (worst first) and the images."""
+    summary, settings, per-fold table, per-class table (worst first), the most-confused pairs,
+    the misclassified clips (each with an audio player linking the clip) and the images."""
     esc = html.escape
+    confused = "".join(f"<tr><td>{esc(t)}</td><td>{esc(p)}</td><td>{n}</td></tr>"
+                       for t, p, n in metrics.get("most_confused") or [])
+    wrong = "" if predictions is None else _misclassified_rows(predictions, Path(run_dir), esc)
     name = esc(str(metrics["pipeline"].get("name", "run")))
     folds = "".join(f"<tr><td>{esc(k)}</td><td>{100 * v:.1f} %</td></tr>" for k, v in metrics["fold_accuracy"].items())
     rows = "".join(
@@ -216,7 +258,13 @@ th {{ background: #eef; }} .big {{ font-size: 1.6em; font-weight: bold; }} img {
 <h2>Per fold</h2><table id="folds"><tr><th>test fold</th><th>accuracy</th></tr>{folds}</table>
 <h2>Per class (worst first)</h2>
 <table id="per-class"><tr><th>category</th><th>correct / total</th><th>accuracy (recall)</th><th>precision</th><th>F1</th></tr>{rows}</table>
+<h2>Most confused pairs</h2>
+<table id="confused"><tr><th>true</th><th>predicted as</th><th>clips</th></tr>{confused}</table>
 <h2>Images</h2>{images}
+<h2>Misclassified clips</h2>
+<details><summary>{wrong.count("<tr>")} clips, most confident mistake first: open to list and listen</summary>
+<table id="misclassified"><tr><th>clip</th><th>fold</th><th>true</th><th>predicted</th><th>probability</th><th>listen</th></tr>{wrong}</table>
+</details>
 </body></html>
 """
 
@@ -230,12 +278,18 @@ def plot_confusion(confusion: pd.DataFrame, *, normalize: bool = False):
     if normalize:
         values = values / np.maximum(values.sum(axis=1, keepdims=True), 1)
     n = len(confusion)
-    size = max(6.0, 0.28 * n + 3)
+    size = max(6.0, 0.34 * n + 4)  # 50 classes: cells of a third of an inch, labels at 8 pt
     fig = Figure(figsize=(size, size), layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else None)
-    ax.set_xticks(range(n), confusion.columns, rotation=90, fontsize=7 if n > 20 else 9)
-    ax.set_yticks(range(n), confusion.index, fontsize=7 if n > 20 else 9)
+    ax.set_xticks(range(n), confusion.columns, rotation=90, fontsize=8 if n > 20 else 10)
+    ax.set_yticks(range(n), confusion.index, fontsize=8 if n > 20 else 10)
+    if not normalize:  # the counts themselves, where a cell holds any
+        dark = values > 0.6 * max(values.max(), 1)
+        for (i, j), count in np.ndenumerate(confusion.to_numpy()):
+            if count:
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=6 if n > 20 else 9,
+                        color="white" if dark[i, j] else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("Confusion matrix, all test folds" + (" (rows normalised)" if normalize else ""))
@@ -326,45 +380,113 @@ def write_run(run_dir: Path, cv: CVResult, dataset: Dataset, *, pipeline: dict[s
         for fold in cv.folds.values():
             fold.model.metadata_ = {**(model_metadata or {}), "test_fold": fold.test_fold}
             fold.model.save(run_dir / f"fold-{fold.test_fold}.npz")
-    result = metrics(cv, per_class, pipeline=pipeline, timings=timings, extra=extra)
-    write_text(run_dir / "report.md", summary(result, per_class, most_confused(confusion)))
-    write_text(run_dir / "report.html", html_page(result, per_class, run_dir))
+    result = metrics(cv, per_class, pipeline=pipeline, timings=timings, confused=most_confused(confusion),
+                     extra=extra)
+    write_text(run_dir / "report.md", summary(result, per_class))
+    write_text(run_dir / "report.html", html_page(result, per_class, run_dir, predictions))
     _finish_folder(run_dir, result)
     return result
 
 
-# The shapes of metrics.json that are read back: a run's (``metrics``) and a sweep's
-# (``esc50ann.sweep``), as far as ``load_run`` and ``list_runs`` use them.
+def format_overrides(overrides: dict[str, Any]) -> str:
+    """``--set`` values as they were given: ``training.max_epochs=3 model.n_networks=1``."""
+    return " ".join(f"{k}={json.dumps(v)}" for k, v in overrides.items())
+
+
+def is_sweep(metrics: dict[str, Any]) -> bool:
+    return "nested_accuracy_mean" in metrics
+
+
+def summary_line(metrics: dict[str, Any], folder: Path) -> str:
+    """A finished run or sweep in one line (``-q``): name, accuracy ± spread, folds, folder."""
+    folds = ",".join(map(str, metrics["folds"]))
+    if is_sweep(metrics):
+        return (f"sweep {metrics['sweep']}: nested accuracy {100 * metrics['nested_accuracy_mean']:.1f} % ± "
+                f"{100 * metrics['nested_accuracy_std']:.1f} over folds {folds}; {folder}")
+    return (f"{metrics['pipeline']['name']}: accuracy {100 * metrics['accuracy_mean']:.1f} % ± "
+            f"{100 * metrics['accuracy_std']:.1f} over folds {folds}; {folder}")
+
+
+def text_summary(metrics: dict[str, Any], folder: Path, *, n_worst: int = 5, n_pairs: int = 5) -> str:
+    """A finished run or sweep as plain text for a terminal: the accuracy, per fold, the worst
+    classes, the most-confused pairs and where the full report is."""
+    folder = Path(folder)
+    if is_sweep(metrics):
+        lines = [summary_line(metrics, folder).rsplit(";", 1)[0],
+                 f"  optimistic (selection saw the test folds): {100 * metrics['optimistic_accuracy_mean']:.1f} %"]
+        lines += [f"  outer fold {k}: {100 * metrics['nested_fold_accuracy'][k]:.1f} % with {json.dumps(c)}"
+                  for k, c in metrics["chosen_configuration"].items()]
+        if metrics.get("inner_fits_train_every_epoch"):
+            lines.append("  inner fits train every epoch (no validation fold left); outer fits stop early")
+        per_class = metrics.get("nested_per_class_accuracy", {})
+    else:
+        lines = [summary_line(metrics, folder).rsplit(";", 1)[0],
+                 "  per fold: " + ", ".join(f"{k}: {100 * v:.1f} %" for k, v in metrics["fold_accuracy"].items())]
+        if metrics.get("overrides"):
+            lines.append(f"  overrides: {format_overrides(metrics['overrides'])}")
+        per_class = metrics.get("per_class_accuracy", {})
+    worst = sorted(per_class.items(), key=lambda item: (item[1], item[0]))[:n_worst]
+    if worst:
+        lines.append("  worst classes: " + ", ".join(f"{name} {100 * acc:.0f} %" for name, acc in worst))
+    pairs = (metrics.get("most_confused") or [])[:n_pairs]
+    if pairs:
+        lines.append("  most confused: " + ", ".join(f"{t} as {p} ({n})" for t, p, n in pairs))
+    page = folder / "report.html"
+    lines.append(f"  report: {page if page.is_file() else folder / 'report.md'}")
+    return "\n".join(lines) + "\n"
+
+
+_ACCURACY = Interval(Real, 0, 1)
+_SPREAD = Interval(Real, 0)
+_OPTIONAL = {
+    "finished": [InstanceOf(str)],
+    "most_confused": [ListOf(ListOf(InstanceOf(str, int, float, description="a label"), min_len=3, max_len=3)), None],
+}
+# The shapes of metrics.json as ``runs`` and ``report`` read them back: a run's (``metrics``) and a
+# sweep's (``esc50ann.sweep``); ``read_metrics`` is their one reader.
 RUN_METRICS = Document({
     "pipeline": [Document({"name": [InstanceOf(str)]}, description="an object with a name")],
     "folds": [ListOf(Interval(Integral))],
-    "accuracy_mean": [Interval(Real, 0, 1)],
-}, {"finished": [InstanceOf(str)]}, description="a JSON object (a run's metrics)")
-SWEEP_METRICS = Document({"sweep": [InstanceOf(str)], "nested_accuracy_mean": [Interval(Real, 0, 1)]},
-                         {"finished": [InstanceOf(str)]}, description="a JSON object (a sweep's metrics)")
+    "accuracy_mean": [_ACCURACY], "accuracy_std": [_SPREAD],
+    "fold_accuracy": [DictOf(_ACCURACY)],
+}, {**_OPTIONAL, "per_class_accuracy": [DictOf(_ACCURACY)], "overrides": [InstanceOf(dict), None],
+    "config_hash": [InstanceOf(str), None]}, description="a JSON object (the metrics of a run)")
+SWEEP_METRICS = Document({
+    "sweep": [InstanceOf(str)],
+    "folds": [ListOf(Interval(Integral))],
+    "nested_accuracy_mean": [_ACCURACY], "nested_accuracy_std": [_SPREAD],
+    "optimistic_accuracy_mean": [_ACCURACY],
+    "nested_fold_accuracy": [DictOf(_ACCURACY)],
+    "chosen_configuration": [DictOf(InstanceOf(dict))],
+}, {**_OPTIONAL, "nested_per_class_accuracy": [DictOf(_ACCURACY)], "base_pipeline": [InstanceOf(str), None]},
+    description="a JSON object (the metrics of a sweep)")
 
 
-def read_metrics(path: Path, kinds=(RUN_METRICS, SWEEP_METRICS)) -> dict[str, Any]:
-    """The ``metrics.json`` at ``path``, checked to be of one of ``kinds``' shapes: the one reader of
-    metrics files.
+def read_metrics(path: Path) -> dict[str, Any]:
+    """The ``metrics.json`` at ``path``, of a run's shape (``RUN_METRICS``) or, when it has
+    ``nested_accuracy_mean``, a sweep's (``SWEEP_METRICS``).
 
     Raises
     ------
     Esc50Error
-        Unreadable, not JSON, or of none of the shapes; the message names the file.
+        Unreadable, not JSON, or not of its shape; the message names the file and what is wrong.
     """
     try:
         result = json.loads(Path(path).read_text(encoding="utf-8"))
     except (ValueError, OSError) as exc:  # JSON errors and non-UTF-8 bytes are both ValueErrors
         raise Esc50Error(f"{path}: damaged metrics file ({one_line(exc)})") from None
-    problems = [kind.problem(result) for kind in kinds]
-    if all(problems):
-        raise Esc50Error(f"{path}: damaged metrics file ({problems[0]})")
+    kind = SWEEP_METRICS if isinstance(result, dict) and is_sweep(result) else RUN_METRICS
+    problem = kind.problem(result)
+    if problem is None and kind is SWEEP_METRICS and not set(result["chosen_configuration"]) <= set(
+            result["nested_fold_accuracy"]):
+        problem = "a chosen configuration for a fold without a nested accuracy"
+    if problem:
+        raise Esc50Error(f"{path}: damaged metrics file ({problem})")
     return result
 
 
 def load_run(run_dir: Path) -> tuple[dict[str, Any], str]:
-    """A finished run's (or sweep's) metrics and its report text (for ``esc50ann report``)."""
+    """A finished run's (or sweep's) metrics and its Markdown report."""
     run_dir = Path(run_dir)
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.is_file():
@@ -378,20 +500,69 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], str]:
     return result, text
 
 
-def list_runs(runs_dir: Path) -> pd.DataFrame:
-    """Finished runs under ``runs_dir`` (folders with a readable ``metrics.json``), newest first:
-    finished, pipeline, folds, accuracy, folder. Unreadable folders are left out."""
-    rows = []
-    for path in Path(runs_dir).glob("*/metrics.json"):
-        try:
-            result = read_metrics(path, kinds=(RUN_METRICS,))
-            finished = result.get("finished") or datetime.fromtimestamp(path.stat().st_mtime).astimezone().isoformat(
-                timespec="seconds")
-        except (Esc50Error, OSError):  # a sweep's, or damaged: not a finished run
-            continue
-        rows.append({"finished": finished, "pipeline": result["pipeline"]["name"],
-                     "folds": ",".join(map(str, result["folds"])), "accuracy": float(result["accuracy_mean"]),
-                     "folder": str(path.parent)})
-    columns = ["finished", "pipeline", "folds", "accuracy", "folder"]
-    return pd.DataFrame(rows, columns=columns).sort_values("finished", ascending=False, ignore_index=True)
+def remember(data_dir: Path, folder: Path) -> None:
+    """Note a run or sweep folder written outside ``<data_dir>/runs`` (``--out``), so that ``runs``
+    lists it and ``report NAME`` finds it: one small file per folder under ``runs/elsewhere/``."""
+    folder, runs = Path(folder).resolve(), paths.runs_dir(data_dir).resolve()
+    if folder.parent == runs:
+        return
+    key = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
+    write_text(runs / ELSEWHERE / f"{key}.txt", str(folder) + "\n")
 
+
+ELSEWHERE = "elsewhere"
+
+
+def _run_folders(data_dir: Path) -> list[Path]:
+    runs = paths.runs_dir(data_dir)
+    folders = [p.parent for p in runs.glob("*/metrics.json")]
+    for link in sorted((runs / ELSEWHERE).glob("*.txt")):
+        with contextlib.suppress(OSError, ValueError):
+            folders.append(Path(link.read_text(encoding="utf-8").strip()))
+    return list(dict.fromkeys(folders))
+
+
+def list_runs(data_dir: Path) -> pd.DataFrame:
+    """Finished runs and sweeps of the data root (under ``runs/`` or written elsewhere with
+    ``--out``), newest first: finished, kind (run or sweep), name, folds, accuracy (nested for a
+    sweep), settings (``--set`` values, or the sweep's pipeline), config (a hash of the resolved
+    settings), folder. Unreadable folders are left out."""
+    rows = []
+    for folder in _run_folders(data_dir):
+        try:
+            result, _ = load_run(folder)
+        except Esc50Error:
+            continue
+        sweep = is_sweep(result)
+        rows.append({
+            "finished": result.get("finished") or datetime.fromtimestamp((folder / "metrics.json").stat().st_mtime)
+            .astimezone().isoformat(timespec="seconds"),
+            "kind": "sweep" if sweep else "run",
+            "name": result["sweep"] if sweep else result["pipeline"]["name"],
+            "folds": ",".join(map(str, result["folds"])),
+            "accuracy": float(result["nested_accuracy_mean" if sweep else "accuracy_mean"]),
+            "settings": (f"over {result.get('base_pipeline')}" if sweep
+                         else format_overrides(result.get("overrides") or {})),
+            "config": "" if sweep else result.get("config_hash") or config_hash(result["pipeline"]),
+            "folder": str(folder), "written": (folder / "metrics.json").stat().st_mtime_ns})
+    columns = ["finished", "kind", "name", "folds", "accuracy", "settings", "config", "folder", "written"]
+    runs = pd.DataFrame(rows, columns=columns)  # within one second of "finished", the file's time decides
+    return runs.sort_values(["finished", "written"], ascending=False, ignore_index=True).drop(columns="written")
+
+
+def find_run(data_dir: Path, run: str | Path | None = None) -> Path:
+    """The folder of a finished run or sweep: ``run`` a folder path, a folder name as ``runs``
+    shows it, or None for the latest one."""
+    runs = list_runs(data_dir)
+    if run is None:
+        if runs.empty:
+            raise Esc50Error(f"no finished runs in {paths.runs_dir(data_dir)}: start one with `esc50ann run`")
+        return Path(runs["folder"].iloc[0])
+    if Path(run).is_dir():
+        return Path(run)
+    named = [Path(f) for f in runs["folder"] if Path(f).name == str(run)]
+    if named:
+        return named[0]
+    known = ", ".join(Path(f).name for f in runs["folder"][:5]) or "none yet"
+    raise Esc50Error(f"{run}: no such run folder or run name in {paths.runs_dir(data_dir)} "
+                     f"(latest: {known}; see `esc50ann runs`)")

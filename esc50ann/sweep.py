@@ -133,7 +133,7 @@ class SweepResult:
         from matplotlib.figure import Figure
 
         keys = list(self.sweep.values)
-        fig = Figure(figsize=(4 * len(keys), 3.5), layout="constrained")
+        fig = Figure(figsize=(max(7.0, 4 * len(keys)), 3.8), layout="constrained")
         axes = np.atleast_1d(fig.subplots(1, len(keys)))
         outer = self.scores[self.scores["inner"].isna()]
         for ax, key in zip(axes, keys):
@@ -148,16 +148,29 @@ class SweepResult:
                 if key.endswith(("learning_rate", "weight_decay")) and (xs > 0).all():
                     ax.set_xscale("log")
             else:
+                means = means.loc[sorted(means.index, key=_order_key)]
                 ax.bar(range(len(means)), 100 * means.to_numpy(), tick_label=list(means.index))
             ax.set_xlabel(key)
             ax.set_ylabel("outer-fold accuracy %")
             ax.grid(alpha=0.3)
-        fig.suptitle(f"Sweep {self.sweep.name}: accuracy against each swept key (dots: single folds)")
+        fig.suptitle(f"Sweep {self.sweep.name}: outer-fold accuracy per value (dots: single folds)",
+                     fontsize="medium")
         return fig
 
 
 def _label(value):
     return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
+def _order_key(label):
+    """Sort labels of list values by their numbers (``[64]`` before ``[256]``), others as text."""
+    try:
+        value = json.loads(label)
+    except (TypeError, ValueError):
+        return (1, (), str(label))
+    if isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
+        return (0, tuple(value), "")
+    return (1, (), str(label))
 
 
 def run(sweep: Sweep | str | Path, *, data_dir=None, source=None, out=None, n_jobs: int = -1,
@@ -204,6 +217,7 @@ def run(sweep: Sweep | str | Path, *, data_dir=None, source=None, out=None, n_jo
     result.metrics = _metrics(result, dataset, cluster)
     report_mod.write_sweep(out_dir, result.metrics, scores=result.scores, per_class=result.per_class,
                            figure=result.plot)
+    report_mod.remember(base.data_dir, out_dir)
     progress_mod.note(f"sweep {sweep.name}: nested accuracy {100 * result.nested_mean:.1f} % ± "
                       f"{100 * result.nested_std:.1f}; optimistic (best by outer-fold CV) "
                       f"{100 * result.optimistic_mean:.1f} %", enabled=progress)
@@ -302,6 +316,7 @@ def _execute(todo, sweep, features, runner, progress):
 def _summarise(sweep, dataset, results) -> SweepResult:
     scores = pd.DataFrame([{k: r[k] for k in ("config", "outer", "inner", "accuracy", "seconds", "epochs")}
                            for r in results])
+    scores["inner"] = scores["inner"].astype("Int64")  # fold numbers, empty for outer tasks (not 2.0)
     for key in sweep.values:
         scores[key] = [_label(sweep.configurations[c][key]) for c in scores["config"]]
     inner = scores[scores["inner"].notna()]
@@ -335,6 +350,10 @@ def _metrics(result: SweepResult, dataset, cluster) -> dict[str, Any]:
         "sweep": sweep.name, "source_file": sweep.source_file, "base_pipeline": sweep.base.name,
         "mode": sweep.mode, "seed": sweep.seed, "cluster": cluster, "folds": dataset.folds,
         "n_configurations": len(configs), "n_tasks": len(result.scores),
+        # Inner splits have one fold fewer: with under 3 folds there is none left to stop early
+        # on, so inner fits train every epoch while outer fits stop early.
+        "inner_fits_train_every_epoch": (len(dataset.folds) < 4 and sweep.base.evaluation.validation != "none"
+                                         and sweep.base.estimator_params()["patience"] is not None),
         "nested_accuracy_mean": result.nested_mean, "nested_accuracy_std": result.nested_std,
         "nested_fold_accuracy": {str(k): v for k, v in result.nested_fold_accuracy.items()},
         "chosen_configuration": {str(k): configs[c] for k, c in result.chosen.items()},

@@ -65,8 +65,8 @@ class Sweep:
 
     @classmethod
     def from_toml(cls, path) -> "Sweep":
-        """Read and check a sweep file (see the module docstring)."""
-        path = Path(path)
+        """Read and check a sweep file, or a built-in sweep by name (see the module docstring)."""
+        path = config_mod.find(path, "sweeps")
         return cls.from_dict(config_mod.read_toml(path, "sweep"), where=str(path), folder=path.parent)
 
     @classmethod

@@ -49,8 +49,8 @@ def changed_files(audio_dir: str | Path, recorded: dict | None) -> list[str]:
     return [name for name, stat in recorded.items() if now[str(name)] != stat]
 
 
-def check_clip(path: Path, expected_sha256: str | None = None) -> tuple[str | None, list[str]]:
-    """Hash one WAV and check its format.
+def check_clip(path: Path, expected_sha256: str | None = None, strict: bool = True) -> tuple[str | None, list[str]]:
+    """Hash one audio file and check its format (with ``strict``, ESC-50's exact one).
 
     Returns
     -------
@@ -73,6 +73,8 @@ def check_clip(path: Path, expected_sha256: str | None = None) -> tuple[str | No
         info = sf.info(io.BytesIO(data))
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
         return digest, reasons + [f"unreadable by soundfile ({one_line(e)})"]
+    if not strict:
+        return digest, reasons + ([] if info.frames > 0 else ["no samples"])
     if info.samplerate != SAMPLE_RATE:
         reasons.append(f"sample rate {info.samplerate} Hz, expected {SAMPLE_RATE}")
     if info.channels != N_CHANNELS:
@@ -82,13 +84,13 @@ def check_clip(path: Path, expected_sha256: str | None = None) -> tuple[str | No
     return digest, reasons
 
 
-def verify_clips(audio_dir: Path, filenames, *, expected: dict | None = None, n_jobs: int = -1,
-                 progress: bool = True) -> tuple[dict[str, str], list[tuple[str, str]]]:
+def verify_clips(audio_dir: Path, filenames, *, expected: dict | None = None, strict: bool = True,
+                 n_jobs: int = -1, progress: bool = True) -> tuple[dict[str, str], list[tuple[str, str]]]:
     """Check and hash every file ``filenames`` names under ``audio_dir``.
 
     A clip is good when it exists, soundfile can read its header, and it is ``SAMPLE_RATE`` Hz,
     ``N_CHANNELS`` channel(s), ``N_SAMPLES`` frames long; with ``expected`` its SHA-256 must also
-    be unchanged.
+    be unchanged. Without ``strict`` (other datasets than ESC-50) any readable, non-empty file is good.
 
     Parameters
     ----------
@@ -112,7 +114,7 @@ def verify_clips(audio_dir: Path, filenames, *, expected: dict | None = None, n_
     audio_dir = Path(audio_dir)
     expected = expected or {}
     names = [str(n) for n in filenames]
-    jobs = (delayed(check_clip)(audio_dir / n, expected.get(n)) for n in names)
+    jobs = (delayed(check_clip)(audio_dir / n, expected.get(n), strict) for n in names)
     results = Parallel(n_jobs=n_processes(n_jobs, len(names)), prefer="threads", return_as="generator")(jobs)
     manifest, problems = {}, []
     for name, (digest, reasons) in zip(names, progress_mod.bar(results, total=len(names), desc="verify",

@@ -100,3 +100,44 @@ def make_archive(path: Path, n_folds: int = 3, clips_per_class: int = 2, classes
         for name, data in (extra_members or {}).items():
             z.writestr(name, data)
     return Path(path)
+
+
+# Other layouts (esc50ann.layouts): (label, class id) pairs, and the odd formats users have.
+OTHER_CLASSES = [("bark", 0), ("chime", 14), ("hum", 36)]
+RATES = (8000, 16000, 22050, 44100, 48000)
+
+
+def make_class_tree(root: Path, clips_per_class: int = 5, classes=OTHER_CLASSES) -> Path:
+    """root/<label>/[sub/]clip<k>.<wav|flac|ogg>: lengths 1-7 s, every rate of ``RATES``, mono and
+    stereo, some one folder deeper; return root."""
+    formats = ("wav", "flac", "wav", "ogg", "wav")
+    for c, (label, target) in enumerate(classes):
+        for k in range(clips_per_class):
+            i = c * clips_per_class + k
+            rate, channels = RATES[i % len(RATES)], 1 + i % 2
+            folder = Path(root) / label / ("sub" if k % 3 == 2 else "")
+            folder.mkdir(parents=True, exist_ok=True)
+            fmt = formats[i % len(formats)]
+            y = tone(target, seed=i, sample_rate=rate, duration=1.0 + (i * 1.5) % 6.0, channels=channels)
+            sf.write(folder / f"clip{k}.{fmt}", y, rate, format=fmt.upper())
+    return Path(root)
+
+
+def make_urbansound(root: Path, n_folds: int = 4, clips_per_fold: int = 1, classes=OTHER_CLASSES) -> Path:
+    """root/metadata/UrbanSound8K.csv and root/audio/fold<k>/<fsID>-<classID>-0-<n>.wav (up to 4 s,
+    mixed rates) laid out like UrbanSound8K; return root."""
+    rows = []
+    for fold in range(1, n_folds + 1):
+        (Path(root) / "audio" / f"fold{fold}").mkdir(parents=True, exist_ok=True)
+        for label, target in classes:
+            for n in range(clips_per_fold):
+                fs_id = 1000 * fold + 10 * target + n
+                name = f"{fs_id}-{target}-0-{n}.wav"
+                rate = RATES[len(rows) % len(RATES)]
+                sf.write(Path(root) / "audio" / f"fold{fold}" / name,
+                         tone(target, seed=len(rows), sample_rate=rate, duration=1.0 + len(rows) % 4), rate)
+                rows.append([name, fs_id, 0.0, 1.0, 1, fold, target, label])
+    (Path(root) / "metadata").mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=["slice_file_name", "fsID", "start", "end", "salience", "fold", "classID",
+                                "class"]).to_csv(Path(root) / "metadata" / "UrbanSound8K.csv", index=False)
+    return Path(root)

@@ -33,11 +33,14 @@ def test_run_then_report_then_train_then_predict(cli_root, tmp_path, capsys):
                               "--out", out_dir, "--jobs", 1)
     assert code == 0, err
     metrics = json.loads((out_dir / "metrics.json").read_text())
-    assert "Per-class accuracy" in out and "fold" in out
-    assert f"{100 * metrics['accuracy_mean']:.1f} %" in out
+    assert out.count("\n") == 1 and str(out_dir) in out  # -q: one summary line
+    assert f"{100 * metrics['accuracy_mean']:.1f} % ± {100 * metrics['accuracy_std']:.1f}" in out
 
-    code, report, _ = esc50ann(capsys, "report", out_dir)
-    assert code == 0 and "Per-class accuracy" in report
+    code, report, _ = esc50ann(capsys, "report", out_dir, "--data-dir", data)
+    assert code == 0 and "per fold: 1:" in report and "worst classes:" in report, report
+    assert "**" not in report and "|---" not in report and str(out_dir / "report.html") in report
+    code, markdown, _ = esc50ann(capsys, "report", out_dir, "--markdown")
+    assert code == 0 and "Per-class accuracy" in markdown
 
     model = tmp_path / "model.npz"
     code, _, err = esc50ann(capsys, "--quiet", "train", cli_root / "tiny.toml", "--test-fold", 2, "--save", model,
@@ -89,7 +92,7 @@ def test_cv_is_run(cli_root, tmp_path, capsys):
 def test_bad_input_is_one_line_error(cli_root, capsys, args, words):
     (cli_root / "typo.toml").write_text("[features]\nn_mel = 64\n")
     args = [a.format(dir=cli_root) for a in args]
-    assert_one_line_error(esc50ann(capsys, "--quiet", *args, "--data-dir", cli_root / "data"), *words)
+    assert_one_line_error(esc50ann(capsys, "--quiet", "--data-dir", cli_root / "data", *args), *words)
 
 
 def test_info_without_dataset_says_what_to_do(tmp_path, capsys):

@@ -376,7 +376,8 @@ def test_network_too_large_for_memory(user, capsys):
     assert "does not fit in memory" in err
 
 
-GOOD_METRICS = b'{"pipeline": {"name": "p"}, "folds": [1, 2], "accuracy_mean": 0.5}'
+GOOD_METRICS = (b'{"pipeline": {"name": "p"}, "folds": [1, 2], "accuracy_mean": 0.5, "accuracy_std": 0.1, '
+                b'"fold_accuracy": {"1": 0.4, "2": 0.6}}')
 
 
 @pytest.mark.parametrize("metrics, report, words", [
@@ -390,7 +391,7 @@ def test_report_of_damaged_files(tmp_path, capsys, metrics, report, words):
     (tmp_path / "metrics.json").write_bytes(metrics)
     if report is not None:
         (tmp_path / "report.md").write_bytes(report)
-    err = _one_line(capsys, "report", tmp_path)
+    err = _one_line(capsys, "report", tmp_path, "--markdown")
     assert all(w in err for w in words)
 
 

@@ -41,8 +41,9 @@ def test_wheel_installs_and_runs_a_builtin_pipeline_from_anywhere(tmp_path, synt
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(CHECKOUT / name, src / name)
-    for folder in ("esc50ann", "pipelines"):
-        shutil.copytree(CHECKOUT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("esc50ann", "pipelines", "sweeps"):  # (a worktree may link the data folders into esc50ann/)
+        shutil.copytree(CHECKOUT / folder, src / folder,
+                        ignore=shutil.ignore_patterns("__pycache__", "pipelines", "sweeps"))
     run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", src,
         "-w", tmp_path / "dist", cwd=tmp_path)
     wheel, = (tmp_path / "dist").glob("esc50ann-*.whl")
@@ -64,3 +65,6 @@ def test_wheel_installs_and_runs_a_builtin_pipeline_from_anywhere(tmp_path, synt
                  "print(esc50ann.__file__, Pipeline.from_toml('pipelines/default.toml').config.name)",
                  cwd=elsewhere).stdout.split()
     assert loaded[0].startswith(str(venv)) and loaded[1] == "default"  # the wheel's, not this checkout's
+    sweeps = run(command, "sweeps", cwd=elsewhere).stdout
+    assert "default-small" in sweeps  # the example sweeps ship in the wheel
+    assert run(command, "report", "--data-dir", data, cwd=elsewhere).stdout.startswith("quick: accuracy")

@@ -31,6 +31,8 @@ def test_walkthrough_executes_with_inline_plots(synth_archive, tmp_path, monkeyp
         assert "\r" not in stderr and "\x1b[" not in stderr, stderr[:500]
         assert "fold 1: accuracy" in stderr
     assert (tmp_path / "walkthrough-model.npz").is_file()
+    first = "".join(o.get("data", {}).get("text/plain", "") for o in notebook.cells[1].outputs)
+    assert first.startswith("Pipeline('quick'")  # the switch at the top, quick unless changed
     assert os.environ["ESC50ANN_SOURCE"] == str(synth_archive)
 
 

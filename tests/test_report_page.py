@@ -2,6 +2,7 @@
 report.md with its settings and images, report.html rendered by a real browser (headless
 Chromium), and the list of runs."""
 import json
+import re
 import shutil
 import subprocess
 
@@ -67,6 +68,31 @@ def test_report_html_is_self_contained(run):
     assert "http://" not in page and "https://" not in page and "src=\"confusion" not in page
 
 
+def test_report_html_lists_confusions_and_plays_each_misclassified_clip(run):
+    result, _ = run
+    page = (result.run_dir / "report.html").read_text()
+    predictions = pd.read_csv(result.run_dir / "predictions.csv")
+    wrong = predictions[predictions["true"] != predictions["predicted"]]
+    assert len(wrong) > 0  # the tiny run makes mistakes to show
+    sources = re.findall(r'<audio controls preload="none" src="([^"]+)">', page)
+    assert len(sources) == len(wrong)
+    assert all((result.run_dir / src).resolve().is_file() for src in sources)  # linked, relative, playable
+    assert {(result.run_dir / src).resolve().name for src in sources} == set(wrong["clip"])
+    t, p, n = result.metrics["most_confused"][0]
+    assert f"<tr><td>{t}</td><td>{p}</td><td>{n}</td></tr>" in page
+
+
+def test_the_count_matrix_writes_each_count_in_its_cell(run):
+    from esc50ann.report import plot_confusion
+
+    result, _ = run
+    confusion = pd.read_csv(result.run_dir / "confusion.csv", index_col=0)
+    fig = plot_confusion(confusion)
+    counts = sorted(int(t.get_text()) for t in fig.axes[0].texts)
+    assert counts == sorted(v for v in confusion.to_numpy().ravel() if v)
+    assert len(plot_confusion(confusion, normalize=True).axes[0].texts) == 0
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (.ci/run installs the Debian package)")
 def test_report_html_renders_in_a_real_browser(run, tmp_path):
     result, _ = run
@@ -75,6 +101,7 @@ def test_report_html_renders_in_a_real_browser(run, tmp_path):
               "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([*common, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
     assert 'id="per-class"' in dom and 'id="folds"' in dom and "rooster" in dom and "Accuracy" in dom
+    assert 'id="confused"' in dom and 'id="misclassified"' in dom and "<audio" in dom
     shot = tmp_path / "shot.png"
     subprocess.run([*common, f"--screenshot={shot}", "--window-size=1200,2600", page], capture_output=True,
                    timeout=120)
@@ -96,4 +123,5 @@ def test_runs_lists_finished_runs_newest_first(run, capsys, tmp_path):
     assert cli.main(["runs", "--data-dir", str(data)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[0].endswith(str(result.run_dir)) and lines[1].startswith("2001-01-01")
+    assert len(repr(result)) < 200 and str(result.run_dir) in repr(result)  # a one-line repr
     assert "tiny" in lines[0] and "folds 1,2,3" in lines[0]

@@ -1,5 +1,6 @@
 """Sweeps: strict files, nested cross-validation that never lets the test fold choose, resume, and
 the same numbers on a Dask LocalCluster (127.0.0.1)."""
+import dataclasses
 import json
 
 import numpy as np
@@ -137,7 +138,33 @@ def test_report_files(finished):
     report = (out / "report.md").read_text()
     assert "Nested accuracy" in report and "Optimistic" in report
     assert (out / "scores.png").stat().st_size > 0
+    assert table["inner"].dropna().tolist() == table["inner"].dropna().astype(int).tolist()
+    assert ",2," in (out / "sweep.csv").read_text() and ",2.0," not in (out / "sweep.csv").read_text()
+    assert metrics["inner_fits_train_every_epoch"] is False  # tiny.toml here has patience = 0
     assert result.per_class["total"].sum() == 24  # every clip predicted once, by its outer fold's choice
+
+
+def test_sweep_plot_orders_list_values_by_number_and_keeps_its_title(finished):
+    result, _ = finished
+    fig = result.plot()
+    ax = [a for a in fig.axes if a.get_xlabel() == "model.hidden_layer_sizes"][0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["[4]", "[16]"]  # not "[16]" first, as text
+    one_key = dataclasses.replace(result.sweep, values={"model.hidden_layer_sizes": result.sweep.values[
+        "model.hidden_layer_sizes"]})  # the narrowest figure
+    fig = dataclasses.replace(result, sweep=one_key).plot()
+    fig.canvas.draw()
+    title = fig.texts[0].get_window_extent()
+    assert title.x0 >= 0 and title.x1 <= fig.bbox.width  # not clipped at either side
+
+
+def test_sweeps_are_listed_with_runs_and_reported_by_name(finished, workdir, capsys):
+    result, out = finished
+    assert cli.main(["runs", "--data-dir", str(workdir / "data")]) == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if line.endswith(str(out))]
+    assert len(listed) == 1 and " sweep " in listed[0] and "tiny-sweep" in listed[0]
+    assert cli.main(["report", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"nested accuracy {100 * result.nested_mean:.1f} %" in text and "outer fold 1:" in text
 
 
 def test_resume_runs_only_the_missing_tasks(finished, workdir, monkeypatch):
