@@ -531,12 +531,13 @@ def list_runs(data_dir: Path) -> pd.DataFrame:
     for folder in _run_folders(data_dir):
         try:
             result, _ = load_run(folder)
-        except Esc50Error:
+            written = (folder / "metrics.json").stat().st_mtime_ns
+        except (Esc50Error, OSError, ValueError):  # damaged, gone, or a note naming no folder (a bad path)
             continue
         sweep = is_sweep(result)
         rows.append({
-            "finished": result.get("finished") or datetime.fromtimestamp((folder / "metrics.json").stat().st_mtime)
-            .astimezone().isoformat(timespec="seconds"),
+            "finished": result.get("finished") or datetime.fromtimestamp(written / 1e9).astimezone().isoformat(
+                timespec="seconds"),
             "kind": "sweep" if sweep else "run",
             "name": result["sweep"] if sweep else result["pipeline"]["name"],
             "folds": ",".join(map(str, result["folds"])),
@@ -544,7 +545,7 @@ def list_runs(data_dir: Path) -> pd.DataFrame:
             "settings": (f"over {result.get('base_pipeline')}" if sweep
                          else format_overrides(result.get("overrides") or {})),
             "config": "" if sweep else result.get("config_hash") or config_hash(result["pipeline"]),
-            "folder": str(folder), "written": (folder / "metrics.json").stat().st_mtime_ns})
+            "folder": str(folder), "written": written})
     columns = ["finished", "kind", "name", "folds", "accuracy", "settings", "config", "folder", "written"]
     runs = pd.DataFrame(rows, columns=columns)  # within one second of "finished", the file's time decides
     return runs.sort_values(["finished", "written"], ascending=False, ignore_index=True).drop(columns="written")
