@@ -33,7 +33,7 @@ RECORD = Document({
     "archive_sha256": [InstanceOf(str), None],
     "stats": [DictOf(ListOf(Interval(Integral), min_len=2, max_len=2), None,
                      description="an object of file names and their [size, mtime_ns]")],
-    "layout": [Options(*layouts.NAMES)],  # absent: ESC-50 (a record written before other layouts)
+    "layout": [Options(layouts.ESC50, layouts.URBANSOUND8K, layouts.FOLDERS)],
     "audio_dir": [InstanceOf(str)],
     "metadata": [InstanceOf(str)],
 }, description="an object (what the dataset stage verified)")

@@ -436,49 +436,43 @@ def text_summary(metrics: dict[str, Any], folder: Path, *, n_worst: int = 5, n_p
     return "\n".join(lines) + "\n"
 
 
-_ACCURACY = Interval(Real, 0, 1)
-_SPREAD = Interval(Real, 0)
-_OPTIONAL = {
-    "finished": [InstanceOf(str)],
-    "most_confused": [ListOf(ListOf(InstanceOf(str, int, float, description="a label"), min_len=3, max_len=3)), None],
-}
-# The shapes of metrics.json as ``runs`` and ``report`` read them back: a run's (``metrics``) and a
-# sweep's (``esc50ann.sweep``); ``read_metrics`` is their one reader.
+# The shapes of metrics.json that are read back: a run's (``metrics``) and a sweep's
+# (``esc50ann.sweep``), as far as ``runs``, ``report`` and the summaries use them.
+_FRACTION = [Interval(Real, 0, 1)]
 RUN_METRICS = Document({
     "pipeline": [Document({"name": [InstanceOf(str)]}, description="an object with a name")],
     "folds": [ListOf(Interval(Integral))],
-    "accuracy_mean": [_ACCURACY], "accuracy_std": [_SPREAD],
-    "fold_accuracy": [DictOf(_ACCURACY)],
-}, {**_OPTIONAL, "per_class_accuracy": [DictOf(_ACCURACY)], "overrides": [InstanceOf(dict), None],
-    "config_hash": [InstanceOf(str), None]}, description="a JSON object (the metrics of a run)")
+    "accuracy_mean": _FRACTION, "accuracy_std": [Interval(Real, 0, None)],
+    "fold_accuracy": [DictOf(*_FRACTION, description="an object of folds and their accuracy")],
+}, {"finished": [InstanceOf(str)], "overrides": [InstanceOf(dict)], "config_hash": [InstanceOf(str)],
+    "per_class_accuracy": [DictOf(*_FRACTION)], "most_confused": [ListOf(ListOf(InstanceOf(str, int),
+                                                                              min_len=3, max_len=3))]},
+    description="a JSON object (a run's metrics)")
 SWEEP_METRICS = Document({
-    "sweep": [InstanceOf(str)],
-    "folds": [ListOf(Interval(Integral))],
-    "nested_accuracy_mean": [_ACCURACY], "nested_accuracy_std": [_SPREAD],
-    "optimistic_accuracy_mean": [_ACCURACY],
-    "nested_fold_accuracy": [DictOf(_ACCURACY)],
-    "chosen_configuration": [DictOf(InstanceOf(dict))],
-}, {**_OPTIONAL, "nested_per_class_accuracy": [DictOf(_ACCURACY)], "base_pipeline": [InstanceOf(str), None]},
-    description="a JSON object (the metrics of a sweep)")
+    "sweep": [InstanceOf(str)], "folds": [ListOf(Interval(Integral))],
+    "nested_accuracy_mean": _FRACTION, "nested_accuracy_std": [Interval(Real, 0, None)],
+    "optimistic_accuracy_mean": _FRACTION,
+    "nested_fold_accuracy": [DictOf(*_FRACTION)], "chosen_configuration": [DictOf(InstanceOf(dict))],
+}, {"finished": [InstanceOf(str)], "nested_per_class_accuracy": [DictOf(*_FRACTION)]},
+    description="a JSON object (a sweep's metrics)")
 
 
 def read_metrics(path: Path) -> dict[str, Any]:
-    """The ``metrics.json`` at ``path``, of a run's shape (``RUN_METRICS``) or, when it has
-    ``nested_accuracy_mean``, a sweep's (``SWEEP_METRICS``).
+    """The ``metrics.json`` at ``path``, checked to be of a run's or a sweep's shape: the one
+    reader of metrics files.
 
     Raises
     ------
     Esc50Error
-        Unreadable, not JSON, or not of its shape; the message names the file and what is wrong.
+        Unreadable, not JSON, or of neither shape; the message names the file.
     """
     try:
         result = json.loads(Path(path).read_text(encoding="utf-8"))
     except (ValueError, OSError) as exc:  # JSON errors and non-UTF-8 bytes are both ValueErrors
         raise Esc50Error(f"{path}: damaged metrics file ({one_line(exc)})") from None
-    kind = SWEEP_METRICS if isinstance(result, dict) and is_sweep(result) else RUN_METRICS
-    problem = kind.problem(result)
-    if problem is None and kind is SWEEP_METRICS and not set(result["chosen_configuration"]) <= set(
-            result["nested_fold_accuracy"]):
+    problem = (SWEEP_METRICS if isinstance(result, dict) and is_sweep(result) else RUN_METRICS).problem(result)
+    if problem is None and is_sweep(result) and not set(result["chosen_configuration"]) <= set(
+            result["nested_fold_accuracy"]):  # the summary reads the nested accuracy of each chosen fold
         problem = "a chosen configuration for a fold without a nested accuracy"
     if problem:
         raise Esc50Error(f"{path}: damaged metrics file ({problem})")

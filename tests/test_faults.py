@@ -386,6 +386,10 @@ GOOD_METRICS = (b'{"pipeline": {"name": "p"}, "folds": [1, 2], "accuracy_mean": 
     (b"{}", None, ["metrics.json", "no 'pipeline'"]),
     (GOOD_METRICS.replace(b"0.5", b'"high"'), None, ["metrics.json", "accuracy_mean"]),
     (GOOD_METRICS, b"\xff\xfe", ["report.md", "damaged"]),
+    (json.dumps({"sweep": "s", "folds": [1, 2], "nested_accuracy_mean": 0.5, "nested_accuracy_std": 0.1,
+                 "optimistic_accuracy_mean": 0.6, "nested_fold_accuracy": {"1": 0.5},
+                 "chosen_configuration": {"1": {}, "2": {}}}).encode(), None,
+     ["metrics.json", "a chosen configuration for a fold without a nested accuracy"]),
 ])
 def test_report_of_damaged_files(tmp_path, capsys, metrics, report, words):
     (tmp_path / "metrics.json").write_bytes(metrics)
