@@ -504,6 +504,9 @@ def read_metrics(path: Path) -> dict[str, Any]:
     except (ValueError, OSError) as exc:  # JSON errors and non-UTF-8 bytes are both ValueErrors
         raise Esc50Error(f"{path}: damaged metrics file ({one_line(exc)})") from None
     problem = (SWEEP_METRICS if isinstance(result, dict) and is_sweep(result) else RUN_METRICS).problem(result)
+    if problem is None and is_sweep(result) and not set(result["chosen_configuration"]) <= set(
+            result["nested_fold_accuracy"]):  # the summary reads the nested accuracy of each chosen fold
+        problem = "a chosen configuration for a fold without a nested accuracy"
     if problem:
         raise Esc50Error(f"{path}: damaged metrics file ({problem})")
     return result
@@ -555,12 +558,13 @@ def list_runs(data_dir: Path) -> pd.DataFrame:
     for folder in _run_folders(data_dir):
         try:
             result, _ = load_run(folder)
-        except Esc50Error:
+            written = (folder / "metrics.json").stat().st_mtime_ns
+        except (Esc50Error, OSError, ValueError):  # damaged, gone, or a note naming no folder (a bad path)
             continue
         sweep = is_sweep(result)
         rows.append({
-            "finished": result.get("finished") or datetime.fromtimestamp((folder / "metrics.json").stat().st_mtime)
-            .astimezone().isoformat(timespec="seconds"),
+            "finished": result.get("finished") or datetime.fromtimestamp(written / 1e9).astimezone().isoformat(
+                timespec="seconds"),
             "kind": "sweep" if sweep else "run",
             "name": result["sweep"] if sweep else result["pipeline"]["name"],
             "folds": ",".join(map(str, result["folds"])),
@@ -568,7 +572,7 @@ def list_runs(data_dir: Path) -> pd.DataFrame:
             "settings": (f"over {result.get('base_pipeline')}" if sweep
                          else format_overrides(result.get("overrides") or {})),
             "config": "" if sweep else result.get("config_hash") or config_hash(result["pipeline"]),
-            "folder": str(folder), "written": (folder / "metrics.json").stat().st_mtime_ns})
+            "folder": str(folder), "written": written})
     columns = ["finished", "kind", "name", "folds", "accuracy", "settings", "config", "folder", "written"]
     runs = pd.DataFrame(rows, columns=columns)  # within one second of "finished", the file's time decides
     return runs.sort_values(["finished", "written"], ascending=False, ignore_index=True).drop(columns="written")

@@ -386,6 +386,10 @@ GOOD_METRICS = (b'{"pipeline": {"name": "p"}, "folds": [1, 2], "accuracy_mean": 
     (b"{}", None, ["metrics.json", "no 'pipeline'"]),
     (GOOD_METRICS.replace(b"0.5", b'"high"'), None, ["metrics.json", "accuracy_mean"]),
     (GOOD_METRICS, b"\xff\xfe", ["report.md", "damaged"]),
+    (json.dumps({"sweep": "s", "folds": [1, 2], "nested_accuracy_mean": 0.5, "nested_accuracy_std": 0.1,
+                 "optimistic_accuracy_mean": 0.6, "nested_fold_accuracy": {"1": 0.5},
+                 "chosen_configuration": {"1": {}, "2": {}}}).encode(), None,
+     ["metrics.json", "a chosen configuration for a fold without a nested accuracy"]),
 ])
 def test_report_of_damaged_files(tmp_path, capsys, metrics, report, words):
     (tmp_path / "metrics.json").write_bytes(metrics)
@@ -638,3 +642,19 @@ def test_a_worker_shows_warnings_in_the_one_line_form(capsys):
         warnings.simplefilter("always")
         assert parallel._in_worker(task, 0, ()) == (0, 1)  # what a worker process runs
     assert capsys.readouterr().err == "esc50ann: warning: numbers went odd\n"
+
+
+def test_runs_leaves_out_notes_that_name_no_folder(tmp_path, capsys):
+    from conftest import run_cli
+
+    notes = tmp_path / "runs" / "elsewhere"
+    notes.mkdir(parents=True)
+    (notes / "long.txt").write_text("x" * 5000 + "\n")  # a path no file system takes: ENAMETOOLONG
+    (notes / "nul.txt").write_bytes(b"a\0b\n")
+    (notes / "file.txt").write_text(str(notes / "nul.txt") + "\n")  # a file, not a folder
+    good = tmp_path / "elsewhere-run"
+    good.mkdir()
+    (good / "metrics.json").write_bytes(GOOD_METRICS)
+    (notes / "good.txt").write_text(str(good) + "\n")
+    code, out, err = run_cli(capsys, "runs", "--data-dir", tmp_path)
+    assert (code, err) == (0, "") and out.count("\n") == 1 and str(good) in out

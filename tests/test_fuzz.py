@@ -333,8 +333,12 @@ def test_sweep_task_files_of_any_shape(swept, task, change, whole):
 
 
 @FUZZ
-@given(change=st.dictionaries(st.sampled_from(["pipeline", "folds", "accuracy_mean", "finished", "sweep",
-                                               "nested_accuracy_mean"]), json_values, min_size=1, max_size=3),
+@given(change=st.dictionaries(st.sampled_from(["pipeline", "folds", "accuracy_mean", "accuracy_std", "fold_accuracy",
+                                               "finished", "overrides", "per_class_accuracy", "most_confused",
+                                               "config_hash", "sweep", "nested_accuracy_mean", "nested_accuracy_std",
+                                               "optimistic_accuracy_mean", "nested_fold_accuracy",
+                                               "chosen_configuration", "nested_per_class_accuracy"]),
+                              json_values, min_size=1, max_size=4),
        whole=st.none() | json_values)
 def test_metrics_files_of_any_shape(place, change, whole):
     from esc50ann import cli, report
