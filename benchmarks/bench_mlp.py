@@ -20,6 +20,13 @@ batch is held back by its update (~11 elementwise passes over the weights per st
 batches amortise it. On a busy machine, several BLAS threads per side oversubscribe the cores:
 prefer ``--threads 1`` there. (Measured figures: README, Performance.)
 
+3. ``--step``: one training step of the default pipeline's network (2952-1024-512-50, tanh, softmax,
+   cross-entropy, input bias, Adam with weight decay) profiled by part -- forward, backward,
+   optimizer -- for one network and for an ensemble fused (``esc50ann.mlp.MLPStack``), one BLAS
+   thread, at the batch sizes of ``--step-batches``; beside it plain float32 ``X @ W1`` of the
+   first layer and Adam's least memory traffic (7 passes over the parameters) at the machine's
+   copy bandwidth.
+
 Both are ratios of runs made seconds apart, so they survive a busy machine better than the
 absolute times (which are printed too); every time is the best of ``--repeats``.
 """
@@ -38,7 +45,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from esc50ann.mlp import MLP, MLPStack  # noqa: E402
 from esc50ann.model import ANNClassifier  # noqa: E402
+from esc50ann.optim import make_optimizer  # noqa: E402
 
 
 def best_time(fn, repeats):
@@ -120,6 +129,44 @@ def roofline_seconds(shapes, repeats, rng):
     return total
 
 
+def step_profile(batches, networks, repeats=20):
+    """Milliseconds of forward, backprop (forward included) and the Adam step, per batch size and
+    ensemble size, for the default's network, one BLAS thread (see 3. above)."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    rows = []
+    with threadpool_limits(1):
+        a = np.ones(1 << 25, np.float32)
+        b = np.empty_like(a)
+        bandwidth = 2 * a.nbytes / best_time(lambda: np.copyto(b, a), 5)
+        for k in networks:
+            stack = MLPStack([MLP([2952, 1024, 512, 50], loss="cross_entropy", rng=j) for j in range(k)])
+            opt = make_optimizer("adam", 3e-4, weight_decay=1e-3)
+            size = sum(p.size for p in stack.params)
+            for bs in batches:
+                X = rng.standard_normal((bs, 2952), dtype=np.float32)
+                Y = np.eye(50, dtype=np.float32)[rng.integers(0, 50, bs)]
+                A = rng.standard_normal((bs + k, 2952), dtype=np.float32)
+                stack.backprop(X, Y)
+                opt.step(stack)
+                each = lambda fn: min(best_time(lambda: [fn() for _ in range(repeats)], 1) for _ in range(3)) / repeats  # noqa: E731
+                forward, backprop = each(lambda: stack.forward(X)), each(lambda: stack.backprop(X, Y))
+                step = each(lambda: opt.step(stack))
+                matmul = each(lambda: A @ stack.weights[0])
+                rows.append({"networks": k, "batch_size": bs, "forward_ms": 1e3 * forward, "backprop_ms": 1e3 * backprop,
+                             "adam_ms": 1e3 * step, "step_ms": 1e3 * (backprop + step), "x_w1_ms": 1e3 * matmul,
+                             "adam_memory_ms": 1e3 * 7 * 4 * size / bandwidth, "per_row_ms": 1e3 * (backprop + step) / bs})
+    print(f"\none training step of 2952-1024-512-50 (Adam, input bias), one thread, ms (copy bandwidth "
+          f"{bandwidth / 1e9:.1f} GB/s)")
+    print(f"{'networks':>8}{'batch':>6}{'forward':>9}{'backprop':>9}{'adam':>7}{'step':>7}{'X@W1':>7}{'adam floor':>11}"
+          f"{'per row':>9}")
+    for r in rows:
+        print(f"{r['networks']:8d}{r['batch_size']:6d}{r['forward_ms']:9.1f}{r['backprop_ms']:9.1f}{r['adam_ms']:7.1f}"
+              f"{r['step_ms']:7.1f}{r['x_w1_ms']:7.1f}{r['adam_memory_ms']:11.1f}{r['per_row_ms']:9.3f}")
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", type=Path, help="also write the results here")
@@ -136,7 +183,14 @@ def main(argv=None):
                    help="also time sklearn on float64 data (its precision for float64 input; slow)")
     p.add_argument("--threads", type=int, help="BLAS threads for both sides (default: BLAS's own)")
     p.add_argument("--quick", action="store_true", help="small sizes, one repeat (a smoke test)")
+    p.add_argument("--step", action="store_true", help="only profile the default's training step (3. above)")
+    p.add_argument("--step-batches", type=int, nargs="+", default=[32, 64, 128])
     args = p.parse_args(argv)
+    if args.step:
+        rows = step_profile(args.step_batches, [1, 3])
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2))
+        return rows
     if args.threads:
         from threadpoolctl import threadpool_limits
         threadpool_limits(args.threads)
