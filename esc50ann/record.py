@@ -2,9 +2,10 @@
 
     {"source": ..., "archive_sha256": ... | null, "root": <dataset folder>, "verified_at": ...,
      "n_clips": N, "files": {filename: sha256}, "stats": {filename: [size, mtime_ns]},
-     "layout": "esc50" | "urbansound8k" | "folders", "audio_dir": ..., "metadata": ...}
+     "layout": {"kind": ..., "audio_dir": ..., ...}}
 
-A record without ``layout`` (written before other layouts existed) is ESC-50's.
+``layout`` (``esc50ann.layouts.Layout.to_record``) is written for datasets other than ESC-50 only:
+a record without one is ESC-50's, so ESC-50's records stay as they always were.
 
 ``read`` checks the shape of the file before anything uses it (a damaged or forged record is one
 ``DatasetError``); ``write`` replaces it atomically.
@@ -55,16 +56,26 @@ def _well_formed(record) -> bool:
             and all(v is None or (isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v))
                     for v in stats.values())
             and isinstance(record.get("archive_sha256") or "", str)
-            and record.get("layout", layouts.ESC50) in (layouts.ESC50, layouts.URBANSOUND8K, layouts.FOLDERS)
-            and all(isinstance(record.get(k, ""), str) for k in ("audio_dir", "metadata")))
+            and ("layout" not in record or _layout_well_formed(record["layout"])))
+
+
+def _layout_well_formed(doc) -> bool:
+    def path(v, optional=False):
+        return (optional and v is None) or isinstance(v, str)
+    return (isinstance(doc, dict) and set(doc) == {"kind", "root", "audio_dir", "metadata", "columns", "split",
+                                                    "n_folds", "group_pattern"}
+            and doc["kind"] in layouts.KINDS and path(doc["root"]) and path(doc["audio_dir"])
+            and path(doc["metadata"], True) and path(doc["split"], True) and path(doc["group_pattern"], True)
+            and isinstance(doc["columns"], dict)
+            and all(k in layouts.ROLES and isinstance(v, str) for k, v in doc["columns"].items())
+            and (doc["n_folds"] is None or type(doc["n_folds"]) is int))
 
 
 def layout(record: dict) -> layouts.Layout:
     """The ``esc50ann.layouts.Layout`` a record (as ``read`` gives it) describes."""
-    kind = record.get("layout", layouts.ESC50)
-    if kind == layouts.ESC50 or not record.get("audio_dir") or not record.get("metadata"):
+    if "layout" not in record:
         return layouts.esc50(Path(record["root"]))
-    return layouts.Layout(kind, Path(record["root"]), Path(record["audio_dir"]), Path(record["metadata"]))
+    return layouts.Layout.from_record(record["layout"])
 
 
 def write(data_dir: Path, *, source: str, root: Path, manifest: dict[str, str],
@@ -83,8 +94,7 @@ def write(data_dir: Path, *, source: str, root: Path, manifest: dict[str, str],
         "stats": fingerprints(layout.audio_dir, manifest),
     }
     if layout.kind != layouts.ESC50:  # ESC-50's records stay as they always were
-        record.update(layout=layout.kind, audio_dir=str(Path(layout.audio_dir).resolve()),
-                      metadata=str(Path(layout.metadata).resolve()))
+        record["layout"] = layout.to_record()
     return write_text(record_path(data_dir), json.dumps(record, indent=1) + "\n")
 
 
