@@ -1,19 +1,31 @@
-"""Where the default pipeline's accuracy comes from: an ablation, each ingredient off in turn.
+"""Where the default pipeline's accuracy comes from, over seeds, fold by fold.
 
     python benchmarks/bench_accuracy.py --source /tmp/ESC-50-dev.zip [--seeds 0 1 2]
-        [--rows default no-modulation ...] [--data-dir DIR] [--json out.json]
+        [--rows default one-network ...] [--data-dir DIR] [--json out.json]
 
-Every row is a built-in pipeline -- the default (``pipelines/default.toml``) but for the last --
-with some keys changed (``ROWS`` below: the ingredient it takes out), cross-validated over every
-fold the metadata lists once per seed (``training.random_state``), folds in parallel as the
-pipeline runs them. It prints, per row, the mean and sample standard deviation over seeds of
-the fold-mean accuracy, the wall time of one seed's cross-validation, and -- for the default
-row -- how fast the trainer ran against plain float32 ``A @ B`` of the same shapes (the
-roofline; ``bench_mlp.py`` explains the measure).
+Every row is a built-in pipeline -- mostly the default (``pipelines/default.toml``) -- with some
+keys changed (``ROWS`` below: the ingredient it changes), cross-validated over every fold the
+metadata lists once per seed (``training.random_state``), folds in parallel as the pipeline
+runs them. Two rows change how training runs rather than a key:
+
+* ``double``: every training clip twice per epoch, so an epoch has the updates of the full
+  ESC-50's 1600-clip training folds (the development copy's folds have 800): the constant
+  learning rate's loss spikes appeared there, and do here;
+* ``separate``: the ensemble trained as ``k`` separate networks, each with its own shuffles
+  (``k`` cross-validations of one network, their probabilities averaged), against the fused
+  ensemble, whose networks share one order of the rows.
+
+Per row it prints every seed's fold-mean accuracy and folds, the mean and sample standard
+deviation over seeds (an ingredient counts as a gain only beyond it), the worst fold, how many
+networks ended on a spike of their training loss (the run's warnings) and the highest ratio of
+a kept epoch's training loss to its minimum, and the median wall time of one seed's
+cross-validation. For the default row, how fast the trainer ran: against plain float32
+``A @ B`` of the step's shapes (the matmul roofline) and against the step's memory traffic at
+this machine's copy bandwidth (Adam's update at batch 32 is memory-bound).
 
 The features of every row are computed once and cached under ``--data-dir`` (default a
-temporary folder), so rows that share features do not pay for them twice; the time column is
-training and scoring only.
+temporary folder); the time column is training and scoring only. Timings are noisy on a shared
+machine: compare rows of one run.
 """
 from __future__ import annotations
 
@@ -32,66 +44,153 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_mlp import best_time  # noqa: E402
 
 from esc50ann import config as config_mod  # noqa: E402
+from esc50ann.evaluate import cross_validate  # noqa: E402
 from esc50ann.pipeline import Pipeline  # noqa: E402
 
-# name -> (what it is, the pipeline, the keys it changes there). The ingredients are taken
-# out of one network (the ensemble costs three times as much per row), so each row below
-# "one-network" differs from it in one ingredient.
 SINGLE = {"model.n_networks": 1}
+CONSTANT = {"training.lr_schedule": "constant"}
+# name -> (what it is, the pipeline, the keys it changes there, how training runs). Rows below
+# "one-network" take their ingredient out of one network (the ensemble costs three times as much).
 ROWS = {
-    "default": ("the default pipeline (an ensemble of three networks)", "default", {}),
-    "one-network": ("one network instead of the ensemble", "default", SINGLE),
+    "default": ("the default pipeline", "default", {}, {}),
+    "constant": ("the default at a constant learning rate (the earlier trainer)", "default", CONSTANT, {}),
+    "separate": ("the default ensemble as separate networks, each with its own row order", "default", {},
+                 {"separate": True}),
+    "one-network": ("one network instead of the ensemble", "default", SINGLE, {}),
+    "one-constant": ("one network at a constant learning rate", "default", {**SINGLE, **CONSTANT}, {}),
+    "one-double": ("one network, every clip twice an epoch (the full folds' updates)", "default", SINGLE,
+                   {"double": True}),
+    "one-constant-double": ("... at a constant learning rate: the loss spikes of the full folds", "default",
+                            {**SINGLE, **CONSTANT}, {"double": True}),
     "no-modulation": ("one network, without the modulation spectra", "default",
-                      {**SINGLE, "features.modulation": []}),
+                      {**SINGLE, "features.modulation": []}, {}),
     "one-layer": ("one network of one hidden layer (1024)", "default",
-                  {**SINGLE, "model.hidden_layer_sizes": [1024]}),
-    "previous-default": ("the previous default: one network of 1024, no modulation spectra", "default",
-                         {**SINGLE, "features.modulation": [], "model.hidden_layer_sizes": [1024]}),
+                  {**SINGLE, "model.hidden_layer_sizes": [1024]}, {}),
+    "two-layers": ("one network of two hidden layers (1024, 512)", "default",
+                   {**SINGLE, "model.hidden_layer_sizes": [1024, 512]}, {}),
+    "width-2048": ("one network of one hidden layer of 2048", "default",
+                   {**SINGLE, "model.hidden_layer_sizes": [2048]}, {}),
+    "batch-32": ("one network, batch 32 at a third of the learning rate", "default",
+                 {**SINGLE, "training.batch_size": 32}, {"lr_scale": 1 / 3}),
+    "epochs-60": ("one network, 60 epochs", "default", {**SINGLE, "training.max_epochs": 60}, {}),
+    "decay-3e-4": ("one network, weight decay 3e-4", "default", {**SINGLE, "training.weight_decay": 3e-4}, {}),
+    "mixup-100": ("one network, mixing (mixup 0.4) over 100 epochs", "default",
+                  {**SINGLE, "training.mixup": 0.4, "training.max_epochs": 100}, {}),
     "writeups-network": ("the write-ups' network (b0, 1024 tanh, softmax, squared error, plain SGD) on these "
-                         "features", "original-features", {}),
+                         "features", "original-features", {}, {}),
 }
 
 
-def cross_validate(pipe: Pipeline, seed: int) -> tuple[float, float, object]:
-    """(fold-mean accuracy, seconds, CVResult) of ``pipe`` with every random state set to ``seed``."""
-    pipe.config = config_mod.override(pipe.config, {"training.random_state": seed})
+def cross_validate_row(pipe: Pipeline, seed: int, options: dict):
+    """(CVResult, seconds) of ``pipe`` with ``training.random_state = seed``, run as ``options`` say."""
+    feats = pipe.features()
+    X, evaluation = np.asarray(feats.X), pipe.config.evaluation
+    params = {**pipe.config.estimator_params(), "random_state": seed}
+    if "lr_scale" in options:
+        params["learning_rate"] *= options["lr_scale"]
+    X_aug = X[:, None, :] if options.get("double") else None  # each clip's one "copy": itself
+    run = lambda p: cross_validate(X, feats.dataset, p, validation=evaluation.validation,  # noqa: E731
+                                   refit=evaluation.refit, n_jobs=evaluation.n_jobs, progress=False, X_aug=X_aug)
     start = time.perf_counter()
-    cv = pipe.cross_validate()
-    return cv.accuracy_mean, time.perf_counter() - start, cv
+    if not options.get("separate"):
+        return run(params), time.perf_counter() - start
+    k = params["n_networks"]
+    members = [run({**params, "n_networks": 1, "random_state": seed * 1000 + j}) for j in range(k)]
+    cv = members[0]
+    for fold, result in cv.folds.items():  # the ensemble's probabilities: the mean over its members
+        result.proba = np.mean([m.folds[fold].proba for m in members], axis=0)
+        result.y_pred = cv.classes[np.argmax(result.proba, axis=1)]
+        result.histories = [h for m in members for h in m.folds[fold].histories]
+        result.best_epochs = [e for m in members for e in m.folds[fold].best_epochs]
+    return cv, time.perf_counter() - start
 
 
-def layer_shapes(b: int, sizes: list[int], input_bias: bool) -> list[tuple]:
-    """The matmul operand shapes of one training step on a batch of ``b`` rows (forward, both
-    backward products per layer but the first layer's input gradient, and ``db0 = W1 db1``)."""
-    shapes = []
-    for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        shapes.append(((b, n_in), (n_in, n_out)))          # forward
-        shapes.append(((n_in, b), (b, n_out)))             # dW = a^T delta
-        if l > 0:
-            shapes.append(((b, n_out), (n_out, n_in)))     # delta_prev = delta W^T
+def step_shapes(b: int, sizes: list[int], k: int, input_bias: bool) -> list[tuple]:
+    """The matmul operand shapes of one fused training step of ``k`` networks on ``b`` rows:
+    ``(batch, (m, kk), (kk, n))`` -- the first layer one product over the rows and the ``k``
+    input biases, every later layer ``k`` products (forward, weight gradient, input gradient),
+    and ``db0_j = W1_j db1_j``."""
+    rows = b + (k if input_bias else 0)
+    shapes = [(1, (rows, sizes[0]), (sizes[0], k * sizes[1])),      # forward
+              (1, (sizes[0], rows), (rows, k * sizes[1]))]          # dW1 = [X; b0]^T delta1
+    for n_in, n_out in zip(sizes[1:-1], sizes[2:]):
+        shapes += [(k, (b, n_in), (n_in, n_out)), (k, (n_in, b), (b, n_out)), (k, (b, n_out), (n_out, n_in))]
     if input_bias:
-        shapes.append(((sizes[0], sizes[1]), (sizes[1],)))  # db0 = W1 db1
+        shapes.append((k, (sizes[0], sizes[1]), (sizes[1], 1)))
     return shapes
 
 
+def copy_bandwidth() -> float:
+    """Bytes per second of a large float32 copy, one thread (read + write)."""
+    a = np.ones(1 << 25, np.float32)
+    b = np.empty_like(a)
+    return 2 * a.nbytes / best_time(lambda: np.copyto(b, a), 5)
+
+
 def roofline(pipe: Pipeline, cv) -> dict:
-    """The trainer's speed in the run against plain float32 ``A @ B`` of the same shapes, one
-    BLAS thread (as each parallel fold has), from the median epoch time over the folds."""
+    """The trainer's speed in the run: its epoch time against plain float32 ``A @ B`` of the
+    step's shapes (one BLAS thread, as each parallel fold has) and against the step's least
+    memory traffic -- every parameter read by the forward pass, its gradient written, ``W1``
+    read again for ``db0``, and Adam's read of parameter, gradient and both moments and write of
+    three (10 passes over 4-byte values at the measured copy bandwidth; other solvers fewer)."""
     fold = next(iter(cv.folds.values()))
-    net, batch = fold.model.network_, fold.model.batch_size
+    model = fold.model
+    net, batch, k = model.network_, model.batch_size, len(model.networks_)
     copies = 1 + len(pipe.config.features.pitch_shifts)
-    steps = (len(pipe.download()) - len(fold.test_index)) * copies / batch  # validation = "none"
-    shapes = layer_shapes(batch, net.sizes, net.input_bias)
-    flops_per_step = sum(2 * a[0] * a[1] * (c[1] if len(c) == 2 else 1) for a, c in shapes)
+    steps = int(np.ceil((len(pipe.download()) - len(fold.test_index)) * copies / batch))  # validation = "none"
+    shapes = step_shapes(batch, net.sizes, k, net.input_bias)
+    flops = sum(n * 2 * a[0] * a[1] * c[1] for n, a, c in shapes)
     rng = np.random.default_rng(0)
     step_roof = 0.0
     with threadpool_limits(1):
-        for sa, sb in shapes:
-            A, B = rng.standard_normal(sa, dtype=np.float32), rng.standard_normal(sb, dtype=np.float32)
+        for n, sa, sb in shapes:
+            A = rng.standard_normal((n, *sa) if n > 1 else sa, dtype=np.float32)
+            B = rng.standard_normal((n, *sb) if n > 1 else sb, dtype=np.float32)
             step_roof += best_time(lambda: A @ B, 5)
+        bandwidth = copy_bandwidth()
+    params = k * sum(a * b + b for a, b in zip(net.sizes, net.sizes[1:])) + k * net.sizes[0] * net.input_bias
+    passes = {"adam": 10, "momentum": 7, "sgd": 5}[model.solver]
+    step_memory = passes * 4 * params / bandwidth
     epoch = float(np.median([h["seconds"] for f in cv.folds.values() for h in f.history]))
-    return {"batch_size": batch, "sizes": net.sizes, "epoch_s": epoch, "roofline_epoch_s": step_roof * steps,
-            "gflops": flops_per_step * steps / epoch / 1e9, "fraction": step_roof * steps / epoch}
+    return {"batch_size": batch, "sizes": net.sizes, "n_networks": k, "steps": steps, "epoch_s": epoch,
+            "roofline_epoch_s": step_roof * steps, "memory_epoch_s": step_memory * steps,
+            "gflops": flops * steps / epoch / 1e9, "fraction": step_roof * steps / epoch,
+            "memory_fraction": step_memory * steps / epoch, "bound_fraction": (step_roof + step_memory) * steps / epoch,
+            "bandwidth_gb_s": bandwidth / 1e9}
+
+
+def run_row(name: str, seeds: list[int], data_dir: Path, source: str) -> dict:
+    what, pipeline, overrides, options = ROWS[name]
+    pipe = Pipeline.from_toml(pipeline, overrides=overrides or None, data_dir=data_dir, source=source,
+                              progress=False)
+    per_seed, seconds, cv = [], [], None
+    for seed in seeds:
+        cv, s = cross_validate_row(pipe, seed, options)
+        stability = [st for f in cv.folds.values() for st in f.stability]
+        per_seed.append({"seed": seed, "accuracy": cv.accuracy_mean,
+                         "folds": {str(k): v for k, v in cv.fold_accuracy.items()},
+                         "unstable": sum(st["unstable"] for st in stability),
+                         "max_loss_ratio": max(st["ratio"] for st in stability)})
+        seconds.append(s)
+    accuracies = [p["accuracy"] for p in per_seed]
+    row = {"row": name, "what": what, "pipeline": pipeline, "overrides": overrides, "options": options,
+           "seeds": per_seed, "mean": float(np.mean(accuracies)),
+           "std": float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else 0.0,
+           "worst_fold": min(min(p["folds"].values()) for p in per_seed),
+           "unstable": sum(p["unstable"] for p in per_seed),
+           "max_loss_ratio": max(p["max_loss_ratio"] for p in per_seed), "cv_s": float(np.median(seconds))}
+    if name == "default":
+        pipe.config = config_mod.override(pipe.config, {"training.random_state": seeds[-1]})
+        row["roofline"] = roofline(pipe, cv)
+    return row
+
+
+def print_row(r: dict) -> None:
+    seeds = "; ".join(f"seed {p['seed']}: {100 * p['accuracy']:.1f} ("
+                      + " / ".join(f"{100 * v:.1f}" for v in p["folds"].values()) + ")" for p in r["seeds"])
+    print(f"{r['row']:20s} {100 * r['mean']:5.1f} ± {100 * r['std']:3.1f} %  worst fold {100 * r['worst_fold']:4.1f}  "
+          f"unstable {r['unstable']} (loss ratio up to {r['max_loss_ratio']:.2f})  {r['cv_s']:6.1f} s  {seeds}",
+          flush=True)
 
 
 def main(argv=None) -> int:
@@ -107,37 +206,26 @@ def main(argv=None) -> int:
         data_dir = args.data_dir or Path(tmp) / "data"
         results = []
         for name in args.rows:
-            what, pipeline, overrides = ROWS[name]
-            pipe = Pipeline.from_toml(pipeline, overrides=overrides or None, data_dir=data_dir,
-                                      source=args.source, progress=False)
-            pipe.features()
-            accuracies, seconds = [], []
-            for seed in args.seeds:
-                acc, s, cv = cross_validate(pipe, seed)
-                accuracies.append(acc)
-                seconds.append(s)
-            row = {"row": name, "what": what, "pipeline": pipeline, "overrides": overrides, "seeds": args.seeds,
-                   "accuracy": accuracies, "mean": float(np.mean(accuracies)),
-                   "std": float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else 0.0,
-                   "cv_s": float(np.median(seconds))}
-            if name == "default":
-                row["roofline"] = roofline(pipe, cv)
-            results.append(row)
-            print(f"{name:18s} {100 * row['mean']:5.1f} ± {100 * row['std']:3.1f} %  {row['cv_s']:6.1f} s  {what}",
-                  flush=True)
+            results.append(run_row(name, args.seeds, data_dir, args.source))
+            print_row(results[-1])
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=2))
 
-    print(f"\naccuracy over seeds {args.seeds} (mean ± sample std of the fold-mean), "
-          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
-    print(f"{'row':18s} {'accuracy':>13s} {'CV s':>7s}  what")
+    print(f"\naccuracy over seeds {args.seeds}: mean ± sample std of the fold-mean, the worst single fold, the "
+          f"networks that ended on a loss spike; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+    print(f"{'row':20s} {'accuracy':>13s} {'worst':>6s} {'spikes':>6s} {'CV s':>7s}  what")
     for r in results:
-        print(f"{r['row']:18s} {100 * r['mean']:6.1f} ± {100 * r['std']:3.1f} % {r['cv_s']:7.1f}  {r['what']}")
+        print(f"{r['row']:20s} {100 * r['mean']:6.1f} ± {100 * r['std']:3.1f} % {100 * r['worst_fold']:5.1f} "
+              f"{r['unstable']:6d} {r['cv_s']:7.1f}  {r['what']}")
     for r in results:
         if "roofline" in r:
             f = r["roofline"]
-            print(f"\ntrainer in the default run: batch {f['batch_size']}, network {f['sizes']}: {f['gflops']:.1f} GFLOP/s, "
-                  f"{100 * f['fraction']:.0f} % of plain float32 A @ B of the same shapes (one thread)")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+            print(f"\ntrainer in the default run: {f['n_networks']} x {f['sizes']}, batch {f['batch_size']}, "
+                  f"{f['steps']} steps an epoch, {f['epoch_s']:.2f} s an epoch: {f['gflops']:.1f} GFLOP/s, "
+                  f"{100 * f['fraction']:.0f} % of the matmul roofline (plain float32 A @ B of the step's shapes, one "
+                  f"thread: {f['roofline_epoch_s']:.2f} s); the step's least memory traffic at {f['bandwidth_gb_s']:.1f} "
+                  f"GB/s takes {f['memory_epoch_s']:.2f} s ({100 * f['memory_fraction']:.0f} %); both together "
+                  f"{100 * f['bound_fraction']:.0f} % of the epoch")
     return 0
 
 

@@ -7,7 +7,13 @@
    write the report -- with the wall time of each stage and of each fold's training, as the
    pipeline is configured (its own ``[evaluation] n_jobs``);
 2. warm: the same run again on that data root (dataset and feature cache present);
-3. equal work: the pipeline's cross-validation redone on the cached features by
+3. the ensemble: the pipeline's cross-validation on the cached features, as it runs it (folds
+   on ``[evaluation] n_jobs`` workers), three ways -- the ``n_networks`` networks fused (one
+   product per layer for all of them, the last round of folds cut into parts), the same
+   networks trained as ``k`` separate ones (``k`` cross-validations of one network, each its own
+   seed and row order, probabilities averaged: how ensembles trained before), and one network
+   alone -- with the ratios to one network (skipped for a pipeline of one network);
+4. equal work: the pipeline's cross-validation redone on the cached features by
      ours     ``esc50ann.evaluate.cross_validate``,
      sklearn  ``StandardScaler + MLPClassifier``,
      torch    a plain PyTorch CPU loop (``nn.Linear``-``Tanh``-``Linear``; only if torch is
@@ -23,7 +29,7 @@
    pipeline's ``n_networks`` ensemble and ``mixup`` are set aside: the peers have neither) and
    the clips' own features only (no augmented copies, on any side). sklearn has no squared-error
    classifier: with ``loss = "squared_error"`` it is skipped;
-4. ``RandomForestClassifier(500)`` on the same folds, for scale (not equal work).
+5. ``RandomForestClassifier(500)`` on the same folds, for scale (not equal work).
 
 Prints a table; ``--json`` also writes it. Peak memory is the maximum resident size of this
 process and of its worker processes (``resource.getrusage``).
@@ -80,6 +86,33 @@ def summary(accuracies: list[float], seconds: float) -> dict:
 
 
 # --------------------------------------------------------------------------- equal-work peers
+
+def ensemble_cv(X, dataset, params, evaluation) -> dict | None:
+    """The pipeline's cross-validation fused, as k separate networks, and of one network (see 3.)."""
+    k = params["n_networks"]
+    if k == 1:
+        return None
+    run = lambda p: cross_validate(X, dataset, p, validation=evaluation.validation, refit=evaluation.refit,  # noqa: E731
+                                   n_jobs=evaluation.n_jobs, progress=False)
+    out = {}
+    start = time.perf_counter()
+    cv = run(params)
+    out["fused"] = summary(list(cv.fold_accuracy.values()), time.perf_counter() - start)
+    start = time.perf_counter()
+    members = [run({**params, "n_networks": 1, "random_state": params["random_state"] * 1000 + j}) for j in range(k)]
+    seconds = time.perf_counter() - start
+    folds = list(members[0].fold_accuracy)
+    accuracies = []
+    for fold in folds:
+        proba = np.mean([m.folds[fold].proba for m in members], axis=0)
+        accuracies.append(float(np.mean(members[0].classes[proba.argmax(axis=1)] == members[0].folds[fold].y_true)))
+    out["separate"] = summary(accuracies, seconds)
+    start = time.perf_counter()
+    cv = run({**params, "n_networks": 1})
+    out["one"] = summary(list(cv.fold_accuracy.values()), time.perf_counter() - start)
+    out["n_networks"] = k
+    return out
+
 
 def ours_cv(X, dataset, params, folds, threads) -> dict:
     start = time.perf_counter()
@@ -222,6 +255,8 @@ def main(argv=None) -> int:
         if not args.skip_peers:
             feats = pipe.features()
             X, dataset = np.asarray(feats.X), feats.dataset
+            results["ensemble"] = ensemble_cv(X, dataset, {**default_params(), **pipe.config.estimator_params()},
+                                              pipe.config.evaluation)
             # every parameter explicit (defaults filled in), fixed epochs: no early stopping anywhere
             # one network on each side: the peers have no ensembles (nor mixing) of their own
             params = {**default_params(), **pipe.config.estimator_params(), "patience": None, "n_networks": 1,
@@ -256,6 +291,14 @@ def print_table(r: dict) -> None:
     for stage in cold["stages_s"]:
         print(f"  {stage:<16}{cold['stages_s'][stage]:>8.2f}{warm['stages_s'].get(stage, 0.0):>10.2f}")
     print("  per-fold training (warm): " + ", ".join(f"fold {k} {v:.1f}" for k, v in warm["fold_train_s"].items()))
+    if r.get("ensemble"):
+        e = r["ensemble"]
+        print(f"\nthe ensemble of {e['n_networks']}, cross-validated as the pipeline runs it (cached features)")
+        print(f"{'':<34}{'CV s':>9}{'accuracy':>16}{'/ one network':>15}")
+        for name, label in (("fused", f"{e['n_networks']} networks fused"),
+                            ("separate", f"{e['n_networks']} separate networks"), ("one", "one network")):
+            d = e[name]
+            print(f"{label:<34}{d['cv_s']:>9.1f}{acc(d):>16}{d['cv_s'] / e['one']['cv_s']:>14.2f}x")
     if "equal_work" in r:
         eq = r["equal_work"]
         print(f"\nequal work: folds in series, {r['threads']} threads each, held equal: "

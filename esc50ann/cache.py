@@ -41,6 +41,7 @@ import numpy as np
 from esc50ann.errors import FeatureError, StorageError
 from esc50ann import fileio
 from esc50ann.fileio import atomic_path, file_lock, owned_name, remove_stale, write_text
+from esc50ann.params import Document, InstanceOf, Integral, Interval, ListOf, Options
 
 ARRAY_FILE = "features.npy"
 MANIFEST_FILE = "manifest.json"
@@ -108,21 +109,40 @@ def _scope(size: int) -> str:
 
 # --------------------------------------------------------------------------- reading
 
+# The shape of manifest.json, checked before any field is used (read_manifest).
+_COUNT = Interval(Integral, 0)
+MANIFEST = Document({
+    "key": [InstanceOf(str)],
+    "shape": [ListOf(_COUNT, min_len=2, max_len=2)],
+    "file_size": [_COUNT],
+    "checksum": [Document({"sha256": [InstanceOf(str)]}, {"scope": [Options("full", "sampled")]})],
+    "filenames": [ListOf(InstanceOf(str))],
+    "skipped": [ListOf(ListOf(InstanceOf(str), min_len=2, max_len=2))],
+}, {
+    "dtype": [Options("float32")],
+    "created": [InstanceOf(str), None],
+    "count": [_COUNT, None],
+    "config": [InstanceOf(dict)],
+}, description="an object (a cache manifest)")
+def read_manifest(folder: Path) -> tuple[dict | None, str | None]:
+    """``(manifest, None)`` for the entry folder's ``manifest.json`` of the right shape (``MANIFEST``),
+    else ``(None, what is wrong)``: the one reader of manifests."""
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # missing, unreadable, not UTF-8, not JSON
+        return None, f"unreadable manifest ({type(e).__name__})"
+    problem = MANIFEST.problem(manifest)
+    return (None, f"manifest of the wrong shape ({problem})") if problem else (manifest, None)
+
+
 def _problem(folder: Path, key: str) -> tuple[str | None, dict | None, np.ndarray | None]:
     """(what is wrong or None, manifest, mapped array) for the entry folder."""
-    try:
-        manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
-        shape = tuple(manifest["shape"])
-        size = int(manifest["file_size"])
-        checksum = manifest["checksum"]
-        if (manifest.get("dtype", "float32") != "float32" or not isinstance(checksum, dict)
-                or len(shape) != 2 or not all(type(n) is int and n >= 0 for n in shape)
-                or not isinstance(manifest["filenames"], list) or not isinstance(manifest.get("skipped", []), list)):
-            return "manifest of the wrong shape", None, None
-        if manifest.get("key") != key or len(manifest["filenames"]) != shape[0]:
-            return "manifest does not match its key or row count", None, None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        return f"unreadable manifest ({type(e).__name__})", None, None
+    manifest, problem = read_manifest(folder)
+    if problem:
+        return problem, None, None
+    shape, size, checksum = tuple(manifest["shape"]), manifest["file_size"], manifest["checksum"]
+    if manifest["key"] != key or len(manifest["filenames"]) != shape[0]:
+        return "manifest does not match its key or row count", None, None
     array_path = folder / ARRAY_FILE
     try:
         actual = array_path.stat().st_size
@@ -324,15 +344,15 @@ def list_entries(cache_dir: Path) -> list[dict]:
     for path in sorted(cache_dir.iterdir()):
         name = path.name
         if path.is_dir() and _is_key(name):
-            try:
-                m = json.loads((path / MANIFEST_FILE).read_text())
+            m, problem = read_manifest(path)
+            if problem is None:
                 rows.append({"key": name, "status": "complete", "created": m.get("created"),
-                             "count": m.get("count"), "shape": tuple(m.get("shape", ())),
+                             "count": m.get("count"), "shape": tuple(m["shape"]),
                              "size": _dir_size(path), "config": m.get("config", {}),
                              "summary": _summary(m.get("config", {}))})
-            except (OSError, ValueError):
+            else:
                 rows.append({"key": name, "status": "damaged", "created": None, "count": None,
-                             "shape": None, "size": _dir_size(path), "config": {}, "summary": ""})
+                             "shape": None, "size": _dir_size(path), "config": {}, "summary": problem})
         elif path.is_dir() and name.endswith(".partial") and _is_key(name[:-8]):
             if (cache_dir / name[:-8]).is_dir():
                 continue

@@ -9,10 +9,12 @@ import os
 import sys
 import tomllib
 import time
+import warnings
 from pathlib import Path
 
 from esc50ann import __version__
-from esc50ann.errors import Esc50Error, one_line
+from esc50ann.params import Integral, Interval, Pattern, Real
+from esc50ann.errors import Esc50Error, one_line, os_error, show_warning
 
 
 def _folds(text: str) -> list[int]:
@@ -35,14 +37,29 @@ def _setting(text: str) -> tuple[str, object]:
     return key.strip(), parsed
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, not {text!r}")
-    return value
+def _checked(constraint):
+    """An argparse type: a value that ``constraint`` (``esc50ann.params``, the vocabulary of the
+    pipeline files' checks) accepts -- for a number zero, negatives, inf and NaN are refused where
+    they mean nothing."""
+    kind = getattr(constraint, "kind", str)
+
+    def parse(text: str):
+        try:
+            value = int(text) if kind is Integral else float(text) if kind is Real else text
+        except ValueError:
+            value = None
+        if value is None or not constraint.accepts(value):
+            raise argparse.ArgumentTypeError(f"expected {constraint}, not {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _checked(Interval(Integral, 1))
+# Any integer: 0 runs in this process, -1 every core, N is capped at the cores (parallel.n_processes).
+_jobs = _checked(Interval(Integral))
+_seed = _checked(Interval(Integral, 0))
+_sha256 = _checked(Pattern(r"[0-9a-fA-F]{64}", "64 hexadecimal digits"))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,6 +67,9 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(1, f"esc50ann: error: {message} (see {self.prog} --help)\n")
+
+
+JOBS_HELP = "0 or 1: none, -1: all cores, -2: all but one; at most one per core"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     options["set"].add_argument("--set", dest="settings", metavar="SECTION.KEY=VALUE", type=_setting,
                                 action="append", default=[],
                                 help="override a pipeline key (repeatable), checked like the file")
-    options["set"].add_argument("--seed", type=int, help="random state of everything random (training.random_state)")
+    options["set"].add_argument("--seed", type=_seed, help="random state of everything random (training.random_state)")
 
     parser = _Parser(prog="esc50ann", parents=list(options.values())[:-1],
                      description="ESC-50 sound classification with an MLP written from scratch.",
@@ -87,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("download", "download, verify and extract the dataset (a no-op when already done)",
                 "esc50ann download --source ESC-50-master.zip", ("data", "source", "quiet", "debug"))
-    p.add_argument("--sha256", help="expected SHA-256 of the archive")
+    p.add_argument("--sha256", type=_sha256, help="expected SHA-256 of the archive")
     p = command("info", "describe the downloaded dataset", "esc50ann info --verify", ("data", "quiet", "debug"))
     p.add_argument("--verify", action="store_true", help="re-check every audio file against the manifest")
     p = command("pipelines", "list the built-in pipelines, or print one to copy and edit",
@@ -104,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("features", "compute (or load from the cache) the features of a pipeline",
                 "esc50ann features quick --out features.csv", every)
     p.add_argument("pipeline", nargs="?", default="default", help="pipeline file or name (default: default)")
-    p.add_argument("--jobs", type=int, default=-1, help="worker processes (default: all cores)")
+    p.add_argument("--jobs", type=_jobs, default=-1, help="worker processes (default: all cores; " + JOBS_HELP + ")")
     p.add_argument("--out", type=Path, help="also write the feature matrix, one row per clip (.csv, or .parquet "
                                              "with the parquet extra)")
     p = command("cache", "list or clear the feature cache", "esc50ann cache clear --key 1a2b3c4d",
@@ -118,15 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=_folds, help="test folds, e.g. 1,2 (default: every fold listed)")
     p.add_argument("--out", type=Path, help="run folder (default: <data-dir>/runs/<name>-<timestamp>)")
     p.add_argument("--force", action="store_true", help="overwrite a finished run in --out")
-    p.add_argument("--jobs", type=int,
+    p.add_argument("--jobs", type=_jobs,
                    help="worker processes for feature extraction and for folds trained in parallel "
-                        "(default: all cores for features, the pipeline's n_jobs for folds)")
+                        "(default: all cores for features, the pipeline's n_jobs for folds; " + JOBS_HELP + ")")
     p = command("train", "train a model (the final one on every fold, or with a test fold held out) and save it",
                 "esc50ann train default --all --save model.npz", every)
     p.add_argument("pipeline", help="pipeline file or built-in name (see `esc50ann pipelines`)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--all", action="store_true", help="train the final model on every fold")
-    which.add_argument("--test-fold", type=int, help="hold this fold out and report the accuracy on it")
+    which.add_argument("--test-fold", type=_positive_int, help="hold this fold out and report the accuracy on it")
     p.add_argument("--save", type=Path, required=True, help="model file to write (.npz)")
     p = command("predict", "classify audio files, folders or glob patterns with a saved model",
                 'esc50ann predict model.npz recordings/ "more/*.wav" --format csv', ("quiet", "debug"))
@@ -147,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep_file", type=Path, metavar="SWEEP",
                    help="sweep file or built-in name (see `esc50ann sweeps`)")
     p.add_argument("--out", type=Path, help="report folder; rerun into it to resume (default: <data-dir>/runs/sweep-...)")
-    p.add_argument("--jobs", type=int, default=-1, help="local worker processes (default: all cores)")
+    p.add_argument("--jobs", type=_jobs, default=-1,
+                   help="local worker processes (default: all cores; " + JOBS_HELP + ")")
     p.add_argument("--cluster", help="tcp://host:8786 (a Dask scheduler) or local:N (a LocalCluster of N workers)")
     command("runs", "list the finished runs and sweeps of the data root, newest first", "esc50ann runs",
             ("data", "debug"))
@@ -174,9 +195,22 @@ def main(argv: list[str] | None = None) -> int:
     args.source = getattr(args, "source", None)
     args.settings = getattr(args, "settings", [])
     try:
-        return COMMANDS[args.command](args) or 0
-    except (Esc50Error, OSError) as exc:  # OSError: unwritable --out, disk full, ... (names the path)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning  # ours and the libraries': one line each
+            code = COMMANDS[args.command](args) or 0
+            sys.stdout.flush()  # a closed pipe shows here, not at exit
+            return code
+    except BrokenPipeError:
+        if not _stdout_closed():
+            print(f"esc50ann: error: {os_error(sys.exc_info()[1])}", file=sys.stderr)
+            return 1
+        _quiet_stdout()  # `esc50ann runs | head -1`: the reader has what it wanted
+        return 0
+    except Esc50Error as exc:
         print(f"esc50ann: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # an unwritable --out, ...: what is wrong and where, not an errno text
+        print(f"esc50ann: error: {os_error(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("esc50ann: interrupted (caches stay valid; an unfinished run folder has no metrics.json)",
@@ -188,6 +222,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"esc50ann: internal error: {type(exc).__name__}: {one_line(exc)} (run with --debug for the "
               "traceback)", file=sys.stderr)
         return 2
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe nobody reads any more (a BrokenPipeError may come from elsewhere)."""
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (ImportError, AttributeError, OSError, ValueError):  # cannot tell: most likely it was stdout
+        return True
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered for a closed pipe is dropped at exit
+    instead of ending in "Exception ignored ... BrokenPipeError" (the Python documentation's way)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a test's captured stdout)
+        pass
 
 
 def _pipeline(args, name, n_jobs=-1):
@@ -266,7 +322,7 @@ def cmd_cache(args) -> None:
 
 
 def cmd_run(args) -> None:
-    pipe = _pipeline(args, args.pipeline, n_jobs=args.jobs or -1)
+    pipe = _pipeline(args, args.pipeline, n_jobs=-1 if args.jobs is None else args.jobs)
     run = pipe.run(folds=args.folds, out=args.out, n_jobs=args.jobs, force=args.force)
     _print_summary(args, run.metrics, run.run_dir)
 

@@ -10,7 +10,8 @@ A pipeline file has a ``name``, a one-line ``description`` and five tables::
     [features]    the fields of ``esc50ann.features.FeatureConfig``
     [model]       network shape: hidden_layer_sizes, activation, output, loss, input_bias,
                   n_networks (an ensemble)
-    [training]    solver, learning_rate, momentum, batch_size, max_epochs, weight_decay, mixup,
+    [training]    solver, learning_rate, lr_schedule, lr_floor, warmup_epochs, lr_step_every,
+                  lr_step_factor, momentum, batch_size, max_epochs, weight_decay, mixup,
                   patience (0: off), standardize, dtype, random_state
     [evaluation]  validation ("auto" | "none"), refit, n_jobs
 
@@ -36,7 +37,8 @@ from esc50ann.params import Boolean, InstanceOf, Integral, Interval, ListOf, Opt
 SECTIONS = ("dataset", "features", "model", "training", "evaluation")
 # Which estimator parameters each section sets (ANNClassifier's constraint table checks them).
 MODEL_KEYS = ("hidden_layer_sizes", "activation", "output", "loss", "input_bias", "n_networks")
-TRAINING_KEYS = ("solver", "learning_rate", "momentum", "batch_size", "max_epochs", "weight_decay", "mixup",
+TRAINING_KEYS = ("solver", "learning_rate", "lr_schedule", "lr_floor", "warmup_epochs", "lr_step_every",
+                 "lr_step_factor", "momentum", "batch_size", "max_epochs", "weight_decay", "mixup",
                  "patience", "standardize", "dtype", "random_state")
 
 
@@ -67,12 +69,12 @@ class DatasetSection(Settings):
 class EvaluationSection:
     validation: str = "auto"  # "auto": a whole training fold drives early stopping; "none"
     refit: bool = True  # after early stopping, retrain on train+validation for the best epoch count
-    n_jobs: int = 1  # folds trained in parallel; -1: all cores
+    n_jobs: int = 1  # folds trained in parallel; -1: all cores (esc50ann.parallel.n_processes)
 
     _constraints = {
         "validation": [Options("auto", "none")],
         "refit": [Boolean()],
-        "n_jobs": [Interval(Integral, 1), Options(-1)],
+        "n_jobs": [Interval(Integral)],  # any: 0 none, -1 all cores, capped at the cores
     }
 
     def __post_init__(self):

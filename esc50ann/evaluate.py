@@ -24,6 +24,7 @@ from esc50ann.folds import Split
 from esc50ann.model import ANNClassifier, default_params
 from esc50ann import progress as progress_mod
 from esc50ann.parallel import Runner
+from esc50ann.train import instability
 
 
 @dataclass
@@ -31,7 +32,9 @@ class FoldResult:
     """One test fold's outcome.
 
     ``test_index`` holds row positions into the dataset's metadata, shape (n_test,);
-    ``proba`` has shape (n_test, n_classes) with columns in ``CVResult.classes`` order.
+    ``proba`` has shape (n_test, n_classes) with columns in ``CVResult.classes`` order;
+    ``histories`` and ``best_epochs`` hold every network's training history and kept epoch (of
+    the first fit, before any refit).
     """
 
     test_fold: int | None  # None: a final model trained on every fold
@@ -40,11 +43,40 @@ class FoldResult:
     y_true: np.ndarray
     y_pred: np.ndarray
     proba: np.ndarray
-    history: list[dict]
-    best_epoch: int | None
+    histories: list[list[dict]]
+    best_epochs: list[int]
     model: ANNClassifier = field(repr=False)
     seconds: float = 0.0
     refitted: bool = False  # the model was retrained on train + validation after early stopping
+
+    @property
+    def history(self) -> list[dict]:
+        """The first network's history."""
+        return self.histories[0]
+
+    @property
+    def best_epoch(self) -> int | None:
+        """The first network's kept epoch."""
+        return self.best_epochs[0]
+
+    @property
+    def stability(self) -> list[dict]:
+        """Per network, how its training loss ended against its lowest (``esc50ann.train.instability``)."""
+        return [{"network": j, **instability(h, e)} for j, (h, e) in enumerate(zip(self.histories, self.best_epochs),
+                                                                                start=1) if h]
+
+    @property
+    def warnings(self) -> list[str]:
+        """One line per network of this fold that ended on a spike of its training loss."""
+        label = "final model" if self.test_fold is None else f"fold {self.test_fold}"
+        lines = []
+        for s in self.stability:
+            if s["unstable"]:
+                who = f"{label} network {s['network']}" if len(self.histories) > 1 else label
+                lines.append(f"{who}: unstable training: the training loss at the kept epoch {s['kept_epoch']} is "
+                             f"{s['final_loss']:.4f}, {s['ratio']:.1f}x its minimum {s['min_loss']:.4f} (epoch "
+                             f"{s['min_epoch']}); decay the learning rate (training.lr_schedule = \"cosine\") or lower it")
+        return lines
 
     @property
     def accuracy(self) -> float | None:
@@ -83,6 +115,11 @@ class CVResult:
         return {k: f.accuracy for k, f in self.folds.items()}
 
     @property
+    def warnings(self) -> list[str]:
+        """Every fold's warnings (``FoldResult.warnings``): networks that ended on a loss spike."""
+        return [line for f in self.folds.values() for line in f.warnings]
+
+    @property
     def accuracy_mean(self) -> float:
         return float(np.mean(list(self.fold_accuracy.values())))
 
@@ -109,7 +146,8 @@ def training_rows(X: np.ndarray, y: np.ndarray, rows: np.ndarray, X_aug: np.ndar
 
 
 def fit_fold(X: np.ndarray, y: np.ndarray, split: Split, params: dict[str, Any], *, refit: bool = True,
-             callback: Callable[[dict], None] | None = None, X_aug: np.ndarray | None = None) -> FoldResult:
+             callback: Callable[[dict], None] | None = None, X_aug: np.ndarray | None = None,
+             networks=None) -> FoldResult:
     """Train one estimator for ``split`` and predict its test fold.
 
     Parameters
@@ -128,6 +166,9 @@ def fit_fold(X: np.ndarray, y: np.ndarray, split: Split, params: dict[str, Any],
     X_aug : ndarray of shape (n_clips, n_copies, n_features), optional
         Augmented copies of every clip (``FeatureSet.X_aug``): those of the training clips are
         added to the training rows; validation and test clips are scored as they are.
+    networks : sequence of int, optional
+        Train only these networks of the ensemble (``ANNClassifier.fit``); ``join_parts`` puts
+        the parts of a fold together. Only where the fold has no early stopping (``splittable``).
 
     Without early stopping (``patience`` None) a validation fold has nothing to choose, so it
     simply joins the training rows.
@@ -140,19 +181,44 @@ def fit_fold(X: np.ndarray, y: np.ndarray, split: Split, params: dict[str, Any],
         model.fit(*training_rows(X, y, split.train, X_aug), X_val=X[split.val], y_val=y[split.val],
                   callback=callback)
     else:
-        model.fit(*training_rows(X, y, train_val, X_aug), callback=callback)
-    history, best_epoch = model.history_, model.best_epoch_
+        model.fit(*training_rows(X, y, train_val, X_aug), callback=callback, networks=networks)
+    histories, best_epochs = model.histories_, model.best_epochs_
     if early_stopping and refit:
-        model = ANNClassifier(**{**params, "max_epochs": best_epoch, "patience": None})
+        model = ANNClassifier(**{**params, "max_epochs": best_epochs[0], "patience": None})
         model.fit(*training_rows(X, y, train_val, X_aug))
     proba = (model.predict_proba(X[split.test]) if split.test.size
              else np.empty((0, len(model.classes_)), dtype=np.float32))
     return FoldResult(
         test_fold=split.test_fold, val_fold=split.val_fold, test_index=split.test, y_true=y[split.test],
-        y_pred=model.classes_[np.argmax(proba, axis=1)], proba=proba, history=history,
-        best_epoch=best_epoch, model=model, seconds=time.perf_counter() - start,
+        y_pred=model.classes_[np.argmax(proba, axis=1)], proba=proba, histories=histories,
+        best_epochs=best_epochs, model=model, seconds=time.perf_counter() - start,
         refitted=early_stopping and refit,
     )
+
+
+def splittable(split: Split, params: dict[str, Any]) -> int:
+    """Into how many parts the fold's training can be cut: its networks, unless early stopping
+    (on a validation fold) makes the ensemble stop as a whole."""
+    params = {**default_params(), **params}
+    if split.val.size > 0 and params["patience"] is not None:
+        return 1
+    return params["n_networks"]
+
+
+def join_parts(parts: list[FoldResult]) -> FoldResult:
+    """One fold's result from the results of its parts (each trained some of its networks, in
+    network order): the ensemble joined, its probabilities the mean over all its networks."""
+    if len(parts) == 1:
+        return parts[0]
+    model = ANNClassifier.join([p.model for p in parts])
+    sizes = np.array([len(p.model.networks_) for p in parts], dtype=np.float64)
+    proba = sum(w * p.proba for w, p in zip(sizes, parts)) / sizes.sum()
+    first = parts[0]
+    return FoldResult(
+        test_fold=first.test_fold, val_fold=first.val_fold, test_index=first.test_index, y_true=first.y_true,
+        y_pred=model.classes_[np.argmax(proba, axis=1)], proba=proba,
+        histories=[h for p in parts for h in p.histories], best_epochs=[e for p in parts for e in p.best_epochs],
+        model=model, seconds=sum(p.seconds for p in parts), refitted=first.refitted)
 
 
 def cross_validate(X: np.ndarray, dataset: Dataset, params: dict[str, Any], *, folds=None,
@@ -172,8 +238,11 @@ def cross_validate(X: np.ndarray, dataset: Dataset, params: dict[str, Any], *, f
         ``"auto"``: the next listed fold after the test fold is held out of training for early
         stopping; ``"none"``: train on all other folds for ``max_epochs``.
     n_jobs : int
-        Folds trained in parallel (each worker's BLAS limited to one thread). Results are the
-        same as serial: every fold has its own seeded estimator.
+        Folds trained in parallel (each worker's BLAS limited to one thread). When the folds do
+        not fill the last round of workers (3 folds on 2), the ensembles of that round's folds
+        are trained in parts side by side (``Runner.parts``): a network trains the same in a
+        part as in the whole. Results are the same as serial: every fold has its own seeded
+        estimator. A fold's ``seconds`` is then the sum over its parts.
     progress : bool
         Per-fold epoch bars with the running loss on a terminal; elsewhere a line per finished
         fold (see ``esc50ann.progress``). Parallel folds report their epochs too.
@@ -185,25 +254,47 @@ def cross_validate(X: np.ndarray, dataset: Dataset, params: dict[str, Any], *, f
     if X.shape[0] != len(dataset):
         raise DatasetError(f"features have {X.shape[0]} rows but the dataset has {len(dataset)} clips")
     splits = folds_mod.splits(dataset, folds, val_fold=validation)
-    y = dataset.targets
-    with _EpochReporter(splits, params, progress=progress, verbose=verbose,
-                        across_processes=n_jobs != 1) as reporter:
-        tasks = [(X, y, s, params, refit, reporter.callback(s.test_fold), X_aug) for s in splits]
-        results = [None] * len(splits)
-        for position, result in Runner(n_jobs).map(_fit, tasks):
-            results[position] = result
-            reporter.done(result)
+    results = fit_splits(X, dataset.targets, splits, params, refit=refit, n_jobs=n_jobs, progress=progress,
+                         verbose=verbose, X_aug=X_aug)
     classes = results[0].model.classes_
     names = dataset.names_by_target
     return CVResult(folds={r.test_fold: r for r in results}, classes=classes,
                     class_names=[names[int(t)] for t in classes])
 
 
-class _EpochReporter:
-    """Epoch progress of every fold, also from worker processes (through a manager queue).
+def fit_splits(X: np.ndarray, y: np.ndarray, splits: list[Split], params: dict[str, Any], *, refit: bool = True,
+               n_jobs: int = 1, progress: bool = True, verbose: bool = False,
+               X_aug: np.ndarray | None = None) -> list[FoldResult]:
+    """``fit_fold`` for every split, on ``n_jobs`` workers (``Runner``): the results in split order.
 
-    On a terminal each fold gets a bar (epochs, running loss); anywhere else a line per finished
-    fold; ``verbose`` adds a line per epoch.
+    Splits train side by side; where they do not fill the last round of workers, the ensembles
+    of that round are cut into parts (``Runner.parts``, ``splittable``) and joined again
+    (``join_parts``), so one final model of three networks trains on two cores as networks 1-2
+    beside network 3. Progress as in ``cross_validate``.
+    """
+    with _EpochReporter(splits, params, progress=progress, verbose=verbose,
+                        across_processes=n_jobs != 1) as reporter:
+        runner = Runner(n_jobs)
+        units = [splittable(s, params) for s in splits]
+        plan = runner.parts(units)
+        tasks = [(X, y, splits[i], params, refit, reporter.callback(i), X_aug,
+                  None if len(part) == units[i] else list(part)) for i, part in plan]
+        results, pieces = [None] * len(splits), [{} for _ in splits]
+        for position, result in runner.map(_fit, tasks):
+            i, part = plan[position]
+            pieces[i][part.start] = result
+            if len(pieces[i]) == sum(j == i for j, _ in plan):  # every part of split i is in
+                results[i] = join_parts([pieces[i][k] for k in sorted(pieces[i])])
+                reporter.done(i, results[i])
+    return results
+
+
+class _EpochReporter:
+    """Epoch progress of every split, also from worker processes (through a manager queue).
+
+    On a terminal each split gets a bar (epochs, running loss); anywhere else a line per finished
+    split; ``verbose`` adds a line per epoch. Splits are named "fold K" by their test fold, or
+    "final model" (no test fold).
     """
 
     def __init__(self, splits, params, *, progress, verbose, across_processes):
@@ -212,9 +303,9 @@ class _EpochReporter:
         self.epochs = params["max_epochs"]
         # every network of an ensemble reports its epochs: the bar counts them all
         self.total = self.epochs * params["n_networks"]
-        self.bars = {s.test_fold: progress_mod.bar(total=self.total, desc=f"fold {s.test_fold}", unit="epoch",
-                                                    position=i, leave=False, enabled=progress)
-                     for i, s in enumerate(splits)}
+        self.labels = ["final model" if s.test_fold is None else f"fold {s.test_fold}" for s in splits]
+        self.bars = [progress_mod.bar(total=self.total, desc=label, unit="epoch", position=i, leave=False,
+                                      enabled=progress) for i, label in enumerate(self.labels)]
         self.wanted = progress and (verbose or progress_mod.interactive())
         self.queue = self._manager = self._listener = None
         if self.wanted and across_processes:
@@ -234,38 +325,38 @@ class _EpochReporter:
             self.queue.put(None)
             self._listener.join()
             self._manager.shutdown()
-        for bar in self.bars.values():
+        for bar in self.bars:
             bar.close()
 
-    def callback(self, fold):
-        """What the fold's trainer calls after every epoch (picklable when it runs elsewhere)."""
+    def callback(self, i):
+        """What split ``i``'s trainer calls after every epoch (picklable when it runs elsewhere)."""
         if not self.wanted:
             return None
         if self.queue is not None:
-            return functools.partial(_put_row, self.queue, fold)
-        return functools.partial(self.epoch, fold)
+            return functools.partial(_put_row, self.queue, i)
+        return functools.partial(self.epoch, i)
 
-    def epoch(self, fold, row):
-        bar = self.bars[fold]
+    def epoch(self, i, row):
+        bar = self.bars[i]
         bar.update()
         bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
         if self.verbose:
-            progress_mod.note(progress_mod.epoch_line(f"fold {fold}", row, self.epochs))
+            progress_mod.note(progress_mod.epoch_line(self.labels[i], row, self.epochs))
 
-    def done(self, result):
-        self.bars[result.test_fold].close()
+    def done(self, i, result):
+        self.bars[i].close()
         if self.progress:
-            progress_mod.note(f"fold {result.test_fold}: accuracy {100 * result.accuracy:.1f} % "
-                              f"({len(result.history)} epochs, {result.seconds:.1f} s)")
+            scored = "trained" if result.accuracy is None else f"accuracy {100 * result.accuracy:.1f} %"
+            progress_mod.note(f"{self.labels[i]}: {scored} ({len(result.history)} epochs, {result.seconds:.1f} s)")
 
     def _listen(self):
         while (item := self.queue.get()) is not None:
             self.epoch(*item)
 
 
-def _put_row(queue, fold, row):
-    queue.put((fold, row))
+def _put_row(queue, i, row):
+    queue.put((i, row))
 
 
-def _fit(X, y, split, params, refit, callback, X_aug):
-    return fit_fold(X, y, split, params, refit=refit, callback=callback, X_aug=X_aug)
+def _fit(X, y, split, params, refit, callback, X_aug, networks):
+    return fit_fold(X, y, split, params, refit=refit, callback=callback, X_aug=X_aug, networks=networks)

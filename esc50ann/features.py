@@ -7,6 +7,7 @@ dataset its rows belong to, so no later stage has to line rows and clips up agai
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +20,10 @@ from esc50ann import progress as progress_mod
 from esc50ann.dataset import Dataset
 from esc50ann.errors import FeatureError
 from esc50ann.fileio import atomic_path
+from esc50ann.params import Document, InstanceOf, ListOf
 from esc50ann.recipe import FEATURE_VERSION, FeatureConfig, feature_names, feature_shape, files_features, mel_filterbank
-from esc50ann.verify import fingerprint
-from esc50ann.parallel import Runner
+from esc50ann.verify import SAMPLE_RATE, fingerprint
+from esc50ann.parallel import Runner, physical_memory
 
 # Clips per parallel task and per resumable chunk. Fixed (not derived from n_jobs) so a
 # rerun with another n_jobs still reuses the chunks a killed run finished.
@@ -177,6 +179,7 @@ def extract(dataset: Dataset, config: FeatureConfig, cache_dir: Path, *, n_jobs:
         with cache.locked(cache_dir, key):
             entry = cache.load(cache_dir, key)  # maybe finished while we waited; warns if damaged
             if entry is None:
+                _check_size(dataset, config)
                 entry = _compute(dataset, config, cache_dir, key, runner or Runner(n_jobs), progress)
                 computed = True
     skipped = [(str(a), str(b)) for a, b in entry.manifest["skipped"]]
@@ -200,6 +203,28 @@ def _split_copies(stored: np.ndarray, n_copies: int):
     return stored[:, :d], stored[:, d:].reshape(n, n_copies - 1, d)
 
 
+# The info stored with each finished chunk of an entry being built: its clips and their failures.
+CHUNK_INFO = Document({"names": [ListOf(InstanceOf(str))],
+                       "failures": [ListOf(ListOf(InstanceOf(str), min_len=2, max_len=2))]})
+
+
+def _chunk_fits(array, info, names) -> bool:
+    """Whether a chunk a previous run left is of the right shape for the clips ``names``."""
+    return (CHUNK_INFO.accepts(info) and info["names"] == names and array.ndim == 2
+            and array.dtype == np.float32 and len(array) == len(names) - len({f[0] for f in info["failures"]}))
+
+
+def _check_size(dataset, config: FeatureConfig) -> None:
+    """Refuse up front a feature matrix larger than this machine's memory: training reads it whole
+    (a flat spectrogram of long clips at a fine hop can ask for terabytes)."""
+    width = feature_shape(config, config.sample_rate or SAMPLE_RATE)[0] * (1 + len(config.pitch_shifts))
+    need, memory = len(dataset) * width * 4, physical_memory()
+    if memory is not None and need > memory:
+        raise FeatureError(f"features of {len(dataset)} clips x {width:,} values are {need / 2**30:,.1f} GiB, more "
+                           f"than this machine's {memory / 2**30:,.1f} GiB of memory: choose representation = "
+                           "\"stats\", a larger time_pool or hop_length, fewer n_mels or a shorter duration")
+
+
 def _compute(dataset, config, cache_dir, key, runner: Runner, progress) -> cache.Entry:
     names = [str(n) for n in dataset.meta["filename"]]
     paths = [str(p) for p in dataset.audio_paths]
@@ -208,9 +233,9 @@ def _compute(dataset, config, cache_dir, key, runner: Runner, progress) -> cache
     chunk_name = lambda a, b: f"{a:07d}-{b:07d}"  # noqa: E731
     done = {}
     for name, (array, info) in cache.load_chunks(cache_dir, key).items():
-        a, b = (int(x) for x in name.split("-"))
-        if (a, b) in plan and info.get("names") == names[a:b]:
-            done[(a, b)] = (array, [tuple(f) for f in info["failures"]])
+        ab = tuple(int(x) for x in name.split("-")) if re.fullmatch(r"\d+-\d+", name) else None
+        if ab in plan and _chunk_fits(array, info, names[ab[0]:ab[1]]):  # else computed again
+            done[ab] = (array, [tuple(f) for f in info["failures"]])
     if config.on_error == "raise":
         for a, b in plan:
             if (a, b) in done and done[(a, b)][1]:

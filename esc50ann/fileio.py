@@ -7,13 +7,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import glob
 import re
 import shutil
-import tempfile
+import time
 import uuid
 from pathlib import Path
 
 from filelock import FileLock, Timeout
+
+from esc50ann.errors import Esc50Error, os_error
 
 CHUNK = 1 << 20  # bytes read at a time when hashing: memory stays flat for big archives
 
@@ -22,19 +25,43 @@ CHUNK = 1 << 20  # bytes read at a time when hashing: memory stays flat for big 
 def atomic_path(path: str | Path):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    The temporary file lives in the same folder, so the final ``os.replace`` is atomic.
+    The temporary lives in the same folder, so the final ``os.replace`` is atomic, and is named by
+    its owner (``.<name>.<pid>-<random>.tmp``): the temporaries of ``path`` that a killed writer left
+    are removed here, by the next writer of ``path`` (``remove_stale``: only those whose process is
+    gone, or old ones), never a live writer's.
+
+    Raises
+    ------
+    Esc50Error
+        One line naming ``path`` (``errors.os_error``): a folder where the file belongs, a disk full
+        (``StorageError``), no permission, ...
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    make_folder(path.parent)
+    if path.is_dir() and not path.is_symlink():
+        raise Esc50Error(f"{path}: is a folder, where a file belongs; move it away")
+    remove_stale(path.parent, f".{glob.escape(path.name)}.*.tmp")
+    tmp = path.parent / f"{owned_name(f'.{path.name}.')}.tmp"
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # give the file normal permissions
         os.replace(tmp, path)
+    except OSError as exc:  # ENOSPC from a write, EISDIR from the rename, ...: say which file
+        raise os_error(exc, path) from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+
+
+def make_folder(path: str | Path) -> Path:
+    """``mkdir -p path``, or one ``Esc50Error`` naming what is in the way (a file where a folder
+    belongs, no permission, ...)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise os_error(exc, path) from None
+    return path
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -92,19 +119,23 @@ def owned_name(prefix: str) -> str:
     return f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-_OWNER = re.compile(r"(\d+)-[0-9a-f]{8}$")
+_OWNER = re.compile(r"(\d+)-[0-9a-f]{8}(?:\.tmp)?$")
+# A temporary this old is stale whoever owns it: no writer here takes a day over one file, and a
+# dead owner's number may have been given to a new process since (or the name has no owner).
+STALE_SECONDS = 24 * 3600
 
 
 def remove_stale(folder: str | Path, pattern: str) -> list[Path]:
-    """Remove temporaries in ``folder`` matching the glob ``pattern`` whose owner process is gone.
+    """Remove temporaries in ``folder`` matching the glob ``pattern`` left by writers that are gone.
 
-    Names come from ``owned_name``; a temporary of a live process (this one included) is kept.
-    Returns what was removed.
+    A temporary is stale when the process its name records (``owned_name``) is no longer running,
+    or when it is older than ``STALE_SECONDS`` (names without an owner included); a live writer's
+    temporary (this process's included) is kept. Returns what was removed.
     """
     removed = []
     for path in Path(folder).glob(pattern):
         match = _OWNER.search(path.name)
-        if match is None or _alive(int(match.group(1))):
+        if (match is None or _alive(int(match.group(1)))) and not _old(path):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
@@ -112,6 +143,13 @@ def remove_stale(folder: str | Path, pattern: str) -> list[Path]:
             path.unlink(missing_ok=True)
         removed.append(path)
     return removed
+
+
+def _old(path: Path) -> bool:
+    try:
+        return time.time() - path.lstat().st_mtime > STALE_SECONDS
+    except OSError:
+        return False
 
 
 def _alive(pid: int) -> bool:

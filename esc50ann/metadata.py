@@ -45,13 +45,7 @@ def load_metadata(csv_path: Path) -> pd.DataFrame:
         duplicate filename, or a filename disagreeing with its columns.
     """
     csv_path = Path(csv_path)
-    raw = _read_csv(csv_path)
-    missing = [c for c in COLUMNS if c not in raw.columns]
-    if missing:
-        raise DatasetError(f"{csv_path}: missing column {missing[0]!r} (has: {', '.join(map(str, raw.columns))})")
-    if raw.empty:
-        raise DatasetError(f"{csv_path}: no data rows")
-    values = {c: [v.strip() for v in raw[c].tolist()] for c in COLUMNS}
+    values = _cells(csv_path, COLUMNS)
     meta = pd.DataFrame({
         "filename": values["filename"],
         "fold": _ints(values["fold"], "fold", csv_path),
@@ -69,6 +63,18 @@ def load_metadata(csv_path: Path) -> pd.DataFrame:
 def row_name(i: int) -> str:
     """Name data row ``i`` (0-based) of a CSV both ways, so nobody has to guess the convention."""
     return f"row {i + 1} (line {i + 2})"
+
+
+def _cells(csv_path: Path, columns) -> dict[str, list[str]]:
+    """The stripped text of each of ``columns`` of the CSV file, row by row; a missing column or
+    no rows at all is a ``DatasetError`` naming the file."""
+    raw = _read_csv(csv_path)
+    missing = [c for c in columns if c not in raw.columns]
+    if missing:
+        raise DatasetError(f"{csv_path}: missing column {missing[0]!r} (has: {', '.join(map(str, raw.columns))})")
+    if raw.empty:
+        raise DatasetError(f"{csv_path}: no data rows")
+    return {c: [v.strip() for v in raw[c].tolist()] for c in columns}
 
 
 def _read_csv(csv_path: Path) -> pd.DataFrame:
@@ -188,15 +194,8 @@ def load_table(csv_path: Path, *, file: str, label: str, fold: str | None = None
         with two names (the message names the CSV's own column names).
     """
     csv_path = Path(csv_path)
-    raw = _read_csv(csv_path)
-    wanted = [c for c in (file, label, fold, target, group) if c is not None]
-    missing = [c for c in wanted if c not in raw.columns]
-    if missing:
-        raise DatasetError(f"{csv_path}: missing column {missing[0]!r} (has: {', '.join(map(str, raw.columns))})")
-    if raw.empty:
-        raise DatasetError(f"{csv_path}: no data rows")
-    cell = {c: [v.strip() for v in raw[c].tolist()] for c in wanted}
-    n = len(raw)
+    cell = _cells(csv_path, [c for c in (file, label, fold, target, group) if c is not None])
+    n = len(cell[file])
     folds = _ints(cell[fold], fold, csv_path, minimum=1) if fold else np.zeros(n, dtype=np.int64)
     names = _nonempty(cell[file], file, csv_path)
     if prefix is not None:

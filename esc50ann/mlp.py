@@ -30,7 +30,7 @@ import numpy as np
 
 __all__ = [
     "ACTIVATIONS", "OUTPUTS", "COSTS", "Tanh", "Sigmoid", "ReLU", "Softmax", "SigmoidOutput",
-    "SquaredError", "CrossEntropy", "MLP",
+    "SquaredError", "CrossEntropy", "MLP", "MLPStack",
 ]
 
 
@@ -95,16 +95,16 @@ class Softmax:
 
     @staticmethod
     def fn(z, out=None):
-        """Row-wise softmax, shifted by the row maximum so exp never overflows."""
-        out = np.subtract(z, z.max(axis=1, keepdims=True), out=out)
+        """Softmax over the last axis, shifted by the row maximum so exp never overflows."""
+        out = np.subtract(z, z.max(axis=-1, keepdims=True), out=out)
         np.exp(out, out=out)
-        out /= out.sum(axis=1, keepdims=True)
+        out /= out.sum(axis=-1, keepdims=True)
         return out
 
     @staticmethod
     def vjp(s, g):
         """Full-Jacobian product: ``J = diag(s) - s s^T`` is symmetric, so ``J^T g = s * (g - <g, s>)``."""
-        inner = np.einsum("ij,ij->i", g, s)[:, None]
+        inner = np.einsum("...j,...j->...", g, s)[..., None]
         return s * (g - inner)
 
 
@@ -161,7 +161,7 @@ class CrossEntropy:
     @staticmethod
     def delta(s, y, output):
         if output.name == "softmax":
-            return s * y.sum(axis=1, keepdims=True) - y
+            return s * y.sum(axis=-1, keepdims=True) - y
         return s - y
 
 
@@ -256,18 +256,23 @@ class MLP:
         self.__dict__.update(state)
         self.grads = [np.zeros_like(p) for p in self.params]
 
+    n_networks = 1  # what the training loop asks of a network or a stack of them (MLPStack)
+
     @property
     def input_bias(self):
         return self.b0 is not None
 
-    def set_state(self, arrays):
-        """Copy parameter values in, by name (``{"W1": ..., "b0": ...}``); shapes must match."""
+    def set_state(self, arrays, network=0):
+        """Copy parameter values in, by name (``{"W1": ..., "b0": ...}``); shapes must match.
+        (``network`` is there for the training loop, which also drives stacks: only 0.)"""
+        assert network == 0
         for name, p in zip(self.names, self.params):
             if name in arrays:
                 p[...] = arrays[name]
 
-    def get_state(self):
+    def get_state(self, network=0):
         """A dict name -> copy of every parameter array (for saving or restoring best weights)."""
+        assert network == 0
         return {name: p.copy() for name, p in zip(self.names, self.params)}
 
     # ------------------------------------------------------------------------------------------
@@ -359,3 +364,194 @@ class MLP:
             # b0 is shared by all rows: dL/db0 = sum_rows(delta1) W1^T = W1 @ db1, one matvec.
             np.matmul(self.weights[0], self.grads[off + 1], out=self.grads[0])
         return loss, s
+
+
+class MLPStack:
+    """``k`` networks of one architecture trained as one: an ensemble fused into wide products.
+
+    Every network sees the same mini-batch, so the first layers of all ``k`` are one matrix
+    product with their weights side by side, ``X @ [W1_1 | ... | W1_k]`` (``k`` times wider: far
+    better use of BLAS at a small batch), and every later layer is one batched product over
+    ``k`` (``np.matmul`` on stacked arrays). The parameters of all ``k`` networks are a handful
+    of arrays, so one optimizer pass updates them all. Layout (``h_l`` the width of layer l)::
+
+        b0  (k, n_in)            W1 (n_in, k * h_1)     b1 (k * h_1,)      network j: columns j*h_1 ...
+        W2  (k, h_1, h_2)        b2 (k, h_2)            ...                network j: [j]
+
+    The input bias enters through the same product: ``(X + b0_j) W1_j = X W1_j + b0_j W1_j``, so
+    the ``k`` rows ``b0_j`` go through ``@ W1`` below the batch's rows, and in the backward pass
+    ``dW1_j = (X + b0_j)^T delta1_j = [X; b0]^T [delta1_j; e_j (1^T delta1_j)]`` is again one
+    product over the batch and those ``k`` rows. ``tests/test_mlp.py`` checks every gradient
+    against finite differences, and a stack of one network against the lone network.
+
+    Parameters
+    ----------
+    networks : list of MLP
+        The starting points (copied in): one architecture, one dtype.
+
+    Attributes
+    ----------
+    names, params, grads : lists of arrays (``b0``, ``W1``, ``b1``, ``W2``, ...), as ``MLP``'s
+    n_networks : int
+    """
+
+    def __init__(self, networks):
+        first = networks[0]
+        self.n_networks = k = len(networks)
+        self.sizes, self.dtype = list(first.sizes), first.dtype
+        self.activation, self.output, self.cost = first.activation, first.output, first.cost
+        for net in networks:
+            if (net.sizes, net.dtype, net.activation, net.output, net.cost, net.input_bias) != (
+                    self.sizes, self.dtype, self.activation, self.output, self.cost, first.input_bias):
+                raise ValueError("the networks of a stack must share one architecture and dtype")
+        self.b0 = np.stack([n.b0 for n in networks]) if first.input_bias else None
+        self.weights = [np.concatenate([n.weights[0] for n in networks], axis=1)]
+        self.biases = [np.concatenate([n.biases[0] for n in networks])]
+        for l in range(1, len(self.sizes) - 1):
+            self.weights.append(np.stack([n.weights[l] for n in networks]))
+            self.biases.append(np.stack([n.biases[l] for n in networks]))
+        self.names, self.params = ([], []) if self.b0 is None else (["b0"], [self.b0])
+        for i, (w, b) in enumerate(zip(self.weights, self.biases), start=1):
+            self.names += [f"W{i}", f"b{i}"]
+            self.params += [w, b]
+        self.grads = [np.zeros_like(p) for p in self.params]
+        self._work = {}
+        self._diag = np.arange(k)
+
+    @property
+    def input_bias(self):
+        return self.b0 is not None
+
+    def _views(self, arrays, j):
+        """Network ``j``'s slice of each of ``arrays`` (in ``names`` order): views, no copies."""
+        h1, off = self.sizes[1], 0 if self.b0 is None else 1
+        out = [] if self.b0 is None else [arrays[0][j]]
+        out += [arrays[off][:, j * h1:(j + 1) * h1], arrays[off + 1][j * h1:(j + 1) * h1]]
+        out += [a[j] for a in arrays[off + 2:]]
+        return out
+
+    def get_state(self, network):
+        """Network ``network``'s parameters: a dict name -> copy (``MLP.get_state``'s names)."""
+        return {name: v.copy() for name, v in zip(self.names, self._views(self.params, network))}
+
+    def set_state(self, arrays, network):
+        """Copy network ``network``'s parameters in, by name."""
+        for name, v in zip(self.names, self._views(self.params, network)):
+            if name in arrays:
+                v[...] = arrays[name]
+
+    def networks(self):
+        """The ``k`` networks as ``MLP`` objects of their own (copies)."""
+        off = 0 if self.b0 is None else 1
+        nets = []
+        for j in range(self.n_networks):
+            views = self._views(self.params, j)
+            nets.append(MLP.from_arrays(views[off::2], views[off + 1::2], views[0] if off else None,
+                                        self.activation.name, self.output.name, self.cost.name))
+        return nets
+
+    # ------------------------------------------------------------------------------------------
+    def _workspace(self, n):
+        """Buffers for a batch of ``n`` rows: ``A`` (the rows, then the ``k`` input biases), the
+        first layer's output and delta ``(n + kb, k * h_1)``, each later layer's (k, n, h)."""
+        work = self._work.get(n)
+        if work is None:
+            if len(self._work) > 2:
+                self._work.clear()
+            k, kb, sizes = self.n_networks, 0 if self.b0 is None else self.n_networks, self.sizes
+            A = np.empty((n + kb, sizes[0]), self.dtype)
+            first = np.empty((n + kb, k * sizes[1]), self.dtype)
+            later = [np.empty((k, n, m), self.dtype) for m in sizes[2:]]
+            d_first = np.empty((n + kb, k * sizes[1]), self.dtype)
+            d_later = [np.empty((k, n, m), self.dtype) for m in sizes[2:-1]]
+            t_first = np.empty((n, k * sizes[1]), self.dtype)
+            t_later = [np.empty((k, n, m), self.dtype) for m in sizes[2:-1]]
+            work = self._work[n] = (A, first, later, d_first, d_later, t_first, t_later)
+        return work
+
+    def _by_network(self, rows, n):
+        """The (n, k * h) first-layer array ``rows`` seen as (k, n, h): a view."""
+        return rows[:n].reshape(n, self.n_networks, -1).transpose(1, 0, 2)
+
+    def forward(self, X, *, work=None):
+        """Every network's output probabilities, shape (k, n, n_out), for ``X`` of shape (n, n_in)."""
+        X = np.asarray(X, dtype=self.dtype)
+        n = len(X)
+        A, first, later = (work or self._workspace(n))[:3]
+        A[:n] = X
+        if self.b0 is not None:
+            A[n:] = self.b0
+        np.matmul(A, self.weights[0], out=first)
+        z = first[:n]
+        z += self.biases[0]
+        if self.b0 is not None:  # network j's own block of row n + j: b0_j W1_j
+            z += first[n:].reshape(self.n_networks, self.n_networks, -1)[self._diag, self._diag].reshape(-1)
+        last = len(self.weights) - 1
+        if last == 0:
+            a = self._by_network(z, n)
+            return self.output.fn(a, out=a)
+        a = self._by_network(self.activation.fn(z, out=z), n)
+        for l in range(1, last + 1):
+            z = np.matmul(a, self.weights[l], out=later[l - 1])
+            z += self.biases[l][:, None, :]
+            a = (self.output if l == last else self.activation).fn(z, out=z)
+        return a
+
+    def loss(self, X, Y):
+        """Every network's batch-mean loss, shape (k,)."""
+        return self.cost_of(self.forward(X), Y)
+
+    def cost_of(self, s, Y):
+        """Batch-mean losses of the outputs ``s`` (k, n, n_out) against the targets ``Y`` (n, n_out)."""
+        Y = np.asarray(Y, dtype=s.dtype)
+        return np.array([self.cost.fn(sj, Y, self.output) for sj in s])
+
+    def backprop(self, X, Y):
+        """Forward and backward pass of all ``k`` networks on one mini-batch; fills ``grads``.
+
+        Returns
+        -------
+        losses : ndarray of shape (k,)
+            Every network's batch-mean loss before the update.
+        s : ndarray of shape (k, n, n_out)
+            The output probabilities (a view of scratch memory: valid until the next call).
+        """
+        X = np.asarray(X, dtype=self.dtype)
+        Y = np.asarray(Y, dtype=self.dtype)
+        n, k = len(X), self.n_networks
+        work = self._workspace(n)
+        A, first, later, d_first, d_later, t_first, t_later = work
+        s = self.forward(X, work=work)
+        losses = self.cost_of(s, Y)
+        # each layer's input, as (k, n, h); the first layer's is A itself
+        inputs = [None, self._by_network(first, n)] + later[:-1]
+        off = 0 if self.b0 is None else 1
+        delta = self.cost.delta(s, Y, self.output)
+        delta *= 1.0 / n
+        for l in range(len(self.weights) - 1, 0, -1):
+            gw, gb = self.grads[off + 2 * l], self.grads[off + 2 * l + 1]
+            np.matmul(inputs[l].transpose(0, 2, 1), delta, out=gw)
+            np.sum(delta, axis=1, out=gb)
+            if l > 1:
+                nxt, tmp = d_later[l - 2], t_later[l - 2]
+            else:  # the first layer's delta lands in its (n, k * h_1) layout for the one product below
+                nxt, tmp = self._by_network(d_first, n), self._by_network(t_first, n)
+            np.matmul(delta, self.weights[l].transpose(0, 2, 1), out=nxt)
+            self.activation.backprop(inputs[l], nxt, tmp)
+            delta = nxt
+        if len(self.weights) == 1:
+            self._by_network(d_first, n)[...] = delta
+        gw, gb = self.grads[off], self.grads[off + 1]
+        np.sum(d_first[:n], axis=0, out=gb)
+        if self.b0 is not None:
+            # rows n + j: network j's column sums in its own block, zeros elsewhere, so that
+            # [X; b0]^T d_first adds b0_j (1^T delta1_j) to dW1_j and nothing to the others
+            blocks = d_first[n:].reshape(k, k, -1)
+            blocks[...] = 0
+            blocks[self._diag, self._diag] = gb.reshape(k, -1)
+        np.matmul(A.T, d_first, out=gw)
+        if self.b0 is not None:
+            # b0_j is shared by all rows: dL/db0_j = W1_j db1_j, one batched mat-vec
+            w1 = self.weights[0].reshape(self.sizes[0], k, -1).transpose(1, 0, 2)
+            np.matmul(w1, gb.reshape(k, -1, 1), out=self.grads[0][:, :, None])
+        return losses, s

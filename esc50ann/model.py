@@ -16,8 +16,9 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from esc50ann import modelfile
 from esc50ann.errors import ConfigError, ModelError, one_line
-from esc50ann.mlp import ACTIVATIONS, COSTS, MLP, OUTPUTS
-from esc50ann.optim import OPTIMIZERS, make_optimizer
+from esc50ann.mlp import ACTIVATIONS, COSTS, MLP, OUTPUTS, MLPStack
+from esc50ann.optim import OPTIMIZERS, SCHEDULES, LRSchedule, make_optimizer
+from esc50ann.parallel import physical_memory
 from esc50ann.params import Boolean, InstanceOf, Integral, Interval, ListOf, Options, Real, validate
 from esc50ann.train import train
 
@@ -25,6 +26,12 @@ __all__ = ["ANNClassifier", "default_params"]
 
 # Rows per forward pass at prediction time: bounds memory on large inputs.
 _PREDICT_CHUNK = 4096
+# More epochs than any training here needs (the default runs 30-100), fewer than a runaway asks.
+MAX_EPOCHS = 100_000
+MAX_LAYERS = 100
+# Arrays of a network's size held while training, besides the kept networks: its gradients and
+# the optimizer's state (Momentum: a velocity; Adam: two moments).
+_STATE = {"sgd": 1, "momentum": 2, "adam": 3}
 
 
 class ANNClassifier(ClassifierMixin, BaseEstimator):
@@ -44,16 +51,34 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         Learn a bias ``b0`` added to every (standardised) input vector.
     solver : {"sgd", "momentum", "adam"}, default="sgd"
     learning_rate : float, default=0.01
+        The base learning rate (see ``lr_schedule``).
+    lr_schedule : {"constant", "cosine", "linear", "step"}, default="constant"
+        The learning rate over training (``esc50ann.optim.LRSchedule``), after ``warmup_epochs``:
+        ``learning_rate`` throughout; a half cosine from it down to ``lr_floor x learning_rate``
+        at ``max_epochs``; a straight line down to that; or ``learning_rate`` multiplied by
+        ``lr_step_factor`` every ``lr_step_every`` epochs. Updated at every mini-batch.
+    lr_floor : float, default=0.0
+        Where ``cosine`` and ``linear`` end (and the least ``step`` reaches), as a fraction of
+        ``learning_rate``: 0 decays to zero.
+    warmup_epochs : int, default=0
+        Ramp the learning rate up linearly from almost zero over this many epochs first.
+    lr_step_every : int, default=10
+        Epochs between the drops of ``lr_schedule="step"``.
+    lr_step_factor : float, default=0.1
+        What each drop of ``lr_schedule="step"`` multiplies the learning rate by.
     momentum : float, default=0.9
         Only used by ``solver="momentum"``.
     batch_size : int, default=32
         Samples per update (1 = per-sample SGD as in the write-ups).
     max_epochs : int, default=100
+        At most ``MAX_EPOCHS`` (100,000).
     weight_decay : float, default=0.0
         L2 penalty ``(weight_decay / 2) ||W||^2`` on the weight matrices.
     n_networks : int, default=1
-        Train this many networks from different random starts (and shuffles) on the same rows
-        and average their probabilities: an ensemble. The first is the network a lone one would be.
+        Train this many networks from different random starts on the same rows and average their
+        probabilities: an ensemble. They train together (``esc50ann.mlp.MLPStack``: one product
+        per layer for all of them, one loop), so they see the same mini-batches in the same
+        order; the first is the network a lone one would be.
     mixup : float, default=0.0
         Between-class mixing of training rows: 0 is off; otherwise each row of a mini-batch is
         mixed with another at a ratio drawn from ``Beta(mixup, mixup)``, its target the same mix
@@ -87,10 +112,15 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
     networks_ : list of esc50ann.mlp.MLP
     mean_, scale_ : ndarray of shape (n_features_in_,) or None
         The standardisation fitted on the training X (``scale_`` is 1 for constant features).
+    histories_ : list of list of dict
+        Per network, one row per epoch: epoch, loss, accuracy, val_loss, val_accuracy, lr,
+        seconds (and network, in an ensemble); see ``esc50ann.train.train``.
     history_ : list of dict
-        One row per epoch (of the first network): epoch, loss, accuracy, val_loss, val_accuracy, seconds.
+        The first network's (``histories_[0]``).
+    best_epochs_ : list of int
+        Per network, the epoch whose weights it holds (the last one without early stopping).
     best_epoch_ : int
-        The epoch whose weights the (first) network holds (the last one without early stopping).
+        The first network's (``best_epochs_[0]``).
     n_iter_ : int
         Epochs run.
     class_names_ : list of str, optional
@@ -102,6 +132,7 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(self, *, hidden_layer_sizes=(1024,), activation="tanh", output="softmax",
                  loss="squared_error", input_bias=True, solver="sgd", learning_rate=0.01,
+                 lr_schedule="constant", lr_floor=0.0, warmup_epochs=0, lr_step_every=10, lr_step_factor=0.1,
                  momentum=0.9, batch_size=32, max_epochs=100, weight_decay=0.0, n_networks=1, mixup=0.0,
                  patience=10,
                  early_stopping=False, validation_fraction=0.1, standardize=True, dtype="float32",
@@ -113,6 +144,11 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         self.input_bias = input_bias
         self.solver = solver
         self.learning_rate = learning_rate
+        self.lr_schedule = lr_schedule
+        self.lr_floor = lr_floor
+        self.warmup_epochs = warmup_epochs
+        self.lr_step_every = lr_step_every
+        self.lr_step_factor = lr_step_factor
         self.momentum = momentum
         self.batch_size = batch_size
         self.max_epochs = max_epochs
@@ -128,16 +164,21 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         self.verbose = verbose
 
     _parameter_constraints = {
-        "hidden_layer_sizes": [ListOf(Interval(Integral, 1))],
+        "hidden_layer_sizes": [ListOf(Interval(Integral, 1), max_len=MAX_LAYERS)],
         "activation": [Options(*ACTIVATIONS)],
         "output": [Options(*OUTPUTS)],
         "loss": [Options(*COSTS)],
         "input_bias": [Boolean()],
         "solver": [Options(*OPTIMIZERS)],
         "learning_rate": [Interval(Real, 0, closed="neither")],
+        "lr_schedule": [Options(*SCHEDULES)],
+        "lr_floor": [Interval(Real, 0, 1)],
+        "warmup_epochs": [Interval(Integral, 0)],
+        "lr_step_every": [Interval(Integral, 1)],
+        "lr_step_factor": [Interval(Real, 0, 1, closed="right")],
         "momentum": [Interval(Real, 0, 1, closed="left")],
         "batch_size": [Interval(Integral, 1)],
-        "max_epochs": [Interval(Integral, 1)],
+        "max_epochs": [Interval(Integral, 1, MAX_EPOCHS)],
         "weight_decay": [Interval(Real, 0)],
         "n_networks": [Interval(Integral, 1, 64)],
         "mixup": [Interval(Real, 0, 100)],
@@ -164,7 +205,7 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
 
     # --- fitting ------------------------------------------------------------------------------
 
-    def fit(self, X, y, *, X_val=None, y_val=None, callback=None):
+    def fit(self, X, y, *, X_val=None, y_val=None, callback=None, networks=None):
         """Train on ``X`` (n_samples, n_features) and labels ``y`` (n_samples,).
 
         Parameters
@@ -179,6 +220,11 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         callback : callable, optional
             Called after every epoch of every network with that epoch's history row (and, for an
             ensemble, ``row["network"]``: 1 to ``n_networks``).
+        networks : sequence of int, optional
+            Train only these networks of the ensemble (0-based), exactly as they are trained in the
+            whole of it: one ensemble can be trained in parts on several workers and put together
+            with :meth:`join` (``esc50ann.evaluate`` does, to keep every core busy). Without
+            early stopping only: with it, the parts would stop at different epochs.
 
         Returns
         -------
@@ -194,6 +240,7 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         if self.early_stopping and X_val is None:
             X, y, X_val, y_val = self._validation_split(X, y)
         y_idx = np.searchsorted(self.classes_, y)
+        self._check_memory([X.shape[1], *self.hidden_layer_sizes, len(self.classes_)], dtype)
 
         if self.standardize:
             self.mean_ = X.mean(axis=0, dtype=np.float64)
@@ -212,39 +259,77 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
             Yv = np.eye(len(self.classes_), dtype=dtype)[self._encode(y_val, len(Xv))]
 
         rng = self._rng()
-        self.networks_, seeds = [], None
-        for k in range(self.n_networks):
-            if k > 0:  # drawn after the first network trained, so it is the same as a lone network
-                seeds = rng.integers(2**63, size=self.n_networks) if seeds is None else seeds
-                rng = np.random.default_rng(seeds[k])
-            net, history, best_epoch = self._fit_network(Xs, Y, Xv, Yv, dtype, rng, _numbered(callback, k + 1))
-            self.networks_.append(net)
-            if k == 0:
-                self.history_, self.best_epoch_ = history, best_epoch
+        everyone = self._new_networks(Xs.shape[1], Y.shape[1], dtype, rng)
+        numbers = list(range(self.n_networks)) if networks is None else sorted(set(map(int, networks)))
+        if not numbers or not set(numbers) <= set(range(self.n_networks)):
+            raise ConfigError(f"networks must be some of 0 to {self.n_networks - 1} (got {networks!r})")
+        if len(numbers) < self.n_networks and Xv is not None and self.patience is not None:
+            raise ConfigError("networks: an ensemble with early stopping trains as a whole")
+        stack = MLPStack([everyone[j] for j in numbers])
+        del everyone
+        if self.n_networks > 1 and callback is not None:  # rows say which network of the whole ensemble
+            callback = _numbered(callback, numbers)
+        optimizer = make_optimizer(self.solver, self.learning_rate, weight_decay=self.weight_decay,
+                                   momentum=self.momentum)
+        schedule = LRSchedule(self.lr_schedule, epochs=self.max_epochs, warmup_epochs=self.warmup_epochs,
+                              floor=self.lr_floor, step_every=self.lr_step_every, step_factor=self.lr_step_factor)
+        self.histories_, self.best_epochs_ = train(
+            stack, Xs, Y, optimizer=optimizer, batch_size=self.batch_size, max_epochs=self.max_epochs,
+            rng=rng, mixup=self.mixup, schedule=schedule, X_val=Xv, Y_val=Yv,
+            patience=self.patience if Xv is not None else None, callback=callback, verbose=bool(self.verbose))
+        if self.n_networks > 1:
+            for j, history in zip(numbers, self.histories_):
+                for row in history:
+                    row["network"] = j + 1
+        self.networks_ = stack.networks()
+        self.history_, self.best_epoch_ = self.histories_[0], self.best_epochs_[0]
         self.n_iter_ = len(self.history_)
         return self
+
+    @classmethod
+    def join(cls, parts):
+        """One fitted ensemble from ``parts``: models of the same params and training data that
+        each trained some of its networks (``fit(..., networks=...)``), in network order."""
+        model = cls(**parts[0].get_params())
+        for name in ("classes_", "n_features_in_", "mean_", "scale_", "feature_names_in_"):
+            if hasattr(parts[0], name):
+                setattr(model, name, getattr(parts[0], name))
+        model.networks_ = [net for part in parts for net in part.networks_]
+        model.histories_ = [h for part in parts for h in part.histories_]
+        model.best_epochs_ = [e for part in parts for e in part.best_epochs_]
+        model.history_, model.best_epoch_, model.n_iter_ = model.histories_[0], model.best_epochs_[0], parts[0].n_iter_
+        return model
 
     @property
     def network_(self):
         """The (first) network; ``networks_`` holds all ``n_networks``."""
         return self.networks_[0]
 
-    def _fit_network(self, Xs, Y, Xv, Yv, dtype, rng, callback):
-        """One network trained on the standardised rows: ``(network, history, best_epoch)``."""
-        sizes = [Xs.shape[1], *self.hidden_layer_sizes, Y.shape[1]]
+    def _check_memory(self, sizes, dtype) -> None:
+        """Refuse up front an ensemble that cannot fit in this machine's memory: the networks, their
+        gradients and optimizer state (they train together), and the float64 copies
+        ``predict_proba`` scores with. (Allocating it would succeed lazily and then swap, or be
+        killed by the kernel half-way.)"""
+        weights = sum(a * b + b for a, b in zip(sizes, sizes[1:])) + (sizes[0] if self.input_bias else 0)
+        need = weights * self.n_networks * (dtype.itemsize + 8 + _STATE.get(self.solver, 3) * dtype.itemsize)
+        memory = physical_memory()
+        if memory is not None and need > memory:
+            raise ModelError(f"network {sizes} x {self.n_networks} does not fit in memory ({weights:,} weights per "
+                             f"network: {need / 2**30:,.1f} GiB to train and score, this machine has "
+                             f"{memory / 2**30:,.1f} GiB): choose smaller hidden_layer_sizes or fewer n_networks")
+
+    def _new_networks(self, n_in, n_out, dtype, rng):
+        """The ``n_networks`` starting points. The first is drawn from ``rng`` as a lone network's
+        is, and ``rng`` then shuffles the rows for all of them; the others from its independent
+        children (``Generator.spawn``, which draws nothing from it)."""
+        sizes = [n_in, *self.hidden_layer_sizes, n_out]
         try:
-            net = MLP(sizes, self.activation, self.output, self.loss, bool(self.input_bias), dtype, rng)
+            return [MLP(sizes, self.activation, self.output, self.loss, bool(self.input_bias), dtype, g)
+                    for g in [rng, *rng.spawn(self.n_networks - 1)]]
         except MemoryError:
-            n = sum(a * b for a, b in zip(sizes, sizes[1:]))
-            raise ModelError(f"network {sizes} does not fit in memory ({n:,} weights): choose smaller "
-                             "hidden_layer_sizes") from None
-        optimizer = make_optimizer(self.solver, self.learning_rate, weight_decay=self.weight_decay,
-                                   momentum=self.momentum)
-        history, best_epoch = train(
-            net, Xs, Y, optimizer=optimizer, batch_size=self.batch_size, max_epochs=self.max_epochs, rng=rng,
-            mixup=self.mixup, X_val=Xv, Y_val=Yv, patience=self.patience if Xv is not None else None,
-            callback=callback, verbose=bool(self.verbose))
-        return net, history, best_epoch
+            n = sum(a * b for a, b in zip(sizes, sizes[1:])) * self.n_networks
+            raise ModelError(f"network {sizes} x {self.n_networks} does not fit in memory ({n:,} weights): "
+                             "choose smaller hidden_layer_sizes or fewer n_networks") from None
 
     def _validation_split(self, X, y):
         """``early_stopping``: a stratified, seeded hold-out of ``validation_fraction`` of the rows
@@ -338,7 +423,7 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
             networks=self.networks_, classes=self.classes_, params=params, mean=self.mean_, scale=self.scale_,
             class_names=None if names is None else [names[_plain(c)] for c in self.classes_],
             feature_names_in=getattr(self, "feature_names_in_", np.array([])).tolist() or None,
-            metadata=getattr(self, "metadata_", None), history=self.history_, best_epoch=self.best_epoch_))
+            metadata=getattr(self, "metadata_", None), histories=self.histories_, best_epochs=self.best_epochs_))
 
     @classmethod
     def load(cls, path):
@@ -363,7 +448,10 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         if saved.feature_names_in:
             model.feature_names_in_ = np.asarray(saved.feature_names_in, dtype=object)
         model.mean_, model.scale_ = saved.mean, saved.scale
-        model.history_, model.best_epoch_, model.n_iter_ = saved.history, saved.best_epoch, len(saved.history)
+        model.histories_ = saved.histories
+        model.best_epochs_ = saved.best_epochs or [None] * len(saved.histories)
+        model.history_, model.best_epoch_ = model.histories_[0], model.best_epochs_[0]
+        model.n_iter_ = len(model.history_)
         if saved.class_names is not None:
             model.class_names_ = saved.class_names
         if saved.metadata is not None:
@@ -377,11 +465,9 @@ def default_params() -> dict:
             if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
-def _numbered(callback, network):
-    """``callback`` told which network of an ensemble an epoch row belongs to (from the second on)."""
-    if callback is None or network == 1:
-        return callback
-    return lambda row: callback({**row, "network": network})
+def _numbered(callback, numbers):
+    """``callback`` given rows numbered by network of the whole ensemble (``numbers``: 0-based)."""
+    return lambda row: callback({**row, "network": numbers[row.get("network", 1) - 1] + 1})
 
 
 def _float64(net):

@@ -43,15 +43,20 @@ ARCHITECTURE = {
 }
 ARCHITECTURE_OPTIONAL = {"n_networks": [Interval(Integral, 1, 64)]}
 # Fields added after the format was fixed, with the value that reproduces what a file written
-# before them means (one network, no mixing). Every other param must be in the header.
-ADDED = {"architecture": {"n_networks": 1}, "params": {"n_networks": 1, "mixup": 0.0}}
+# before them means (one network, no mixing, a constant learning rate). Every other param must be
+# in the header.
+ADDED = {"architecture": {"n_networks": 1},
+         "params": {"n_networks": 1, "mixup": 0.0, "lr_schedule": "constant", "lr_floor": 0.0, "warmup_epochs": 0,
+                    "lr_step_every": 10, "lr_step_factor": 0.1}}
 _CLASS_NAME_PAIR = ListOf(InstanceOf(str, int, float, description="a label"), min_len=2, max_len=2)
 # Optional header fields: absent or null is fine, anything else must look like this.
 OPTIONAL = {
     "classes_dtype": [InstanceOf(str), None],
     "feature_names_in": [ListOf(InstanceOf(str)), None],
     "class_names": [ListOf(_CLASS_NAME_PAIR), None],  # [[label, name], ...]
-    "history": [ListOf(InstanceOf(dict)), None],
+    "histories": [ListOf(ListOf(InstanceOf(dict))), None],  # per network
+    "best_epochs": [ListOf(Interval(Integral, 0)), None],
+    "history": [ListOf(InstanceOf(dict)), None],  # files before "histories": the first network's only
     "best_epoch": [Interval(Integral, 0), None],
     "metadata": [InstanceOf(dict), None],
 }
@@ -73,8 +78,8 @@ class SavedModel:
     class_names: list[str] | None = None
     feature_names_in: list[str] | None = None
     metadata: dict | None = None
-    history: list[dict] = field(default_factory=list)
-    best_epoch: int | None = None
+    histories: list[list[dict]] = field(default_factory=list)  # per network
+    best_epochs: list[int] | None = None
 
 
 def save(path, model: SavedModel) -> Path:
@@ -99,8 +104,8 @@ def save(path, model: SavedModel) -> Path:
         "class_names": None if model.class_names is None else
                        [[_plain(c), str(n)] for c, n in zip(classes, model.class_names)],
         "metadata": model.metadata,
-        "history": model.history,
-        "best_epoch": model.best_epoch,
+        "histories": model.histories,
+        "best_epochs": model.best_epochs,
     }
     return write(path, arrays, header)
 
@@ -127,7 +132,9 @@ def load(path) -> SavedModel:
         networks=networks, classes=classes, params={**ADDED["params"], **header["params"]},
         mean=arrays["mean"] if arch["standardize"] else None, scale=arrays["scale"] if arch["standardize"] else None,
         class_names=class_names, feature_names_in=header.get("feature_names_in") or None,
-        metadata=header.get("metadata"), history=header.get("history") or [], best_epoch=header.get("best_epoch"))
+        metadata=header.get("metadata"),
+        histories=header.get("histories") or [header.get("history") or []],
+        best_epochs=header.get("best_epochs") or (None if header.get("best_epoch") is None else [header["best_epoch"]]))
 
 
 def _plain(label):
@@ -147,11 +154,8 @@ def write(path, arrays: dict[str, np.ndarray], header: dict) -> Path:
         if np.issubdtype(np.asarray(array).dtype, np.floating) and not np.isfinite(array).all():
             raise ModelError(f"{path}: refusing to save non-finite values in {name!r} (training diverged)")
     arrays = {**arrays, "header": np.frombuffer(text.encode("utf-8"), dtype=np.uint8)}
-    try:
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)  # a file object, so numpy does not append ".npz"
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot write the model ({one_line(exc)})") from None
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a full disk etc.: one line naming path
+        np.savez(fh, **arrays)  # a file object, so numpy does not append ".npz"
     return path
 
 

@@ -10,6 +10,8 @@ constraint of its list accepts it. The error names the key and says what it must
     # ConfigError: n_mels must be an integer >= 1 (got 0)
 
 A ``bool`` is never taken for a number (``True`` is an ``int`` in Python, not in a config file).
+The same vocabulary describes the JSON files the package reads back (``Document``): their shape
+is checked in one place per kind of file before any field is used.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import numpy as np
 
 from esc50ann.errors import ConfigError
 
-__all__ = ["Interval", "Options", "Boolean", "InstanceOf", "ListOf", "Pattern", "validate",
+__all__ = ["Interval", "Options", "Boolean", "InstanceOf", "ListOf", "DictOf", "Pattern", "Document", "validate",
            "reject_unknown", "Integral", "Real"]
 
 
@@ -132,6 +134,63 @@ class Pattern:
 
     def __str__(self) -> str:
         return self.description
+
+
+class DictOf:
+    """A mapping (a JSON object) of string keys to values that one of ``values`` accepts (a
+    constraint, or None for the value None)."""
+
+    def __init__(self, *values, description: str | None = None):
+        self.values, self.description = values, description
+
+    def accepts(self, value) -> bool:
+        return isinstance(value, dict) and all(isinstance(k, str) and any(_accepts(c, v) for c in self.values)
+                                               for k, v in value.items())
+
+    def __str__(self) -> str:
+        return self.description or f"an object whose values are each {_describe(self.values)}"
+
+
+class Document:
+    """A JSON object of a known shape: ``required`` keys (each must be present) and ``optional`` ones
+    (may be absent), each ``key -> [constraint, ...]`` as ``validate`` takes them; other keys are
+    allowed. Every JSON file the package reads back declares one (a cache manifest, a task file,
+    a run's metrics, ...) and its reader checks it with ``problem`` before using any field.
+
+    Nest them for objects inside objects: ``Document({"name": [InstanceOf(str)]})``.
+    """
+
+    def __init__(self, required: dict[str, list], optional: dict[str, list] | None = None, *,
+                 description: str = "an object"):
+        self.required, self.optional, self.description = required, optional or {}, description
+
+    def problem(self, doc) -> str | None:
+        """What is wrong with ``doc`` in one line (the first thing found), or None."""
+        if not isinstance(doc, dict):
+            return f"expected {self.description}, got {_json_type(doc)}"
+        missing = [key for key in self.required if key not in doc]
+        if missing:
+            return f"no {missing[0]!r}"
+        try:
+            validate(doc, {**self.required, **self.optional})
+        except ConfigError as exc:
+            return str(exc)
+        return None
+
+    def accepts(self, value) -> bool:
+        return self.problem(value) is None
+
+    def __str__(self) -> str:
+        return self.description
+
+
+def _json_type(value) -> str:
+    """The JSON name of a parsed value's type ("an array", "a string", ...)."""
+    for kind, name in ((bool, "a boolean"), (dict, "an object"), (list, "an array"), (str, "a string"),
+                       ((int, float), "a number"), (type(None), "null")):
+        if isinstance(value, kind):
+            return name
+    return f"a {type(value).__name__}"
 
 
 def _accepts(constraint, value) -> bool:

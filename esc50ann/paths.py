@@ -23,6 +23,8 @@ from urllib.parse import urlparse
 
 import platformdirs
 
+from esc50ann.errors import Esc50Error
+
 DATA_DIR_ENV = "ESC50ANN_DATA_DIR"
 APP_NAME = "esc50ann"
 RECORD = "dataset.json"
@@ -31,10 +33,24 @@ DATASET_FOLDER = "ESC-50-master"
 
 
 def data_dir(path: str | Path | None = None) -> Path:
-    """The data root: ``path``, else ``$ESC50ANN_DATA_DIR``, else :func:`default_data_dir`."""
+    """The data root: ``path``, else ``$ESC50ANN_DATA_DIR``, else :func:`default_data_dir`.
+
+    Raises
+    ------
+    Esc50Error
+        The path, or a folder it lies in, is a file.
+    """
     if path in (None, ""):
         path = os.environ.get(DATA_DIR_ENV) or default_data_dir()
-    return Path(path).expanduser()
+    path = Path(path).expanduser()
+    for folder in (path, *path.parents):  # refused here, not as an errno text at the first write
+        if folder.exists():
+            if not folder.is_dir():
+                what = "the data root is a file" if folder == path else f"it lies in {folder}, a file"
+                raise Esc50Error(f"{path}: {what}, not a folder; choose another with --data-dir or "
+                                 f"${DATA_DIR_ENV}")
+            break
+    return path
 
 
 def default_data_dir() -> Path:

@@ -33,7 +33,7 @@ from esc50ann import features as features_mod
 from esc50ann.config import PipelineConfig
 from esc50ann.dataset import Dataset
 from esc50ann.errors import DatasetError, Esc50Error
-from esc50ann.evaluate import CVResult, cross_validate, fit_fold
+from esc50ann.evaluate import CVResult, cross_validate, fit_splits
 from esc50ann.features import FeatureSet
 from esc50ann.model import ANNClassifier
 from esc50ann import report as report_mod
@@ -154,10 +154,12 @@ class Pipeline:
             cv = cross_validate(
                 np.asarray(feats.X), feats.dataset, self.config.estimator_params(), folds=folds,
                 validation=evaluation.validation, refit=evaluation.refit,
-                n_jobs=n_jobs or evaluation.n_jobs, progress=self.progress, verbose=self.verbose,
+                n_jobs=evaluation.n_jobs if n_jobs is None else n_jobs, progress=self.progress, verbose=self.verbose,
                 X_aug=None if feats.X_aug is None else np.asarray(feats.X_aug))
         self._note("cross_validation", f"accuracy {100 * cv.accuracy_mean:.1f} % ± {100 * cv.accuracy_std:.1f} "
                                        f"over folds {','.join(map(str, cv.folds))}")
+        for line in cv.warnings:
+            progress_mod.warn(line)
         return cv
 
     def report(self, cv: CVResult, out=None, *, force: bool = False) -> RunResult:
@@ -190,6 +192,9 @@ class Pipeline:
 
         Validation and refit work as in cross-validation; for the final model the last listed
         fold drives early stopping (when the pipeline uses it) and the refit then uses every clip.
+        An ensemble trains in parts on ``[evaluation] n_jobs`` worker processes (as a fold of
+        cross-validation does), every part with one BLAS thread; a lone network in this process,
+        with one BLAS thread too (``esc50ann.parallel``).
         The model's ``metadata_`` carries what ``esc50ann predict`` needs (feature configuration,
         class names) and, with a test fold, its accuracy there.
         """
@@ -200,11 +205,14 @@ class Pipeline:
         else:
             split = folds_mod.split(dataset, test_fold, evaluation.validation)
         with self._timed("train"):
-            result = fit_fold(np.asarray(feats.X), dataset.targets, split, self.config.estimator_params(),
-                              refit=evaluation.refit, callback=self._epoch_callback(test_fold),
-                              X_aug=None if feats.X_aug is None else np.asarray(feats.X_aug))
+            (result,) = fit_splits(np.asarray(feats.X), dataset.targets, [split], self.config.estimator_params(),
+                                   refit=evaluation.refit, n_jobs=evaluation.n_jobs, progress=self.progress,
+                                   verbose=self.verbose,
+                                   X_aug=None if feats.X_aug is None else np.asarray(feats.X_aug))
         self._note("train", f"{split.train.size + split.val.size} clips" + (
             f", test fold {test_fold} accuracy {100 * result.accuracy:.1f} %" if test_fold is not None else ""))
+        for line in result.warnings:
+            progress_mod.warn(line)
         names = dataset.names_by_target
         result.model.class_names_ = [names[int(c)] for c in result.model.classes_]
         result.model.metadata_ = {**self.model_metadata(), "test_fold": test_fold,
@@ -241,14 +249,6 @@ class Pipeline:
             except FileExistsError:
                 continue
         raise Esc50Error(f"{base}: too many runs with this name and time stamp")
-
-    def _epoch_callback(self, fold):
-        """Per-epoch lines for a single model's training (``verbose``)."""
-        if not (self.progress and self.verbose):
-            return None
-        total = self.config.estimator_params()["max_epochs"]
-        label = "final model" if fold is None else f"fold {fold}"
-        return lambda row: progress_mod.note(progress_mod.epoch_line(label, row, total))
 
     def _note(self, stage: str, result: str) -> None:
         """The stage's line: what it gave and how long it took."""

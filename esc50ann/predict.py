@@ -240,8 +240,13 @@ def predict_files(model_path, inputs, *, top: int = 5, hop: float | None = None,
     """
     if not (isinstance(top, int) and top >= 1):
         raise Esc50Error(f"top {top!r}: must be an integer >= 1")
+    from threadpoolctl import threadpool_limits
+
     predictor = Predictor(model_path, hop=hop, min_confidence=min_confidence)
-    return [predictor.predict(path, top=top) for path in find_inputs(inputs)]
+    # A recording is a few windows: products of a few rows, where BLAS threads only cost
+    # (they spin, and fight other work for the cores). One thread, as every training task has.
+    with threadpool_limits(limits=1):
+        return [predictor.predict(path, top=top) for path in find_inputs(inputs)]
 
 
 def format_predictions(results: list[Prediction], fmt: str = "table", *, per_window: bool = False) -> str:

@@ -4,8 +4,8 @@ On a terminal long steps draw ``tqdm`` bars on stderr; in a Jupyter kernel they 
 (``tqdm.notebook``) when ``ipywidgets`` is installed. Anywhere else -- a CI log, ``2> file``, a
 notebook without ``ipywidgets``, where text bars with carriage returns and cursor moves would pile
 up as hundreds of lines in the cell's output -- nothing draws bars; the pipeline prints one line
-per stage with its time and result instead (``note``). ``quiet`` keeps only errors and the final
-summary, ``verbose`` adds a line per training epoch.
+per stage with its time and result instead (``note``). ``quiet`` keeps only errors, warnings
+(``warn``) and the final summary, ``verbose`` adds a line per training epoch.
 """
 from __future__ import annotations
 
@@ -60,3 +60,9 @@ def note(message: str, *, enabled: bool = True) -> None:
     """One line on stderr (through tqdm, so it does not break a bar being drawn)."""
     if enabled:
         tqdm.write(message, file=sys.stderr)
+
+
+def warn(message: str) -> None:
+    """``esc50ann: warning: message`` on stderr, shown even with ``quiet`` (it may change what a
+    figure means)."""
+    tqdm.write(f"esc50ann: warning: {message}", file=sys.stderr)

@@ -134,8 +134,13 @@ def n_frames(config: FeatureConfig, sample_rate: int) -> int:
 
 
 def feature_shape(config: FeatureConfig, sample_rate: int = 44100) -> tuple[int]:
-    """(n_features,) for clips at ``sample_rate`` (ignored when the config fixes the rate)."""
-    return (len(feature_names(config, sample_rate=sample_rate)),)
+    """(n_features,) for clips at ``sample_rate`` (ignored when the config fixes the rate): as many
+    as ``feature_names`` names, counted without naming them."""
+    layout = planes(config)
+    per_band = (len(audio.STATS) if config.representation == "stats"
+                else math.ceil(n_frames(config, sample_rate) / config.time_pool))
+    return (sum(bands for _, bands, _ in layout) * per_band
+            + sum(bands for _, bands, modulated in layout if modulated) * len(config.modulation),)
 
 
 def feature_names(config: FeatureConfig, sample_rate: int = 44100) -> list[str]:
@@ -170,10 +175,16 @@ def signal_features(y: np.ndarray, sr: int, config: FeatureConfig, *, augmented:
     once by the parent of worker processes; others are built (and cached) here.
     """
     shifted = augmented and bool(config.pitch_shifts)
-    S = audio.log_mel(y, sr, n_fft=config.n_fft, hop_length=config.hop_length, n_mels=config.n_mels,
-                      fmin=config.fmin, fmax=config.fmax, top_db=config.top_db,
-                      semitones=(0.0, *config.pitch_shifts) if shifted else None,
-                      basis=(filterbanks or {}).get((sr, shifted)))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # huge samples: see below
+        S = audio.log_mel(y, sr, n_fft=config.n_fft, hop_length=config.hop_length, n_mels=config.n_mels,
+                          fmin=config.fmin, fmax=config.fmax, top_db=config.top_db,
+                          semitones=(0.0, *config.pitch_shifts) if shifted else None,
+                          basis=(filterbanks or {}).get((sr, shifted)))
+    if not np.isfinite(S).all():
+        # Finite samples whose power overflows float32 (|x| ~ 1e19 and more): no feature means
+        # anything. The callers' finiteness checks name the file; librosa would raise on these.
+        n = feature_shape(config, sr)[0] * (1 + len(config.pitch_shifts) if shifted else 1)
+        return np.full(n, np.nan, np.float32)
     if not shifted:
         return _describe(S, sr, config)
     return np.concatenate([_describe(S_db, sr, config) for S_db in S])

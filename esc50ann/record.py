@@ -7,7 +7,7 @@
 ``layout`` (``esc50ann.layouts.Layout.to_record``) is written for datasets other than ESC-50 only:
 a record without one is ESC-50's, so ESC-50's records stay as they always were.
 
-``read`` checks the shape of the file before anything uses it (a damaged or forged record is one
+``read`` checks the shape of the file (``RECORD``) before anything uses it (a damaged or forged record is one
 ``DatasetError``); ``write`` replaces it atomically.
 """
 from __future__ import annotations
@@ -19,10 +19,33 @@ from pathlib import Path
 from esc50ann import layouts
 from esc50ann.errors import DatasetError, one_line
 from esc50ann.fileio import write_text
+from esc50ann.params import DictOf, Document, InstanceOf, Integral, Interval, ListOf, Options
 from esc50ann.paths import record_path
 from esc50ann.verify import fingerprints
 
-_KEYS = ("source", "root", "verified_at", "n_clips", "files")
+# The shape of dataset.json, checked before any field is used.
+RECORD = Document({
+    "source": [InstanceOf(str)],
+    "root": [InstanceOf(str)],
+    "verified_at": [InstanceOf(str)],
+    "n_clips": [Interval(Integral, 0)],
+    "files": [DictOf(InstanceOf(str), description="an object of file names and their SHA-256")],
+}, {
+    "archive_sha256": [InstanceOf(str), None],
+    "stats": [DictOf(ListOf(Interval(Integral), min_len=2, max_len=2), None,
+                     description="an object of file names and their [size, mtime_ns]")],
+    "layout": [Document({
+        "kind": [Options(*layouts.KINDS)],
+        "root": [InstanceOf(str)],
+        "audio_dir": [InstanceOf(str)],
+        "metadata": [InstanceOf(str), None],
+        "columns": [Document({}, {role: [InstanceOf(str)] for role in layouts.ROLES},
+                             description="an object of column names")],
+        "split": [InstanceOf(str), None],
+        "n_folds": [Interval(Integral, 2), None],
+        "group_pattern": [InstanceOf(str), None],
+    }, description="an object (esc50ann.layouts.Layout.to_record)")],
+}, description="an object (what the dataset stage verified)")
 
 
 def read(data_dir: Path) -> dict | None:
@@ -31,7 +54,7 @@ def read(data_dir: Path) -> dict | None:
     Raises
     ------
     DatasetError
-        The file exists but is damaged or of the wrong shape.
+        The file exists but is damaged or of the wrong shape (``RECORD``).
     """
     path = record_path(data_dir)
     try:
@@ -40,35 +63,13 @@ def read(data_dir: Path) -> dict | None:
         return None
     except (OSError, ValueError) as e:
         raise DatasetError(f"{path}: damaged ({one_line(e)}); run `esc50ann download` again") from None
-    if not _well_formed(record):
-        raise DatasetError(f"{path}: damaged (expected an object with string source and root and files "
-                           f"mapping names to checksums); run `esc50ann download` again")
+    problem = RECORD.problem(record)
+    kind = (record.get("layout") or {}).get("kind") if not problem else None
+    if kind in (layouts.URBANSOUND8K, layouts.CSV) and not {"file", "label"} <= set(record["layout"]["columns"]):
+        problem = f"layout {kind!r} names no file and label columns"
+    if problem:
+        raise DatasetError(f"{path}: damaged ({problem}); run `esc50ann download` again")
     return record
-
-
-def _well_formed(record) -> bool:
-    if not isinstance(record, dict) or any(k not in record for k in _KEYS):
-        return False
-    files, stats = record["files"], record.get("stats", {})
-    return (isinstance(record["source"], str) and isinstance(record["root"], str) and isinstance(files, dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())
-            and isinstance(stats, dict)
-            and all(v is None or (isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v))
-                    for v in stats.values())
-            and isinstance(record.get("archive_sha256") or "", str)
-            and ("layout" not in record or _layout_well_formed(record["layout"])))
-
-
-def _layout_well_formed(doc) -> bool:
-    def path(v, optional=False):
-        return (optional and v is None) or isinstance(v, str)
-    return (isinstance(doc, dict) and set(doc) == {"kind", "root", "audio_dir", "metadata", "columns", "split",
-                                                    "n_folds", "group_pattern"}
-            and doc["kind"] in layouts.KINDS and path(doc["root"]) and path(doc["audio_dir"])
-            and path(doc["metadata"], True) and path(doc["split"], True) and path(doc["group_pattern"], True)
-            and isinstance(doc["columns"], dict)
-            and all(k in layouts.ROLES and isinstance(v, str) for k, v in doc["columns"].items())
-            and (doc["n_folds"] is None or type(doc["n_folds"]) is int))
 
 
 def layout(record: dict) -> layouts.Layout:

@@ -30,6 +30,7 @@ from esc50ann.errors import Esc50Error, one_line
 from esc50ann.evaluate import CVResult
 from esc50ann.fileio import atomic_path, json_default, write_text
 from esc50ann.layouts import NAMES
+from esc50ann.params import DictOf, Document, InstanceOf, Integral, Interval, ListOf, Real
 
 
 def predictions_table(cv: CVResult, dataset: Dataset) -> pd.DataFrame:
@@ -116,6 +117,9 @@ def metrics(cv: CVResult, per_class: pd.DataFrame, *, pipeline: dict[str, Any],
         "validation_folds": {str(k): f.val_fold for k, f in cv.folds.items()},
         "best_epochs": {str(k): f.best_epoch for k, f in cv.folds.items()},
         "most_confused": [list(pair) for pair in confused],
+        # per fold and network: the training loss at the kept epoch against its minimum
+        "training_stability": {str(k): f.stability for k, f in cv.folds.items()},
+        "warnings": cv.warnings,
         "pipeline": pipeline,
         "config_hash": config_hash(pipeline),
         "versions": provenance.versions("numpy", "librosa", "scikit-learn"),
@@ -143,11 +147,25 @@ def settings_lines(metrics: dict[str, Any]) -> list[str]:
         + f" ({'x'.join(map(str, metrics.get('feature_shape', [])))})",
         f"- network: {m.get('hidden_layer_sizes')} {m.get('activation')}, {m.get('output')} output, "
         f"{m.get('loss')} loss, input bias {m.get('input_bias')}",
-        f"- training: {t.get('solver')}, learning rate {t.get('learning_rate')}, batch {t.get('batch_size')}, "
+        f"- training: {t.get('solver')}, learning rate {t.get('learning_rate')} ({_schedule(t)}), "
+        f"batch {t.get('batch_size')}, "
         f"{t.get('max_epochs')} epochs max, weight decay {t.get('weight_decay')}, patience {t.get('patience')}",
         f"- evaluation: validation {e.get('validation')}, refit {e.get('refit')}; seed {metrics.get('seed')}; "
         f"finished {metrics.get('finished', '?')}",
     ]
+
+
+def _schedule(t: dict[str, Any]) -> str:
+    """The learning-rate schedule of a [training] section, in words."""
+    kind = t.get("lr_schedule", "constant")
+    words = {"cosine": "cosine decay", "linear": "linear decay", "step": "step decay"}.get(kind, kind)
+    if kind in ("cosine", "linear"):
+        words += f" to {t.get('lr_floor', 0.0):g}x"
+    elif kind == "step":
+        words += f" x{t.get('lr_step_factor'):g} every {t.get('lr_step_every')} epochs"
+    if t.get("warmup_epochs"):
+        words += f", {t['warmup_epochs']} warm-up epochs"
+    return words
 
 
 def summary(metrics: dict[str, Any], per_class: pd.DataFrame) -> str:
@@ -160,6 +178,8 @@ def summary(metrics: dict[str, Any], per_class: pd.DataFrame) -> str:
              "(mean ± sample standard deviation over test folds)"]
     if "macro_f1" in metrics:
         lines.append(f"macro-F1 {100 * metrics['macro_f1']:.1f} %; chance {100 * metrics['chance']:.1f} %")
+    if metrics.get("warnings"):
+        lines += ["", "## Warnings", "", *(f"- {w}" for w in metrics["warnings"])]
     lines += ["", "## Settings", "", *settings_lines(metrics),
               "", "| fold | " + " | ".join(metrics["fold_accuracy"]) + " |",
               "|---|" + "---|" * len(metrics["fold_accuracy"]),
@@ -244,6 +264,8 @@ def html_page(metrics: dict[str, Any], per_class: pd.DataFrame, run_dir: Path,
             data = base64.b64encode(path.read_bytes()).decode("ascii")
             images += f'<figure><img alt="{esc(title)}" src="data:image/png;base64,{data}"><figcaption>{esc(title)}</figcaption></figure>'
     settings = "".join(f"<li>{esc(line[2:])}</li>" for line in settings_lines(metrics))
+    warnings = "".join(f"<li>{esc(w)}</li>" for w in metrics.get("warnings", []))
+    warnings = f'<h2>Warnings</h2><ul id="warnings">{warnings}</ul>' if warnings else ""
     f1 = (f"<p>macro-F1 {100 * metrics['macro_f1']:.1f} % · chance {100 * metrics['chance']:.1f} %</p>"
           if "macro_f1" in metrics else "")
     return f"""<!DOCTYPE html>
@@ -255,15 +277,17 @@ th {{ background: #eef; }} .big {{ font-size: 1.6em; font-weight: bold; }} img {
 </style></head><body>
 <h1>{name}: cross-validation over {len(metrics["folds"])} test folds, {metrics["n_clips"]} test clips</h1>
 <p class="big" id="accuracy">Accuracy {100 * metrics["accuracy_mean"]:.1f} % ± {100 * metrics["accuracy_std"]:.1f}</p>
-{f1}<h2>Settings</h2><ul>{settings}</ul>
+{f1}{warnings}<h2>Settings</h2><ul>{settings}</ul>
 <h2>Per fold</h2><table id="folds"><tr><th>test fold</th><th>accuracy</th></tr>{folds}</table>
 <h2>Per class (worst first)</h2>
 <table id="per-class"><tr><th>category</th><th>correct / total</th><th>accuracy (recall)</th><th>precision</th><th>F1</th></tr>{rows}</table>
 <h2>Most confused pairs</h2>
 <table id="confused"><tr><th>true</th><th>predicted as</th><th>clips</th></tr>{confused}</table>
-<h2>Misclassified clips (most confident first)</h2>
-<table id="misclassified"><tr><th>clip</th><th>fold</th><th>true</th><th>predicted</th><th>probability</th><th>listen</th></tr>{wrong}</table>
 <h2>Images</h2>{images}
+<h2>Misclassified clips</h2>
+<details><summary>{wrong.count("<tr>")} clips, most confident mistake first: open to list and listen</summary>
+<table id="misclassified"><tr><th>clip</th><th>fold</th><th>true</th><th>predicted</th><th>probability</th><th>listen</th></tr>{wrong}</table>
+</details>
 </body></html>
 """
 
@@ -297,30 +321,42 @@ def plot_confusion(confusion: pd.DataFrame, *, normalize: bool = False):
 
 
 def plot_learning_curves(cv: CVResult):
-    """Loss and accuracy per epoch, one colour per fold; solid: training, dashed: validation.
-    Returns a matplotlib ``Figure`` whose title says what was run."""
+    """Loss and accuracy per epoch, one colour per fold and a line per network of an ensemble
+    (the first solid, the others fainter); training solid, validation dashed; a dot marks the
+    epoch each network kept, and a cross one that ended on a spike of its training loss (the
+    report's warnings). Returns a matplotlib ``Figure`` whose title says what was run."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 4), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
     validated = False
-    for fold in cv.folds.values():
-        history = pd.DataFrame(fold.history)
-        if history.empty:
-            continue
-        for ax, train_col, val_col in ((loss_ax, "loss", "val_loss"), (acc_ax, "accuracy", "val_accuracy")):
-            line, = ax.plot(history["epoch"], history[train_col], label=f"fold {fold.test_fold} training")
-            if val_col in history and history[val_col].notna().any():
-                validated = True
-                ax.plot(history["epoch"], history[val_col], color=line.get_color(), linestyle="--",
-                        label=f"fold {fold.test_fold} validation (fold {fold.val_fold})")
+    for i, fold in enumerate(cv.folds.values()):
+        colour = f"C{i % 10}"
+        stability = {s["network"]: s for s in fold.stability}
+        for j, (rows, kept) in enumerate(zip(fold.histories, fold.best_epochs), start=1):
+            history = pd.DataFrame(rows)
+            if history.empty:
+                continue
+            style = {"color": colour, "alpha": 1.0 if j == 1 else 0.45, "linewidth": 1.4 if j == 1 else 0.8}
+            kept = int(kept or len(history))
+            marker = "X" if stability.get(j, {}).get("unstable") else "o"
+            for ax, train_col, val_col in ((loss_ax, "loss", "val_loss"), (acc_ax, "accuracy", "val_accuracy")):
+                label = None if j > 1 else f"fold {fold.test_fold} training" + (
+                    f" ({len(fold.histories)} networks)" if len(fold.histories) > 1 else "")
+                ax.plot(history["epoch"], history[train_col], label=label, **style)
+                ax.plot([kept], [history[train_col].iloc[kept - 1]], marker=marker, linestyle="none",
+                        markersize=6 if marker == "X" else 4, color=colour)
+                if val_col in history and history[val_col].notna().any():
+                    validated = True
+                    ax.plot(history["epoch"], history[val_col], linestyle="--",
+                            label=None if j > 1 else f"fold {fold.test_fold} validation (fold {fold.val_fold})", **style)
     for ax, label in ((loss_ax, "loss"), (acc_ax, "accuracy (training: running, over the epoch)")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     if not validated:
-        title = "Learning curves: training on every non-test fold (no validation fold)"
+        title = "Learning curves: training on every non-test fold (no validation fold); dot: the epoch kept"
     elif any(f.refitted for f in cv.folds.values()):
         title = "Learning curves with early stopping on a validation fold (before the refit on training + validation)"
     else:
@@ -435,42 +471,62 @@ def text_summary(metrics: dict[str, Any], folder: Path, *, n_worst: int = 5, n_p
     return "\n".join(lines) + "\n"
 
 
+# The shapes of metrics.json that are read back: a run's (``metrics``) and a sweep's
+# (``esc50ann.sweep``), as far as ``runs``, ``report`` and the summaries use them.
+_FRACTION = [Interval(Real, 0, 1)]
+RUN_METRICS = Document({
+    "pipeline": [Document({"name": [InstanceOf(str)]}, description="an object with a name")],
+    "folds": [ListOf(Interval(Integral))],
+    "accuracy_mean": _FRACTION, "accuracy_std": [Interval(Real, 0, None)],
+    "fold_accuracy": [DictOf(*_FRACTION, description="an object of folds and their accuracy")],
+}, {"finished": [InstanceOf(str)], "overrides": [InstanceOf(dict)], "config_hash": [InstanceOf(str)],
+    "per_class_accuracy": [DictOf(*_FRACTION)], "most_confused": [ListOf(ListOf(InstanceOf(str, int),
+                                                                              min_len=3, max_len=3))]},
+    description="a JSON object (a run's metrics)")
+SWEEP_METRICS = Document({
+    "sweep": [InstanceOf(str)], "folds": [ListOf(Interval(Integral))],
+    "nested_accuracy_mean": _FRACTION, "nested_accuracy_std": [Interval(Real, 0, None)],
+    "optimistic_accuracy_mean": _FRACTION,
+    "nested_fold_accuracy": [DictOf(*_FRACTION)], "chosen_configuration": [DictOf(InstanceOf(dict))],
+}, {"finished": [InstanceOf(str)], "nested_per_class_accuracy": [DictOf(*_FRACTION)]},
+    description="a JSON object (a sweep's metrics)")
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    """The ``metrics.json`` at ``path``, checked to be of a run's or a sweep's shape: the one
+    reader of metrics files.
+
+    Raises
+    ------
+    Esc50Error
+        Unreadable, not JSON, or of neither shape; the message names the file.
+    """
+    try:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:  # JSON errors and non-UTF-8 bytes are both ValueErrors
+        raise Esc50Error(f"{path}: damaged metrics file ({one_line(exc)})") from None
+    problem = (SWEEP_METRICS if isinstance(result, dict) and is_sweep(result) else RUN_METRICS).problem(result)
+    if problem is None and is_sweep(result) and not set(result["chosen_configuration"]) <= set(
+            result["nested_fold_accuracy"]):  # the summary reads the nested accuracy of each chosen fold
+        problem = "a chosen configuration for a fold without a nested accuracy"
+    if problem:
+        raise Esc50Error(f"{path}: damaged metrics file ({problem})")
+    return result
+
+
 def load_run(run_dir: Path) -> tuple[dict[str, Any], str]:
     """A finished run's (or sweep's) metrics and its Markdown report."""
     run_dir = Path(run_dir)
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.is_file():
         raise Esc50Error(f"{run_dir}: no metrics.json — not a finished run (interrupted, or not a run folder)")
-    try:
-        result = json.loads(metrics_path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as exc:  # JSON errors and non-UTF-8 bytes are both ValueErrors
-        raise Esc50Error(f"{metrics_path}: damaged metrics file ({one_line(exc)})") from None
-    if not isinstance(result, dict):
-        raise Esc50Error(f"{metrics_path}: damaged metrics file (not a JSON object)")
-    if not _well_formed(result):
-        raise Esc50Error(f"{metrics_path}: damaged metrics file (not the metrics of a run or a sweep)")
+    result = read_metrics(metrics_path)
     report_path = run_dir / "report.md"
     try:
         text = report_path.read_text(encoding="utf-8") if report_path.is_file() else ""
     except (ValueError, OSError) as exc:
         raise Esc50Error(f"{report_path}: damaged report ({one_line(exc)})") from None
     return result, text
-
-
-def _well_formed(result) -> bool:
-    """What ``runs`` and ``report`` read of a metrics file is there, of the right types."""
-    if not (isinstance(result, dict) and isinstance(result.get("folds"), list)
-            and isinstance(result.get("finished", ""), str)):
-        return False
-    if is_sweep(result):
-        keys = {"sweep": str, "nested_accuracy_mean": (int, float), "nested_accuracy_std": (int, float),
-                "optimistic_accuracy_mean": (int, float), "nested_fold_accuracy": dict,
-                "chosen_configuration": dict}
-    else:
-        keys = {"pipeline": dict, "accuracy_mean": (int, float), "accuracy_std": (int, float),
-                "fold_accuracy": dict}
-    return (all(isinstance(result.get(k), t) for k, t in keys.items())
-            and (is_sweep(result) or isinstance(result["pipeline"].get("name"), str)))
 
 
 def remember(data_dir: Path, folder: Path) -> None:
@@ -504,12 +560,13 @@ def list_runs(data_dir: Path) -> pd.DataFrame:
     for folder in _run_folders(data_dir):
         try:
             result, _ = load_run(folder)
-        except Esc50Error:
+            written = (folder / "metrics.json").stat().st_mtime_ns
+        except (Esc50Error, OSError, ValueError):  # damaged, gone, or a note naming no folder (a bad path)
             continue
         sweep = is_sweep(result)
         rows.append({
-            "finished": result.get("finished") or datetime.fromtimestamp((folder / "metrics.json").stat().st_mtime)
-            .astimezone().isoformat(timespec="seconds"),
+            "finished": result.get("finished") or datetime.fromtimestamp(written / 1e9).astimezone().isoformat(
+                timespec="seconds"),
             "kind": "sweep" if sweep else "run",
             "name": result["sweep"] if sweep else result["pipeline"]["name"],
             "folds": ",".join(map(str, result["folds"])),
@@ -517,7 +574,7 @@ def list_runs(data_dir: Path) -> pd.DataFrame:
             "settings": (f"over {result.get('base_pipeline')}" if sweep
                          else format_overrides(result.get("overrides") or {})),
             "config": "" if sweep else result.get("config_hash") or config_hash(result["pipeline"]),
-            "folder": str(folder), "written": (folder / "metrics.json").stat().st_mtime_ns})
+            "folder": str(folder), "written": written})
     columns = ["finished", "kind", "name", "folds", "accuracy", "settings", "config", "folder", "written"]
     runs = pd.DataFrame(rows, columns=columns)  # within one second of "finished", the file's time decides
     return runs.sort_values(["finished", "written"], ascending=False, ignore_index=True).drop(columns="written")

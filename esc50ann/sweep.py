@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -30,10 +31,11 @@ from esc50ann import features as features_mod
 from esc50ann import parallel
 from esc50ann import progress as progress_mod
 from esc50ann import report as report_mod
-from esc50ann.errors import Esc50Error
+from esc50ann.errors import Esc50Error, one_line
 from esc50ann import evaluate
-from esc50ann.fileio import json_default, sha256, write_text
+from esc50ann.fileio import json_default, make_folder, sha256, write_text
 from esc50ann.folds import split as split_folds
+from esc50ann.params import Document, Integral, Interval, ListOf, Real
 from esc50ann.pipeline import Pipeline
 from esc50ann.sweepfile import Sweep
 
@@ -191,15 +193,16 @@ def run(sweep: Sweep | str | Path, *, data_dir=None, source=None, out=None, n_jo
     """
     sweep = sweep if isinstance(sweep, Sweep) else Sweep.from_toml(sweep)
     cluster = cluster or sweep.cluster
+    parallel.check_cluster(cluster)  # before any work: nothing announced, no folder made
     base = Pipeline(sweep.base, data_dir=data_dir, source=source, progress=progress)
     dataset = base.download()
     out_dir = Path(out) if out else base.data_dir / "runs" / f"sweep-{sweep.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    (out_dir / "tasks").mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir / "tasks")
     folds = dataset.folds
     if len(folds) < 3:
         raise Esc50Error(f"nested cross-validation needs at least 3 folds; the metadata lists {folds}")
     tasks = tasks_for(len(sweep.configurations), folds)
-    done = {t: r for t in tasks if (r := _read_task(out_dir, sweep, t)) is not None}
+    done = {t: r for t in tasks if (r := _read_task(out_dir, sweep, t, dataset)) is not None}
     todo = [t for t in tasks if t not in done]
     progress_mod.note(f"sweep {sweep.name}: {len(sweep.configurations)} configurations x "
                       f"{len(tasks) // len(sweep.configurations)} splits = {len(tasks)} tasks "
@@ -228,12 +231,48 @@ def _task_path(out_dir: Path, sweep: Sweep, task: Task) -> Path:
     return out_dir / "tasks" / f"{sha256(what.encode())[:16]}.json"
 
 
-def _read_task(out_dir, sweep, task):
+_LABELS = [ListOf(Interval(Integral, 0)), None]
+# The shape of a task file (what ``run_task`` returns), checked before a resumed sweep uses it.
+TASK_FILE = Document({
+    "config": [Interval(Integral, 0)], "outer": [Interval(Integral)], "inner": [Interval(Integral), None],
+    "accuracy": [Interval(Real, 0, 1)], "seconds": [Interval(Real, 0)], "epochs": [Interval(Integral, 0)],
+    "test_index": _LABELS, "y_true": _LABELS, "y_pred": _LABELS,
+}, description="an object (a sweep task's result)")
+
+
+def _read_task(out_dir, sweep, task, dataset):
+    """The finished result of ``task`` in ``out_dir/tasks/``, or None to run it (again): none yet,
+    or one that is unreadable, of the wrong shape (``TASK_FILE``) or not of this task and these
+    clips -- said in a warning, as a damaged cache entry is."""
+    path = _task_path(out_dir, sweep, task)
+    if path.is_dir():  # said before any task runs, not when its result cannot be written
+        raise Esc50Error(f"{path}: is a folder, where a sweep task file belongs; move it away")
     try:
-        result = json.loads(_task_path(out_dir, sweep, task).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
         return None
-    return result if isinstance(result, dict) and "accuracy" in result and "y_true" in result else None
+    except (OSError, ValueError) as exc:
+        problem = f"unreadable ({one_line(exc)})"
+    else:
+        problem = TASK_FILE.problem(result) or _task_mismatch(result, task, dataset)
+    if problem:
+        warnings.warn(f"{path}: {problem}; running the task again", stacklevel=2)
+        return None
+    return result
+
+
+def _task_mismatch(result, task, dataset) -> str | None:
+    """What makes a well-formed task result not the result of ``task`` on ``dataset``, or None."""
+    if (result["config"], result["outer"], result["inner"]) != (task.config, task.outer, task.inner):
+        return "the result of another task"
+    if task.inner is None:
+        lists = [result[k] for k in ("test_index", "y_true", "y_pred")]
+        targets = set(dataset.targets.tolist())
+        if (any(v is None for v in lists) or len({len(v) for v in lists}) != 1
+                or any(i >= len(dataset) for i in lists[0])
+                or not set(lists[1]) | set(lists[2]) <= targets):
+            return "test predictions that do not fit the clips"
+    return None
 
 
 def _features(sweep, base, todo, runner) -> dict[int, tuple]:

@@ -25,10 +25,13 @@ from esc50ann.errors import ConfigError
 from esc50ann.params import InstanceOf, Integral, Interval, Options, reject_unknown, validate
 
 RANGES = ("loguniform", "uniform")
+# More configurations than any real search tries (each is a nested CV: folds x folds fits), and
+# refused before one is built: a grid of a million took over an hour just to set up.
+MAX_CONFIGURATIONS = 10_000
 _CONSTRAINTS = {
     "pipeline": [InstanceOf(str)],
     "mode": [Options("grid", "random")],
-    "n_samples": [Interval(Integral, 1), None],
+    "n_samples": [Interval(Integral, 1, MAX_CONFIGURATIONS), None],
     "seed": [Interval(Integral, 0)],
     "cluster": [InstanceOf(str), None],
     "name": [InstanceOf(str), None],
@@ -113,6 +116,9 @@ def _check_values(key, value, where):
     if isinstance(value, list):
         if not value:
             raise ConfigError(f"{where}: values.{key}: empty list, nothing to try")
+        if len(value) > MAX_CONFIGURATIONS:
+            raise ConfigError(f"{where}: values.{key}: {len(value):,} values, more than the {MAX_CONFIGURATIONS:,} "
+                              "configurations a sweep may have; split it into several sweep files")
         return value
     if isinstance(value, dict):
         kind, = value.keys() if len(value) == 1 else (None,)
@@ -131,6 +137,11 @@ def _grid(values, where) -> list[dict[str, Any]]:
     if ranges:
         raise ConfigError(f"{where}: values.{ranges[0]}: a range needs mode = \"random\" (a grid takes lists)")
     keys = list(values)
+    size = math.prod(len(values[k]) for k in keys)  # counted before anything is built
+    if size > MAX_CONFIGURATIONS:
+        raise ConfigError(f"{where}: the grid has {size:,} configurations ({' x '.join(str(len(values[k])) for k in keys)}), "
+                          f"more than the {MAX_CONFIGURATIONS:,} a sweep may have; try mode = \"random\" with "
+                          "n_samples, or split it into several sweep files")
     return [dict(zip(keys, combo)) for combo in itertools.product(*(values[k] for k in keys))]
 
 

@@ -1,13 +1,17 @@
-"""The mini-batch training loop for :class:`esc50ann.mlp.MLP`: epochs, validation, early stopping.
+"""The mini-batch training loop for the networks of :mod:`esc50ann.mlp`: epochs, validation,
+learning-rate schedule, early stopping, and the check that training ended where it was going.
 
     opt = make_optimizer("adam", learning_rate=1e-3)
-    history, best_epoch = train(net, X, Y, optimizer=opt, batch_size=32, max_epochs=50,
-                                rng=np.random.default_rng(0), X_val=Xv, Y_val=Yv, patience=10)
+    histories, best_epochs = train(net, X, Y, optimizer=opt, batch_size=32, max_epochs=50,
+                                   rng=np.random.default_rng(0), X_val=Xv, Y_val=Yv, patience=10,
+                                   schedule=LRSchedule("cosine", epochs=50))
 
-``Y`` holds target rows (one-hot for classification).  The loop shuffles from ``rng`` every epoch,
-so a run repeats exactly for a given seed.  The training accuracy in the history is the running
-accuracy of the epoch's own forward passes (each batch scored just before its update): free to
-compute, but a little behind the end-of-epoch weights.
+``net`` is an ``MLP`` or an ``MLPStack`` of ``k`` networks trained together on the same
+mini-batches (one history and one best epoch each). ``Y`` holds target rows (one-hot for
+classification). The loop shuffles from ``rng`` every epoch, so a run repeats exactly for a
+given seed. The training accuracy in the history is the running accuracy of the epoch's own
+forward passes (each batch scored just before its update): free to compute, but a little
+behind the end-of-epoch weights.
 """
 from __future__ import annotations
 
@@ -18,28 +22,37 @@ import numpy as np
 
 from esc50ann.errors import ModelError
 
-__all__ = ["score", "train", "run_epoch", "EarlyStopping"]
+__all__ = ["score", "train", "run_epoch", "EarlyStopping", "instability", "UNSTABLE_RATIO", "UNSTABLE_MARGIN"]
+
+# A network whose training loss at its kept epoch is more than UNSTABLE_RATIO times the lowest it
+# reached before, and more than UNSTABLE_MARGIN above it, ended on a spike of the loss: its
+# weights are not where training was going (the full ESC-50 folds at a constant learning rate:
+# 0.013, then 0.62 at the last epoch). The margin keeps a loss wobbling near zero -- 0.004 after
+# 0.0015 -- from counting: that costs nothing.
+UNSTABLE_RATIO = 2.0
+UNSTABLE_MARGIN = 0.02
 
 
 def score(net, X, Y, batch_size=2048):
-    """Mean loss and accuracy (argmax of output vs argmax of target) of ``net`` on ``(X, Y)``.
+    """Mean loss and accuracy (argmax of output vs argmax of target) of every network of ``net``
+    on ``(X, Y)``: two arrays of shape (n_networks,).
 
     Rows go through in chunks of ``batch_size`` so memory stays bounded on large sets.
     """
-    total, correct = 0.0, 0
+    k = net.n_networks
+    total, correct = np.zeros(k), np.zeros(k, np.int64)
     for lo in range(0, len(X), batch_size):
         xb, yb = X[lo:lo + batch_size], Y[lo:lo + batch_size]
-        s = net.forward(xb)
-        total += net.cost_of(s, yb) * len(xb)
-        correct += int(np.count_nonzero(s.argmax(axis=1) == yb.argmax(axis=1)))
+        s = net.forward(xb).reshape(k, len(xb), -1)  # an MLP's (n, n_out) as a stack of one
+        yb = np.asarray(yb, dtype=s.dtype)
+        total += np.array([net.cost.fn(sj, yb, net.output) for sj in s]) * len(xb)
+        correct += np.count_nonzero(s.argmax(axis=-1) == yb.argmax(axis=1), axis=1)
     return total / len(X), correct / len(X)
 
 
 def _diverged(epoch, loss, optimizer, where="loss"):
     return ModelError(f"training diverged at epoch {epoch} ({where}={loss}): "
                       f"lower the learning rate (now {optimizer.learning_rate:g})")
-
-
 class _Batches:
     """Shuffled mini-batches of ``(X, Y)``, gathered into reused buffers (no fresh arrays per step).
 
@@ -78,53 +91,94 @@ class _Batches:
             buf += other
 
 
-def run_epoch(net, batches, optimizer, order, epoch):
+def run_epoch(net, batches, optimizer, order, epoch, *, schedule=None, step=0):
     """One pass over the rows in ``order``: backprop and an update per batch.
 
-    Returns the epoch's mean training loss and running accuracy; raises the divergence
+    ``step`` counts the updates before this epoch, for ``schedule`` (an ``LRSchedule``), which
+    sets ``optimizer.lr_factor`` before every update. Returns every network's mean training loss
+    and running accuracy over the epoch (arrays of shape (n_networks,)); raises the divergence
     ``ModelError`` as soon as a batch loss is not finite.
     """
-    loss_sum, correct = 0.0, 0
-    for idx, xb, yb in batches(order):
+    k = net.n_networks
+    steps = math.ceil(len(order) / batches.size)
+    loss_sum, correct = np.zeros(k), np.zeros(k, np.int64)
+    for i, (idx, xb, yb) in enumerate(batches(order)):
+        if schedule is not None:
+            optimizer.lr_factor = schedule.factor(step + i, steps)
         loss, s = net.backprop(xb, yb)
-        if not math.isfinite(loss):
-            raise _diverged(epoch, loss, optimizer)
+        loss = np.atleast_1d(loss)
+        if not np.isfinite(loss).all():
+            raise _diverged(epoch, loss[~np.isfinite(loss)][0], optimizer)
         loss_sum += loss * len(idx)
-        correct += int(np.count_nonzero(s.argmax(axis=1) == batches.labels[idx]))
+        s = s.reshape(k, len(idx), -1)
+        correct += np.count_nonzero(s.argmax(axis=-1) == batches.labels[idx], axis=1)
         optimizer.step(net)
     return loss_sum / len(order), correct / len(order)
 
 
 class EarlyStopping:
-    """Stop once the validation loss has not improved for ``patience`` epochs; keep the best weights."""
+    """Per network: stop once its validation loss has not improved for ``patience`` epochs, and
+    keep its best weights. Training stops when every network has stopped."""
 
-    def __init__(self, patience):
+    def __init__(self, patience, n_networks=1):
         self.patience = patience
-        self.best_loss, self.best_epoch, self.best_params, self.stale = math.inf, 0, None, 0
+        self.best_loss = np.full(n_networks, math.inf)
+        self.best_epoch = np.zeros(n_networks, int)
+        self.stale = np.zeros(n_networks, int)
+        self.best_params = [None] * n_networks
 
-    def update(self, net, epoch, val_loss) -> bool:
-        """Record epoch ``epoch``'s validation loss; True when training should stop."""
-        if val_loss < self.best_loss:
-            self.best_loss, self.best_epoch, self.stale = val_loss, epoch, 0
-            self.best_params = net.get_state()
-            return False
-        self.stale += 1
-        return self.stale >= self.patience
+    def update(self, net, epoch, val_losses) -> bool:
+        """Record epoch ``epoch``'s validation losses (one per network); True when training should stop."""
+        for j, loss in enumerate(np.atleast_1d(val_losses)):
+            if loss < self.best_loss[j]:
+                self.best_loss[j], self.best_epoch[j], self.stale[j] = loss, epoch, 0
+                self.best_params[j] = net.get_state(j)
+            else:
+                self.stale[j] += 1
+        return bool((self.stale >= self.patience).all())
 
-    def restore(self, net, last_epoch) -> int:
-        """Put the best epoch's weights back into ``net`` (if it was not the last); return that epoch."""
-        if self.best_params is not None and self.best_epoch != last_epoch:
-            net.set_state(self.best_params)
-        return self.best_epoch
+    def restore(self, net, last_epoch) -> list[int]:
+        """Put every network's best epoch's weights back (where it was not the last); return those epochs."""
+        for j, (epoch, params) in enumerate(zip(self.best_epoch, self.best_params)):
+            if params is not None and epoch != last_epoch:
+                net.set_state(params, j)
+        return [int(e) for e in self.best_epoch]
 
 
-def train(net, X, Y, *, optimizer, batch_size=32, max_epochs=100, rng=None, mixup=0.0,
-          X_val=None, Y_val=None, patience=None, callback=None, verbose=False):
-    """Train ``net`` in place with mini-batches; return ``(history, best_epoch)``.
+def instability(history, kept_epoch=None) -> dict:
+    """How far the training loss at the kept epoch is above the lowest it reached up to then.
 
     Parameters
     ----------
-    net : esc50ann.mlp.MLP
+    history : list of dict
+        One network's history rows (``loss`` per epoch).
+    kept_epoch : int, optional
+        The epoch whose weights the network holds (default: the last).
+
+    Returns
+    -------
+    dict
+        ``final_loss`` (at the kept epoch), ``min_loss``, ``min_epoch``, ``kept_epoch``, ``ratio``
+        (final / min) and ``unstable``: final > ``UNSTABLE_RATIO`` x min and more than
+        ``UNSTABLE_MARGIN`` above it (the network ended on a spike of its loss).
+    """
+    kept = int(kept_epoch or len(history))
+    losses = [row["loss"] for row in history[:kept]]
+    low = int(np.argmin(losses))
+    final, least = float(losses[-1]), float(losses[low])
+    return {"kept_epoch": kept, "final_loss": final, "min_loss": least, "min_epoch": low + 1,
+            "ratio": final / least if least > 0 else (1.0 if final == 0 else math.inf),
+            "unstable": bool(final > UNSTABLE_RATIO * least and final - least > UNSTABLE_MARGIN)}
+
+
+def train(net, X, Y, *, optimizer, batch_size=32, max_epochs=100, rng=None, mixup=0.0, schedule=None,
+          X_val=None, Y_val=None, patience=None, callback=None, verbose=False):
+    """Train ``net`` in place with mini-batches; return ``(histories, best_epochs)``.
+
+    Parameters
+    ----------
+    net : esc50ann.mlp.MLP or esc50ann.mlp.MLPStack
+        One network, or ``k`` trained together (on the same mini-batches, in one loop).
     X : array of shape (n, n_in), in ``net.dtype`` (otherwise converted once)
     Y : array of shape (n, n_out), target rows
     optimizer : an optimizer of ``esc50ann.optim``
@@ -136,24 +190,30 @@ def train(net, X, Y, *, optimizer, batch_size=32, max_epochs=100, rng=None, mixu
     mixup : float
         0: off. Otherwise the ``alpha`` of ``Beta(alpha, alpha)``: each training row is mixed
         with another row of its batch, inputs and targets alike (see ``_Batches``).
+    schedule : esc50ann.optim.LRSchedule, optional
+        The learning rate of every update, as a factor of the optimizer's (None: constant).
     X_val, Y_val : arrays or None
-        Scored after every epoch.  With ``patience`` set, training stops once the validation
-        loss has not improved for ``patience`` epochs, and the best epoch's weights are restored.
-        Without a validation set, or with ``patience=None`` (validation then only monitored),
-        all ``max_epochs`` run and the last weights are kept.
+        Scored after every epoch.  With ``patience`` set, a network stops improving once its
+        validation loss has not fallen for ``patience`` epochs, training stops when every network
+        has, and each network's best epoch's weights are restored.  Without a validation set, or
+        with ``patience=None`` (validation then only monitored), all ``max_epochs`` run and the
+        last weights are kept.
     callback : callable or None
-        Called after every epoch with that epoch's history row (e.g. to drive a progress bar).
+        Called after every epoch with each network's history row, in network order (e.g. to
+        drive a progress bar).
     verbose : bool
-        Print one line per epoch.
+        Print one line per epoch and network.
 
     Returns
     -------
-    history : list of dict
-        One row per epoch: ``epoch`` (1-based), ``loss`` (mean training loss over the epoch's
-        batches), ``accuracy`` (running training accuracy, see the module docstring),
-        ``val_loss`` and ``val_accuracy`` (None without a validation set), ``seconds``.
-    best_epoch : int
-        The epoch whose weights the network holds on return.
+    histories : list of list of dict
+        Per network, one row per epoch: ``epoch`` (1-based), ``loss`` (mean training loss over
+        the epoch's batches), ``accuracy`` (running training accuracy, see the module
+        docstring), ``val_loss`` and ``val_accuracy`` (None without a validation set), ``lr``
+        (the learning rate of the epoch's last update), ``seconds`` (the epoch's wall time, for
+        all networks together) and, for a stack of more than one, ``network`` (1-based).
+    best_epochs : list of int
+        Per network, the epoch whose weights it holds on return.
 
     Raises
     ------
@@ -166,37 +226,49 @@ def train(net, X, Y, *, optimizer, batch_size=32, max_epochs=100, rng=None, mixu
     if has_val:
         X_val = np.asarray(X_val, dtype=net.dtype)
         Y_val = np.asarray(Y_val, dtype=net.dtype)
-    stopper = EarlyStopping(patience) if has_val and patience is not None else None
+    k = net.n_networks
+    stopper = EarlyStopping(patience, k) if has_val and patience is not None else None
+    steps = math.ceil(len(batches.X) / batches.size)
 
-    history = []
+    histories = [[] for _ in range(k)]
     # Overflow on the way to a NaN loss is reported once, as a ModelError, not as warnings.
     with np.errstate(over="ignore", invalid="ignore"):
         for epoch in range(1, int(max_epochs) + 1):
             start = time.perf_counter()
-            loss, accuracy = run_epoch(net, batches, optimizer, rng.permutation(len(batches.X)), epoch)
-            row = {"epoch": epoch, "loss": loss, "accuracy": accuracy, "val_loss": None, "val_accuracy": None}
+            losses, accuracies = run_epoch(net, batches, optimizer, rng.permutation(len(batches.X)), epoch,
+                                           schedule=schedule, step=(epoch - 1) * steps)
+            val_losses = val_accuracies = [None] * k
             if has_val:
-                row["val_loss"], row["val_accuracy"] = score(net, X_val, Y_val)
-                if not math.isfinite(row["val_loss"]):
-                    raise _diverged(epoch, row["val_loss"], optimizer, "val_loss")
-            row["seconds"] = time.perf_counter() - start
-            history.append(row)
-            if verbose:
-                _print_row(row)
-            if callback is not None:
-                callback(row)
-            if stopper is not None and stopper.update(net, epoch, row["val_loss"]):
+                val_losses, val_accuracies = score(net, X_val, Y_val)
+                if not np.isfinite(val_losses).all():
+                    raise _diverged(epoch, val_losses[~np.isfinite(val_losses)][0], optimizer, "val_loss")
+            seconds = time.perf_counter() - start
+            for j in range(k):
+                row = {"epoch": epoch, "loss": float(losses[j]), "accuracy": float(accuracies[j]),
+                       "val_loss": None if val_losses[j] is None else float(val_losses[j]),
+                       "val_accuracy": None if val_accuracies[j] is None else float(val_accuracies[j]),
+                       "lr": optimizer.learning_rate * optimizer.lr_factor, "seconds": seconds}
+                if k > 1:
+                    row["network"] = j + 1
+                histories[j].append(row)
+                if verbose:
+                    _print_row(row)
+                if callback is not None:
+                    callback(row)
+            if stopper is not None and stopper.update(net, epoch, val_losses):
                 break
-    best_epoch = stopper.restore(net, len(history)) if stopper is not None else len(history)
+    last = len(histories[0])
+    best_epochs = stopper.restore(net, last) if stopper is not None else [last] * k
     # The loss is checked before each update, so the last update can still overflow: check
     # the weights the caller gets, or a "trained" network of inf/NaN would be saved and scored.
     if not all(np.isfinite(p).all() for p in net.params):
-        raise ModelError(f"training diverged at epoch {len(history)} (weights not finite after the last "
+        raise ModelError(f"training diverged at epoch {last} (weights not finite after the last "
                          f"update): lower the learning rate (now {optimizer.learning_rate:g})")
-    return history, best_epoch
+    return histories, best_epochs
 
 
 def _print_row(row):
     extra = (f", val_loss = {row['val_loss']:.6f}, val_accuracy = {row['val_accuracy']:.4f}"
              if row["val_loss"] is not None else "")
-    print(f"epoch {row['epoch']}: loss = {row['loss']:.6f}, accuracy = {row['accuracy']:.4f}{extra}", flush=True)
+    network = f"network {row['network']} " if "network" in row else ""
+    print(f"{network}epoch {row['epoch']}: loss = {row['loss']:.6f}, accuracy = {row['accuracy']:.4f}{extra}", flush=True)

@@ -16,6 +16,7 @@ from joblib import Parallel, delayed
 from esc50ann import fileio
 from esc50ann import progress as progress_mod
 from esc50ann.errors import one_line
+from esc50ann.parallel import n_processes
 
 # The official clips: 5 s, 44.1 kHz, mono.
 SAMPLE_RATE = 44100
@@ -98,7 +99,8 @@ def verify_clips(audio_dir: Path, filenames, *, expected: dict | None = None, st
     expected : dict, optional
         A previous manifest, filename -> SHA-256.
     n_jobs : int
-        joblib workers (threads: hashing and file reads release the GIL); -1 for all cores.
+        Threads (hashing and file reads release the GIL), as ``parallel.n_processes`` counts them;
+        -1 for all cores.
     progress : bool
         Show a progress bar.
 
@@ -113,7 +115,7 @@ def verify_clips(audio_dir: Path, filenames, *, expected: dict | None = None, st
     expected = expected or {}
     names = [str(n) for n in filenames]
     jobs = (delayed(check_clip)(audio_dir / n, expected.get(n), strict) for n in names)
-    results = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(jobs)
+    results = Parallel(n_jobs=n_processes(n_jobs, len(names)), prefer="threads", return_as="generator")(jobs)
     manifest, problems = {}, []
     for name, (digest, reasons) in zip(names, progress_mod.bar(results, total=len(names), desc="verify",
                                                                unit="clip", enabled=progress, leave=False)):

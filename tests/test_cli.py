@@ -77,7 +77,23 @@ def test_cv_is_run(cli_root, tmp_path, capsys):
     code, _, err = esc50ann(capsys, "--quiet", "cv", cli_root / "tiny.toml", "--data-dir", cli_root / "data",
                             "--out", tmp_path / "run", "--folds", "1,2", "--jobs", 1)
     assert code == 0, err
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["folds"] == [1, 2]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["folds"] == [1, 2] and metrics["warnings"] == [] and "warning" not in err
+
+
+def test_an_unstable_fold_is_a_warning_on_the_terminal_even_quiet(cli_root, tmp_path, capsys, monkeypatch):
+    from esc50ann import train
+
+    monkeypatch.setattr(train, "UNSTABLE_RATIO", 0.0)  # every network counts as unstable
+    monkeypatch.setattr(train, "UNSTABLE_MARGIN", -1.0)
+    code, _, err = esc50ann(capsys, "--quiet", "cv", cli_root / "tiny.toml", "--data-dir", cli_root / "data",
+                            "--out", tmp_path / "run", "--folds", "1,2", "--jobs", 1,
+                            "--set", "training.lr_schedule=cosine", "--set", "training.warmup_epochs=2")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(metrics["warnings"]) == 2 and metrics["pipeline"]["training"]["lr_schedule"] == "cosine"
+    for fold in (1, 2):
+        assert f"esc50ann: warning: fold {fold}: unstable training" in err
 
 
 @pytest.mark.parametrize("args, words", [

@@ -47,7 +47,14 @@ def write(tmp_path, text):
     ("[evaluation]\nvalidation = 'test'\n", ["p.toml", "validation"]),
     ("[model]\nactivation = 'swish'\n", ["p.toml", "activation"]),
     ("name = 3\n", ["p.toml", "name"]),
-    ("[evaluation]\nn_jobs = 0\n", ["p.toml", "evaluation.n_jobs"]),
+    ("[evaluation]\nn_jobs = 'all'\n", ["p.toml", "evaluation.n_jobs"]),
+    ("[training]\nlr_schedule = 'exponential'\n", ["p.toml", "training.lr_schedule", "'cosine'"]),
+    ("[training]\nlr_floor = 1.5\n", ["p.toml", "training.lr_floor", "[0, 1]"]),
+    ("[training]\nwarmup_epochs = -1\n", ["p.toml", "training.warmup_epochs", ">= 0"]),
+    ("[training]\nwarmup_epochs = 2.0\n", ["p.toml", "training.warmup_epochs", "integer"]),
+    ("[training]\nlr_step_every = 0\n", ["p.toml", "training.lr_step_every", ">= 1"]),
+    ("[training]\nlr_step_factor = 0\n", ["p.toml", "training.lr_step_factor", "(0, 1]"]),
+    ("[model]\nlr_schedule = 'cosine'\n", ["p.toml", "model.lr_schedule", "unknown key"]),
     ("[features\n", ["p.toml", "invalid TOML"]),
 ])
 def test_bad_pipeline_names_key_and_file(tmp_path, text, words):

@@ -197,7 +197,7 @@ def test_loky_workers_exit_when_the_run_is_killed():
             "list(Runner(2).map(task, [(0,), (1,)]))\n") % os.getcwd()
     env = {k: v for k, v in os.environ.items() if k != "ESC50ANN_MAIN_PID"}  # the child is its own main process
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
-    assert proc.stdout.readline().startswith("working")  # two workers may print on one line
+    assert proc.stdout.readline().startswith("working")  # both workers may print on one line
     workers = [pid for pid in _children(proc.pid) if "loky" in Path(f"/proc/{pid}/cmdline").read_text()]
     assert workers
     os.kill(proc.pid, signal.SIGKILL)
@@ -376,12 +376,20 @@ def test_network_too_large_for_memory(user, capsys):
     assert "does not fit in memory" in err
 
 
+GOOD_METRICS = (b'{"pipeline": {"name": "p"}, "folds": [1, 2], "accuracy_mean": 0.5, "accuracy_std": 0.1, '
+                b'"fold_accuracy": {"1": 0.4, "2": 0.6}}')
+
+
 @pytest.mark.parametrize("metrics, report, words", [
     (b"\xff{}", None, ["metrics.json", "damaged"]),
-    (b"[1, 2]", None, ["metrics.json", "not a JSON object"]),
-    (b'{"folds": [1]}', None, ["metrics.json", "not the metrics of a run"]),
-    (b'{"folds": [1], "pipeline": {"name": "p"}, "accuracy_mean": 0.5, "accuracy_std": 0, "fold_accuracy": {}}',
-     b"\xff\xfe", ["report.md", "damaged"]),
+    (b"[1, 2]", None, ["metrics.json", "expected a JSON object", "got an array"]),
+    (b"{}", None, ["metrics.json", "no 'pipeline'"]),
+    (GOOD_METRICS.replace(b"0.5", b'"high"'), None, ["metrics.json", "accuracy_mean"]),
+    (GOOD_METRICS, b"\xff\xfe", ["report.md", "damaged"]),
+    (json.dumps({"sweep": "s", "folds": [1, 2], "nested_accuracy_mean": 0.5, "nested_accuracy_std": 0.1,
+                 "optimistic_accuracy_mean": 0.6, "nested_fold_accuracy": {"1": 0.5},
+                 "chosen_configuration": {"1": {}, "2": {}}}).encode(), None,
+     ["metrics.json", "a chosen configuration for a fold without a nested accuracy"]),
 ])
 def test_report_of_damaged_files(tmp_path, capsys, metrics, report, words):
     (tmp_path / "metrics.json").write_bytes(metrics)
@@ -430,3 +438,223 @@ def test_every_clip_skipped(user, monkeypatch, tmp_path, capsys):
     (tmp_path / "skip.toml").write_text('[features]\non_error = "skip"\nn_mels = 20\n[model]\nhidden_layer_sizes = [4]\n')
     err = _one_line(capsys, "--quiet", "run", tmp_path / "skip.toml", "--data-dir", user / "data", "--jobs", 1)
     assert "every one of the 24 clips was skipped" in err
+
+
+# leftovers of killed writers are removed by the next writer of the same place --------------------
+
+def _dead_pid():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_model_save_killed_with_sigkill_leaves_a_temporary_the_next_save_removes(tmp_path):
+    from esc50ann import fileio
+
+    target = tmp_path / "m.npz"
+    target.write_bytes(b"the old model")
+    code = ("import sys, time; sys.path.insert(0, %r)\n"
+            "from esc50ann.fileio import atomic_path\n"
+            "with atomic_path(%r) as tmp:\n"
+            "    tmp.write_bytes(b'half a model'); print('writing', flush=True); time.sleep(60)\n") % (
+        os.getcwd(), str(target))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    left = list(tmp_path.glob(".m.npz.*.tmp"))
+    assert len(left) == 1 and target.read_bytes() == b"the old model"  # what the kill left; the old file intact
+    fileio.write_text(target, "the new model")
+    assert not left[0].exists() and target.read_text() == "the new model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
+
+
+def test_stale_temporaries_of_a_run_folder_go_live_and_recent_ones_stay(cli_root, tmp_path, capsys):
+    """A rerun into the same folder removes what a killed run left: temporaries named by a dead
+    process, and nameless old ones; a live writer's (another run writing there now) are kept."""
+    from conftest import run_cli
+
+    out = tmp_path / "run"
+    out.mkdir()
+    dead = out / f".confusion.csv.{_dead_pid()}-0123abcd.tmp"
+    old = out / ".report.md.k3j_x9.tmp"  # a name without an owner (as mkstemp gave): removed when old
+    live = out / f".confusion.csv.{os.getppid()}-0123abcd.tmp"  # an owner that is still running
+    young = out / ".predictions.csv.q1w2e3.tmp"
+    for path in (dead, old, live, young):
+        path.write_text("partial")
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    code, _, err = run_cli(capsys, "--quiet", "run", cli_root / "tiny.toml", "--data-dir", cli_root / "data",
+                           "--out", out, "--jobs", 1, "--set", "training.max_epochs=2")
+    assert code == 0, err
+    assert not dead.exists() and not old.exists() and live.exists() and young.exists()
+    assert (out / "metrics.json").is_file()
+
+
+def test_remove_stale_reads_owners_from_every_kind_of_name(tmp_path):
+    pid = _dead_pid()
+    names = [f".extract-{pid}-0123abcd", f".{'a' * 16}.tmp-{pid}-0123abcd", f".m.npz.{pid}-0123abcd.tmp"]
+    for name in names:
+        (tmp_path / name).write_text("x")
+    removed = {p.name for p in remove_stale(tmp_path, ".*")}
+    assert removed == set(names)
+
+
+# errno texts become statements naming the path ----------------------------------------------------
+
+def _cli_one_line(capsys, *args):
+    from conftest import run_cli
+
+    code, _, err = run_cli(capsys, *args)
+    assert code == 1 and err.startswith("esc50ann: error: ") and err.count("\n") == 1, (code, err)
+    assert "Errno" not in err, err
+    return err
+
+
+def test_a_data_root_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "f").write_text("not a folder")
+    err = _cli_one_line(capsys, "info", "--data-dir", tmp_path / "f")
+    assert f"{tmp_path / 'f'}: the data root is a file, not a folder" in err and "--data-dir" in err
+    err = _cli_one_line(capsys, "download", "--source", tmp_path, "--data-dir", tmp_path / "f" / "inside")
+    assert f"{tmp_path / 'f' / 'inside'}: it lies in {tmp_path / 'f'}, a file, not a folder" in err
+
+
+def test_a_folder_where_a_sweep_task_file_belongs(cli_root, tmp_path, capsys, monkeypatch):
+    from esc50ann import sweep as sweep_mod
+
+    (tmp_path / "s.toml").write_text(f'pipeline = "{cli_root / "tiny.toml"}"\n[values]\n"training.max_epochs" = [1]\n')
+    sweep = sweep_mod.Sweep.from_toml(tmp_path / "s.toml")
+    blocked = sweep_mod._task_path(tmp_path / "out", sweep, sweep_mod.Task(0, 2, 3))
+    blocked.mkdir(parents=True)
+    monkeypatch.setattr(sweep_mod, "run_task", lambda *a: pytest.fail("a task ran"))
+    err = _cli_one_line(capsys, "--quiet", "sweep", tmp_path / "s.toml", "--data-dir", cli_root / "data",
+                        "--out", tmp_path / "out", "--jobs", 1)
+    assert f"{blocked}: is a folder, where a sweep task file belongs" in err
+
+
+def test_a_folder_where_the_model_file_belongs(cli_root, tmp_path, capsys):
+    (tmp_path / "m.npz").mkdir()
+    err = _cli_one_line(capsys, "--quiet", "train", cli_root / "tiny.toml", "--all", "--save", tmp_path / "m.npz",
+                        "--data-dir", cli_root / "data", "--set", "training.max_epochs=1")
+    assert f"{tmp_path / 'm.npz'}: is a folder, where a file belongs" in err
+
+
+def test_run_folder_inside_a_file(cli_root, tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    err = _cli_one_line(capsys, "--quiet", "run", cli_root / "tiny.toml", "--data-dir", cli_root / "data",
+                        "--out", tmp_path / "f" / "run", "--jobs", 1, "--set", "training.max_epochs=1")
+    assert f"{tmp_path / 'f'} is a file, where a folder belongs" in err
+
+
+@pytest.mark.parametrize("where", ["write", "replace"])
+def test_a_full_disk_names_the_file_and_keeps_the_old_one(cli_root, tmp_path, capsys, monkeypatch, where):
+    from conftest import run_cli
+
+    model = tmp_path / "m.npz"
+    model.write_bytes(b"the previous model")
+    args = ["--quiet", "train", cli_root / "tiny.toml", "--all", "--save", model, "--data-dir", cli_root / "data",
+            "--set", "training.max_epochs=1"]
+    assert run_cli(capsys, "--quiet", "features", cli_root / "tiny.toml", "--data-dir", cli_root / "data")[0] == 0
+    if where == "replace":
+        real = os.replace
+        monkeypatch.setattr(os, "replace", lambda a, b: _enospc() if str(b).endswith(".npz") else real(a, b))
+    else:  # the disk fills while the model's bytes are written
+        monkeypatch.setattr(np, "savez", lambda fh, **arrays: (fh.write(b"part of a model"), _enospc()))
+    err = _cli_one_line(capsys, *args)
+    assert f"{model}: no space left on the device" in err
+    monkeypatch.undo()
+    assert model.read_bytes() == b"the previous model" and sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
+
+
+# a closed stdout ends quietly ---------------------------------------------------------------------
+
+def test_a_closed_pipe_on_stdout_ends_quietly_in_process(cli_root, tmp_path, capsys, monkeypatch):
+    from esc50ann import cli
+
+    read, write = os.pipe()
+    os.close(read)  # the reader went away: `| head -1` after its line
+    closed = os.fdopen(write, "w")
+    monkeypatch.setattr(sys, "stdout", closed)
+    assert cli.main(["pipelines"]) == 0
+    monkeypatch.undo()
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("command", ["report", "pipelines"])
+def test_a_command_into_a_closed_pipe_exits_0_with_nothing_on_stderr(tmp_path, command):
+    """`esc50ann report RUN | head` for real: a long output breaks the pipe while printing, a short
+    one (`pipelines`) only when the last buffer is flushed -- quiet too, not "Exception ignored"."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_bytes(GOOD_METRICS)
+    (out / "report.md").write_text("| a line of a long report |\n" * 5000)
+    read, write = os.pipe()
+    os.close(read)
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    args = ["report", str(out)] if command == "report" else ["pipelines"]
+    proc = subprocess.run([sys.executable, "-m", "esc50ann", *args], stdout=write, stderr=subprocess.PIPE, text=True,
+                          timeout=120, env=env)
+    os.close(write)
+    assert (proc.returncode, proc.stderr) == (0, "")
+
+
+# warnings: one line, never numpy's or a library's raw form ----------------------------------------
+
+def test_huge_samples_give_no_numpy_warning(tmp_path):
+    import warnings
+
+    from esc50ann.recipe import FeatureConfig, signal_features
+
+    y = np.random.default_rng(0).normal(size=44100).astype(np.float32) * np.float32(1e30)
+    config = FeatureConfig(duration=1.0, n_mels=32, deltas=True, n_mfcc=13, modulation=(1.0, 4.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a RuntimeWarning would raise here
+        x = signal_features(y, 44100, config)
+    assert x.shape == (32 * 6 * 2 + 13 * 6 + (32 + 13) * 2,) and np.isnan(x).all()  # the callers say non-finite
+
+
+def test_a_library_warning_is_one_line_naming_the_library(capsys, monkeypatch, tmp_path):
+    import warnings
+
+    from esc50ann import cli, report
+
+    def warns(runs_dir):
+        warnings.warn_explicit("Some\n  long text", UserWarning, "/x/lib/python3.11/site-packages/joblib/parallel.py", 7)
+        warnings.warn("cache entry 0123 is damaged", stacklevel=1)
+        return real(runs_dir)
+
+    real = report.list_runs
+    monkeypatch.setattr(report, "list_runs", warns)
+    assert cli.main(["runs", "--data-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().err == ("esc50ann: warning: joblib: Some long text\n"
+                                       "esc50ann: warning: cache entry 0123 is damaged\n")
+
+
+def test_a_worker_shows_warnings_in_the_one_line_form(capsys):
+    import warnings
+
+    from esc50ann import parallel
+
+    def task():
+        warnings.warn("numbers went odd", RuntimeWarning)
+        return 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert parallel._in_worker(task, 0, ()) == (0, 1)  # what a worker process runs
+    assert capsys.readouterr().err == "esc50ann: warning: numbers went odd\n"
+
+
+def test_runs_leaves_out_notes_that_name_no_folder(tmp_path, capsys):
+    from conftest import run_cli
+
+    notes = tmp_path / "runs" / "elsewhere"
+    notes.mkdir(parents=True)
+    (notes / "long.txt").write_text("x" * 5000 + "\n")  # a path no file system takes: ENAMETOOLONG
+    (notes / "nul.txt").write_bytes(b"a\0b\n")
+    (notes / "file.txt").write_text(str(notes / "nul.txt") + "\n")  # a file, not a folder
+    good = tmp_path / "elsewhere-run"
+    good.mkdir()
+    (good / "metrics.json").write_bytes(GOOD_METRICS)
+    (notes / "good.txt").write_text(str(good) + "\n")
+    code, out, err = run_cli(capsys, "runs", "--data-dir", tmp_path)
+    assert (code, err) == (0, "") and out.count("\n") == 1 and str(good) in out

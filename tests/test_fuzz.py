@@ -219,3 +219,153 @@ def test_cache_manifest(place, cache_entry, key, value):
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), key: value}))
     entry = succeeds_or_says_so(lambda: cache.load(work, "c" * 16, discard_damaged=False))
     assert entry is None or entry.array.shape == (4, 3)
+
+
+# --------------------------------------------------------------------------- whole JSON documents of the wrong shape
+# Every JSON file the product reads back, replaced by (or merged with) random JSON values of any
+# type: its reader says so in one line (or treats it as absent), never an internal error.
+
+@FUZZ
+@given(field=st.sampled_from(["architecture", "params", "class_names", "metadata", "history", "feature_names_in",
+                              "best_epoch", "classes_dtype", None]), value=json_values)
+def test_model_header_fields_of_any_type(place, model_file, field, value):
+    def change(header):
+        if field is None:
+            header.clear()
+            header.update(value if isinstance(value, dict) else {"format": value})
+        else:
+            header[field] = value
+
+    path = place / "crafted-field.npz"
+    _rewrite_header(model_file, path, change)
+    model = succeeds_or_says_so(lambda: ANNClassifier.load(path))
+    if model is not None:
+        from esc50ann.predict import Predictor
+
+        succeeds_or_says_so(lambda: Predictor(path))
+
+
+def test_model_header_class_names_as_a_plain_list(place, model_file):
+    path = place / "names.npz"
+    _rewrite_header(model_file, path, lambda header: header.update(class_names=["a", "b", "c"]))
+    with pytest.raises(Esc50Error, match="class_names"):
+        ANNClassifier.load(path)
+
+
+@FUZZ
+@given(doc=json_values)
+def test_cache_manifest_of_any_type(place, cache_entry, doc):
+    work = place / "cache-doc"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(cache_entry, work)
+    (work / ("c" * 16) / cache.MANIFEST_FILE).write_text(json.dumps(doc))
+    assert succeeds_or_says_so(lambda: cache.load(work, "c" * 16, discard_damaged=False)) is None
+    rows = cache.list_entries(work)
+    assert [r["status"] for r in rows] == ["damaged"]
+
+
+def test_cache_list_of_a_manifest_holding_a_list(place, cache_entry, tmp_path, capsys):
+    from esc50ann import cli
+
+    data = tmp_path / "data"
+    shutil.copytree(cache_entry, data / "cache" / "features")
+    (data / "cache" / "features" / ("c" * 16) / cache.MANIFEST_FILE).write_text("[1, 2]")
+    assert cli.main(["cache", "list", "--data-dir", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "c" * 16 in out and "damaged" in out and "expected an object" in out
+
+
+@FUZZ
+@given(doc=json_values)
+def test_dataset_record_of_any_type(data_root, doc):
+    record_path = data_root / "dataset.json"
+    good = record_path.read_text()
+    try:
+        record_path.write_text(json.dumps(doc))
+        succeeds_or_says_so(lambda: ds.load(data_root))
+    finally:
+        record_path.write_text(good)
+
+
+@FUZZ
+@given(info=json_values | st.dictionaries(st.sampled_from(["names", "failures"]), json_values))
+def test_feature_chunk_info_of_any_type(info):
+    from esc50ann import features
+
+    assert features._chunk_fits(np.zeros((2, 3), np.float32), info, ["a", "b"]) in (True, False)
+
+
+@pytest.fixture(scope="module")
+def swept(place, synth_archive):
+    """A finished tiny sweep (one configuration) and what its folder holds."""
+    from esc50ann import sweep as sweep_mod
+
+    (place / "tiny.toml").write_text(synth.TINY_PIPELINE.replace("max_epochs = 30", "max_epochs = 2"))
+    (place / "s.toml").write_text('pipeline = "tiny.toml"\n[values]\n"training.learning_rate" = [0.01]\n')
+    ds.prepare(synth_archive, place / "sweep-data", progress=False)
+    out = place / "sweep-out"
+    sweep_mod.run(place / "s.toml", data_dir=place / "sweep-data", out=out, n_jobs=1, progress=False)
+    return sweep_mod.Sweep.from_toml(place / "s.toml"), out, ds.load(place / "sweep-data")
+
+
+@FUZZ
+@given(task=st.sampled_from([(0, 1, None), (0, 1, 2)]), change=st.dictionaries(
+    st.sampled_from(["config", "outer", "inner", "accuracy", "seconds", "epochs", "test_index", "y_true", "y_pred"]),
+    json_values, min_size=1, max_size=3), whole=st.none() | json_values)
+def test_sweep_task_files_of_any_shape(swept, task, change, whole):
+    from esc50ann import sweep as sweep_mod
+
+    sweep, out, dataset = swept
+    task = sweep_mod.Task(*task)
+    path = sweep_mod._task_path(out, sweep, task)
+    good = path.read_text()
+    try:
+        path.write_text(json.dumps({**json.loads(good), **change} if whole is None else whole))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = sweep_mod._read_task(out, sweep, task, dataset)
+        if result is not None:  # accepted: the summary can use it
+            results = [r if t != task else result for t in sweep_mod.tasks_for(1, dataset.folds)
+                       for r in [json.loads(sweep_mod._task_path(out, sweep, t).read_text())]]
+            sweep_mod._summarise(sweep, dataset, results)
+    finally:
+        path.write_text(good)
+
+
+@FUZZ
+@given(change=st.dictionaries(st.sampled_from(["pipeline", "folds", "accuracy_mean", "accuracy_std", "fold_accuracy",
+                                               "finished", "overrides", "per_class_accuracy", "most_confused",
+                                               "config_hash", "sweep", "nested_accuracy_mean", "nested_accuracy_std",
+                                               "optimistic_accuracy_mean", "nested_fold_accuracy",
+                                               "chosen_configuration", "nested_per_class_accuracy"]),
+                              json_values, min_size=1, max_size=4),
+       whole=st.none() | json_values)
+def test_metrics_files_of_any_shape(place, change, whole):
+    from esc50ann import cli, report
+
+    runs = place / "runs-data" / "runs"
+    run = runs / "r"
+    run.mkdir(parents=True, exist_ok=True)
+    good = {"pipeline": {"name": "p"}, "folds": [1, 2], "accuracy_mean": 0.5, "accuracy_std": 0.1,
+            "fold_accuracy": {"1": 0.4, "2": 0.6}, "finished": "2025-01-01T00:00:00"}
+    (run / "metrics.json").write_text(json.dumps({**good, **change} if whole is None else whole))
+    (run / "report.md").write_text("# a report\n")
+    listed = report.list_runs(runs.parent)  # never raises: an unreadable run is left out
+    assert len(listed) in (0, 1)
+    succeeds_or_says_so(lambda: report.load_run(run))
+    assert cli.main(["--quiet", "runs", "--data-dir", str(place / "runs-data")]) == 0
+    assert cli.main(["--quiet", "report", "--data-dir", str(place / "runs-data")]) in (0, 1)  # never a traceback
+
+
+# --------------------------------------------------------------------------- sweep files
+
+sweep_keys = st.sampled_from(["pipeline", "mode", "n_samples", "seed", "cluster", "name", "values", "extra"])
+
+
+@FUZZ
+@given(doc=st.dictionaries(sweep_keys, json_values | st.dictionaries(keys, toml_values | json_values, max_size=3),
+                           max_size=5))
+def test_sweep_documents(doc):
+    from esc50ann.sweepfile import Sweep
+
+    succeeds_or_says_so(lambda: Sweep.from_dict({"pipeline": "quick", **doc}, where="fuzz.toml"))

@@ -14,12 +14,29 @@ import synth
 CHECKOUT = Path(__file__).resolve().parent.parent
 
 
-def run(*args, cwd, env=None):
-    # The installed wheel must be what runs: no PYTHONPATH pointing into a checkout.
-    env = {k: v for k, v in (env or os.environ).items() if k != "PYTHONPATH"}
-    result = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+# The installed package must be what runs: nothing may point back into the checkout.
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
+
+
+def run(*args, cwd):
+    result = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=600,
+                            env=CLEAN_ENV)
     assert result.returncode == 0, f"{args}\n{result.stdout}\n{result.stderr}"
     return result
+
+
+def fresh_venv(venv: Path) -> Path:
+    """A new virtual environment that sees the dependencies this interpreter sees, wherever they
+    are installed: a plain venv, the system Python, a user site, CI. (``--system-site-packages``
+    would give the *base* interpreter's packages, which inside a venv lack the dependencies.) The
+    folders this interpreter imports packages from go into a ``.pth`` file, after the venv's own
+    site-packages, so the wheel installed there comes first. Returns the venv's python."""
+    run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=venv.parent)
+    python = venv / "bin" / "python"
+    own = run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=venv.parent).stdout.strip()
+    theirs = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()]
+    (Path(own) / "_deps_of_the_test_runner.pth").write_text("".join(p + "\n" for p in theirs))
+    return python
 
 
 def test_wheel_installs_and_runs_a_builtin_pipeline_from_anywhere(tmp_path, synth_archive):
@@ -37,8 +54,7 @@ def test_wheel_installs_and_runs_a_builtin_pipeline_from_anywhere(tmp_path, synt
 
     # A fresh environment; dependencies come from this interpreter's site-packages (no network).
     venv = tmp_path / "venv"
-    run(sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv, cwd=tmp_path)
-    python, command = venv / "bin" / "python", venv / "bin" / "esc50ann"
+    python, command = fresh_venv(venv), venv / "bin" / "esc50ann"
     run(sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", wheel, cwd=tmp_path)
 
     elsewhere = tmp_path / "elsewhere"

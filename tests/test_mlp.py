@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from esc50ann.errors import ConfigError, ModelError
-from esc50ann.mlp import MLP, Softmax
-from esc50ann.optim import SGD, make_optimizer
-from esc50ann.train import score, train
+from esc50ann.mlp import MLP, MLPStack, Softmax
+from esc50ann.optim import SGD, LRSchedule, make_optimizer
+from esc50ann.train import instability, score, train
 
 
 def numeric_grads(net, X, Y, h=1e-6):
@@ -133,7 +133,7 @@ def test_optimizers_reduce_the_loss_and_weight_decay_shrinks_weights(solver):
         net = MLP([6, 16, 3], loss="cross_entropy", rng=0)
         before = net.loss(X, Y)
         lr = 0.01 if solver == "adam" else 0.1
-        history, _ = train(net, X, Y, optimizer=make_optimizer(solver, lr, momentum=0.9, weight_decay=wd), batch_size=16,
+        (history,), _ = train(net, X, Y, optimizer=make_optimizer(solver, lr, momentum=0.9, weight_decay=wd), batch_size=16,
                            max_epochs=20, rng=0)
         assert history[-1]["loss"] < before
         norms[wd] = sum(np.sum(w.astype(np.float64) ** 2) for w in net.weights)
@@ -199,11 +199,11 @@ def test_early_stopping_restores_the_best_weights():
     X, Y = rng.normal(size=(60, 8)), np.eye(3)[rng.integers(0, 3, 60)]        # noise: overfits
     Xv, Yv = rng.normal(size=(40, 8)), np.eye(3)[rng.integers(0, 3, 40)]
     net = MLP([8, 64, 3], loss="cross_entropy", dtype=np.float64, rng=0)
-    history, best = train(net, X, Y, optimizer=make_optimizer("adam", 0.01), batch_size=10,
+    (history,), (best,) = train(net, X, Y, optimizer=make_optimizer("adam", 0.01), batch_size=10,
                           max_epochs=200, rng=0, X_val=Xv, Y_val=Yv, patience=3)
     assert len(history) < 200 and best == len(history) - 3
     assert history[best - 1]["val_loss"] == min(h["val_loss"] for h in history)
-    assert score(net, Xv, Yv)[0] == pytest.approx(history[best - 1]["val_loss"], rel=1e-12)
+    assert score(net, Xv, Yv)[0][0] == pytest.approx(history[best - 1]["val_loss"], rel=1e-12)
 
 
 def test_same_seed_same_run_and_callback():
@@ -212,7 +212,7 @@ def test_same_seed_same_run_and_callback():
     runs, rows = [], []
     for _ in range(2):
         net = MLP([5, 7, 2], rng=np.random.default_rng(4))
-        h, _ = train(net, X, Y, optimizer=make_optimizer("momentum", 0.05), batch_size=8,
+        (h,), _ = train(net, X, Y, optimizer=make_optimizer("momentum", 0.05), batch_size=8,
                      max_epochs=3, rng=5, callback=rows.append)
         runs.append((net.get_state(), [r["loss"] for r in h]))
     assert runs[0][1] == runs[1][1]
@@ -286,3 +286,124 @@ def test_mixup_trains_and_repeats_for_a_seed():
     plain = ANNClassifier(hidden_layer_sizes=(32,), solver="adam", learning_rate=3e-3, max_epochs=40,
                           loss="cross_entropy", patience=None).fit(X, y)
     assert a.history_[-1]["loss"] > plain.history_[-1]["loss"]  # mixed targets cannot be fit exactly
+
+
+# ---------------------------------------------------------------------------- learning-rate schedules
+
+@pytest.mark.parametrize("kind, floor, expected", [
+    # 10 epochs of 4 updates: (step, factor) pairs; the decay is evaluated at the epochs done
+    ("constant", 0.0, {0: 1.0, 20: 1.0, 39: 1.0}),
+    ("cosine", 0.0, {0: 1.0, 10: 0.5 * (1 + np.cos(np.pi * 0.25)), 20: 0.5, 39: 0.5 * (1 + np.cos(np.pi * 0.975))}),
+    ("cosine", 0.1, {0: 1.0, 20: 0.1 + 0.9 * 0.5, 39: 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 0.975))}),
+    ("linear", 0.0, {0: 1.0, 10: 0.75, 20: 0.5, 39: 0.025}),
+    ("linear", 0.2, {20: 0.6}),
+    ("step", 0.0, {0: 1.0, 11: 1.0, 12: 0.5, 23: 0.5, 24: 0.25, 39: 0.125}),  # x0.5 every 3 epochs
+    ("step", 0.3, {24: 0.3, 39: 0.3}),  # never below the floor
+])
+def test_each_schedule_gives_its_rate_at_chosen_steps(kind, floor, expected):
+    schedule = LRSchedule(kind, epochs=10, floor=floor, step_every=3, step_factor=0.5)
+    for step, factor in expected.items():
+        assert schedule.factor(step, 4) == pytest.approx(factor, abs=1e-12), step
+
+
+def test_warm_up_ramps_linearly_then_the_decay_spans_the_rest():
+    schedule = LRSchedule("linear", epochs=10, warmup_epochs=2)
+    assert [schedule.factor(s, 4) for s in range(8)] == pytest.approx([(s + 1) / 8 for s in range(8)])
+    assert schedule.factor(8, 4) == 1.0  # the decay starts after the warm-up ...
+    assert schedule.factor(24, 4) == pytest.approx(0.5)  # ... and spans epochs 2 to 10
+    assert LRSchedule("constant", epochs=5, warmup_epochs=1).factor(4, 4) == 1.0
+
+
+def test_training_steps_by_the_scheduled_rate():
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(12, 4)), np.eye(3)[rng.integers(0, 3, 12)]
+    schedule = LRSchedule("linear", epochs=3, warmup_epochs=1)
+    a, b = MLP([4, 5, 3], dtype=np.float64, rng=0), MLP([4, 5, 3], dtype=np.float64, rng=0)
+    (history,), _ = train(a, X, Y, optimizer=SGD(0.1), batch_size=4, max_epochs=3, rng=7, schedule=schedule)
+    order, step = np.random.default_rng(7), 0  # the same updates by hand, each at its scheduled rate
+    for _ in range(3):
+        perm = order.permutation(12)
+        for lo in range(0, 12, 4):
+            b.backprop(X[perm[lo:lo + 4]], Y[perm[lo:lo + 4]])
+            SGD(0.1 * schedule.factor(step, 3)).step(b)
+            step += 1
+    for p, q in zip(a.params, b.params):
+        np.testing.assert_allclose(p, q, rtol=1e-12)
+    assert [r["lr"] for r in history] == pytest.approx([0.1 * schedule.factor(s, 3) for s in (2, 5, 8)])
+
+
+# ---------------------------------------------------------------------------- a fused ensemble
+
+def random_stack(sizes, activation, output, loss, input_bias, k=3, seed=1):
+    rng = np.random.default_rng(seed)
+    nets = [random_problem(sizes, activation, output, loss, input_bias, seed=seed + j)[0] for j in range(k)]
+    X = rng.normal(size=(7, sizes[0]))
+    Y = rng.dirichlet(np.ones(sizes[-1]), size=7) if output == "softmax" else rng.uniform(size=(7, sizes[-1]))
+    return nets, MLPStack(nets), X, Y
+
+
+@pytest.mark.parametrize("sizes", [[4, 6, 3], [4, 5, 3, 3], [4, 3]], ids=["1hidden", "2hidden", "0hidden"])
+@pytest.mark.parametrize("input_bias", [True, False], ids=["b0", "no_b0"])
+@pytest.mark.parametrize("activation,output,loss", [("tanh", "softmax", "cross_entropy"),
+                                                    ("relu", "softmax", "squared_error"),
+                                                    ("sigmoid", "sigmoid", "cross_entropy")])
+def test_fused_gradients_match_finite_differences(sizes, input_bias, activation, output, loss):
+    """The stack's gradient of the summed losses of its networks, parameter by parameter (each
+    network's loss depends on its own slice only, so this is every network's own gradient)."""
+    _, stack, X, Y = random_stack(sizes, activation, output, loss, input_bias)
+    losses, _ = stack.backprop(X, Y)
+    analytic = [g.copy() for g in stack.grads]
+    total = type("Summed", (), {"params": stack.params, "loss": lambda self, X, Y: stack.loss(X, Y).sum()})()
+    for name, a, n in zip(stack.names, analytic, numeric_grads(total, X, Y)):
+        assert rel_error(a, n) < 1e-6, name
+    assert losses.shape == (3,) and stack.names[0] == ("b0" if input_bias else "W1")
+
+
+def test_fused_networks_are_the_networks_they_were_made_of():
+    nets, stack, X, Y = random_stack([4, 5, 3, 3], "tanh", "softmax", "cross_entropy", True)
+    s = stack.forward(X)
+    for j, (net, back) in enumerate(zip(nets, stack.networks())):
+        np.testing.assert_allclose(s[j], net.forward(X), rtol=1e-12)
+        for name, p in zip(net.names, net.params):
+            np.testing.assert_array_equal(back.get_state()[name], p)
+            np.testing.assert_array_equal(stack.get_state(j)[name], p)
+    stack.set_state(nets[0].get_state(), 2)  # network 3 now starts where network 1 does
+    np.testing.assert_allclose(stack.forward(X)[2], nets[0].forward(X), rtol=1e-12)
+
+
+def test_a_fused_ensemble_of_one_is_the_lone_network():
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(30, 6)), np.eye(3)[rng.integers(0, 3, 30)]
+    lone = MLP([6, 8, 4, 3], loss="cross_entropy", dtype=np.float64, rng=0)
+    stack = MLPStack([MLP([6, 8, 4, 3], loss="cross_entropy", dtype=np.float64, rng=0)])
+    runs = []
+    for net in (lone, stack):
+        runs.append(train(net, X, Y, optimizer=make_optimizer("adam", 0.01, weight_decay=0.01), batch_size=7,
+                          max_epochs=4, rng=3, mixup=0.3, schedule=LRSchedule("cosine", epochs=4)))
+    (trained,) = stack.networks()
+    for name, p in zip(lone.names, lone.params):
+        np.testing.assert_allclose(trained.get_state()[name], p, rtol=1e-9, atol=1e-12)
+    assert [r["loss"] for r in runs[0][0][0]] == pytest.approx([r["loss"] for r in runs[1][0][0]], rel=1e-9)
+
+
+def test_early_stopping_keeps_each_networks_own_best_epoch():
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(60, 8)), np.eye(3)[rng.integers(0, 3, 60)]        # noise: overfits
+    Xv, Yv = rng.normal(size=(40, 8)), np.eye(3)[rng.integers(0, 3, 40)]
+    stack = MLPStack([MLP([8, 64, 3], loss="cross_entropy", dtype=np.float64, rng=s) for s in range(3)])
+    histories, best = train(stack, X, Y, optimizer=make_optimizer("adam", 0.01), batch_size=10, max_epochs=200,
+                            rng=0, X_val=Xv, Y_val=Yv, patience=3)
+    assert len(histories[0]) == max(best) + 3 < 200  # stops when the last network does
+    losses, _ = score(stack, Xv, Yv)
+    for j, (history, epoch) in enumerate(zip(histories, best)):
+        assert history[epoch - 1]["val_loss"] == min(h["val_loss"] for h in history[:epoch + 3])
+        assert losses[j] == pytest.approx(history[epoch - 1]["val_loss"], rel=1e-12)
+
+
+def test_instability_is_the_kept_epochs_loss_against_its_minimum():
+    rows = [{"loss": v} for v in (1.0, 0.2, 0.013, 0.175, 0.62)]
+    spike = instability(rows)
+    assert spike["unstable"] and spike["min_epoch"] == 3 and spike["ratio"] == pytest.approx(0.62 / 0.013)
+    assert not instability(rows, kept_epoch=3)["unstable"]  # early stopping kept the low point
+    assert not instability([{"loss": v} for v in (0.5, 0.0015, 0.004)])["unstable"]  # 2.7x, but near zero
+    assert not instability([{"loss": v} for v in (0.5, 0.3, 0.55)])["unstable"]  # far above, but not 2x

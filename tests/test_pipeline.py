@@ -109,6 +109,39 @@ def test_parallel_folds_give_the_same_numbers_as_serial(tiny_run):
     assert serial.fold_accuracy == parallel.fold_accuracy
     for a, b in zip(serial.folds.values(), parallel.folds.values()):
         np.testing.assert_allclose(a.proba, b.proba, rtol=1e-4, atol=1e-5)
+    # an ensemble without early stopping: on two workers fold 3's networks train in two parts
+    trio = {**params, "n_networks": 3, "patience": None, "max_epochs": 5}
+    serial = cross_validate(X, dataset, trio, validation="none", n_jobs=1, progress=False)
+    parallel = cross_validate(X, dataset, trio, validation="none", n_jobs=2, progress=False)
+    for a, b in zip(serial.folds.values(), parallel.folds.values()):
+        assert len(b.model.networks_) == 3 and [h[0]["network"] for h in b.histories] == [1, 2, 3]
+        np.testing.assert_allclose(a.proba, b.proba, rtol=1e-4, atol=1e-5)
+
+
+def test_the_final_model_and_predict_run_with_one_blas_thread(tiny_run, tmp_path, monkeypatch):
+    """The main process's BLAS may have every core; training and predicting in it use one thread."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from esc50ann import model as model_mod
+
+    pipe, _ = tiny_run
+    seen = []
+    real = (model_mod.ANNClassifier.fit, model_mod.ANNClassifier.predict_proba)
+
+    def spy(real_method):
+        def method(self, *args, **kwargs):
+            seen.append(max(p["num_threads"] for p in threadpool_info()))
+            return real_method(self, *args, **kwargs)
+        return method
+
+    monkeypatch.setattr(model_mod.ANNClassifier, "fit", spy(real[0]))
+    monkeypatch.setattr(model_mod.ANNClassifier, "predict_proba", spy(real[1]))
+    with threadpool_limits(limits=2):
+        assert max(p["num_threads"] for p in threadpool_info()) == 2
+        model = pipe.train(None)
+        model.save(tmp_path / "m.npz")
+        predict_files(tmp_path / "m.npz", [pipe.download().audio_paths[0]])
+    assert seen and set(seen) == {1}
 
 
 def test_normalisation_is_fit_on_training_rows_only(tiny_run):

@@ -14,7 +14,7 @@ def fold(test_fold, index, y_true, y_pred):
     proba = np.full((len(index), 2), 0.25)
     proba[np.arange(len(index)), [0 if p == 3 else 1 for p in y_pred]] = 0.75
     return FoldResult(test_fold=test_fold, val_fold=None, test_index=np.array(index), y_true=np.array(y_true),
-                      y_pred=np.array(y_pred), proba=proba, history=[], best_epoch=1, model=None)
+                      y_pred=np.array(y_pred), proba=proba, histories=[[]], best_epochs=[1], model=None)
 
 
 @pytest.fixture
@@ -102,8 +102,33 @@ def test_learning_curve_title_says_what_ran(result, val_fold, refitted, words, a
     cv, _ = result
     for f in cv.folds.values():
         f.val_fold, f.refitted = val_fold, refitted
-        f.history = [{"epoch": e, "loss": 1.0 / e, "accuracy": 0.5, "seconds": 0.1,
+        f.histories = [[{"epoch": e, "loss": 1.0 / e, "accuracy": 0.5, "seconds": 0.1,
                       "val_loss": 1.0 / e if val_fold else None, "val_accuracy": 0.5 if val_fold else None}
-                     for e in (1, 2, 3)]
+                     for e in (1, 2, 3)]]
     title = plot_learning_curves(cv)._suptitle.get_text()
     assert words in title and absent not in title
+
+
+def test_an_unstable_network_is_reported_per_fold_and_network(result, tmp_path):
+    from esc50ann.report import html_page, metrics, plot_learning_curves
+
+    cv, dataset = result
+    calm = [{"epoch": e, "loss": v, "accuracy": 0.5, "seconds": 0.1} for e, v in enumerate((1.0, 0.2, 0.1), 1)]
+    spike = [{"epoch": e, "loss": v, "accuracy": 0.5, "seconds": 0.1} for e, v in enumerate((1.0, 0.02, 0.6), 1)]
+    cv.folds[1].histories, cv.folds[1].best_epochs = [calm, spike, calm], [3, 3, 3]
+    cv.folds[2].histories, cv.folds[2].best_epochs = [calm], [3]
+    per_class = per_class_table(predictions_table(cv, dataset))
+    result_ = metrics(cv, per_class, pipeline={"name": "t", "training": {"random_state": 0}}, timings={})
+    assert result_["warnings"] == [cv.folds[1].warnings[0]] and "fold 1 network 2: unstable training" in result_["warnings"][0]
+    assert [s["unstable"] for s in result_["training_stability"]["1"]] == [False, True, False]
+    assert [s["network"] for s in result_["training_stability"]["1"]] == [1, 2, 3]
+    assert not result_["training_stability"]["2"][0]["unstable"]
+    assert "## Warnings" in summary(result_, per_class) and "fold 1 network 2" in summary(result_, per_class)
+    assert 'id="warnings"' in html_page(result_, per_class, tmp_path)
+    fig = plot_learning_curves(cv)
+    loss_ax = fig.axes[0]
+    assert len(loss_ax.lines) == 2 * 4  # every network of every fold: its curve and its kept-epoch mark
+    assert [line.get_marker() for line in loss_ax.lines[1::2]] == ["o", "X", "o", "o"]  # the spike is a cross
+    calm_only = metrics(cv.__class__(folds={2: cv.folds[2]}, classes=cv.classes, class_names=cv.class_names),
+                        per_class, pipeline={"name": "t", "training": {"random_state": 0}}, timings={})
+    assert calm_only["warnings"] == [] and "## Warnings" not in summary(calm_only, per_class)

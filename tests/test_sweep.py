@@ -181,6 +181,25 @@ def test_resume_runs_only_the_missing_tasks(finished, workdir, monkeypatch):
     pd.testing.assert_frame_equal(again.scores.drop(columns="seconds"), result.scores.drop(columns="seconds"))
 
 
+def test_damaged_task_files_are_run_again_with_a_warning(finished, workdir, monkeypatch):
+    result, out = finished
+    tasks = sorted((out / "tasks").glob("*.json"))
+    good = json.loads(tasks[0].read_text())
+    tasks[0].write_text(json.dumps({**good, "accuracy": "high"}))  # the wrong type
+    tasks[1].write_text(json.dumps({**good, "config": good["config"] + 7}))  # another task's result
+    tasks[2].write_bytes(b"\xff{")
+    ran = []
+    real = sweep_mod.run_task
+    monkeypatch.setattr(sweep_mod, "run_task", lambda *a: ran.append(a[2]) or real(*a))
+    with pytest.warns(UserWarning, match="running the task again") as caught:
+        again = sweep_mod.run(workdir / "tiny-sweep.toml", data_dir=workdir / "data", out=out, n_jobs=1,
+                              progress=False)
+    assert len(ran) == 3 and sorted(str(w.message).split(":")[0] for w in caught) == [str(t) for t in tasks[:3]]
+    said = " | ".join(str(w.message) for w in caught)
+    assert all(why in said for why in ("accuracy must be a float in [0, 1]", "the result of another task", "unreadable"))
+    pd.testing.assert_frame_equal(again.scores.drop(columns="seconds"), result.scores.drop(columns="seconds"))
+
+
 @pytest.mark.slow
 def test_local_cluster_gives_the_same_numbers(finished, workdir, tmp_path):
     pytest.importorskip("distributed")
