@@ -4,7 +4,9 @@ A pipeline file has a ``name``, a one-line ``description`` and five tables::
 
     name = "default"
     description = "what it is for"
-    [dataset]     source, subset ("esc50" | "esc10"), folds, sha256
+    [dataset]     source, subset ("esc50" | "esc10"), folds, sha256; for other datasets
+                  metadata, audio_dir, file_column, label_column, fold_column, group_column,
+                  group_pattern, n_folds (``esc50ann.layouts.Settings``)
     [features]    the fields of ``esc50ann.features.FeatureConfig``
     [model]       network shape: hidden_layer_sizes, activation, output, loss, input_bias,
                   n_networks (an ensemble)
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from esc50ann.errors import ConfigError
+from esc50ann.layouts import Settings
 from esc50ann.recipe import FeatureConfig
 from esc50ann.model import ANNClassifier, default_params
 from esc50ann.params import Boolean, InstanceOf, Integral, Interval, ListOf, Options, Pattern, reject_unknown, validate
@@ -40,13 +43,17 @@ TRAINING_KEYS = ("solver", "learning_rate", "lr_schedule", "lr_floor", "warmup_e
 
 
 @dataclass(frozen=True)
-class DatasetSection:
+class DatasetSection(Settings):
+    """``[dataset]``: which dataset and which clips; the keys of ``esc50ann.layouts.Settings`` say
+    how to read one that is not ESC-50 (so this section is what ``dataset.prepare`` takes)."""
+
     source: str | None = None  # URL, zip or folder; None = the CLI/env/default source
     subset: str = "esc50"  # "esc50" or "esc10"
     folds: tuple[int, ...] = ()  # test folds to run; () = every fold the metadata lists
     sha256: str | None = None  # optional checksum of the downloaded archive
 
     _constraints = {
+        **Settings._constraints,
         "source": [InstanceOf(str), None],
         "subset": [Options("esc50", "esc10")],
         "folds": [ListOf(Interval(Integral, 1))],
@@ -54,7 +61,7 @@ class DatasetSection:
     }
 
     def __post_init__(self):
-        validate(asdict(self), self._constraints)
+        super().__post_init__()
         object.__setattr__(self, "folds", tuple(self.folds))
 
 

@@ -42,7 +42,7 @@ class Dataset:
     manifest : dict[str, str] or None
         filename -> SHA-256 of the audio file, recorded at verification; None if never verified.
     layout : str
-        ``"esc50"``, ``"urbansound8k"`` or ``"folders"`` (``esc50ann.layouts``).
+        ``"esc50"``, ``"urbansound8k"``, ``"csv"`` or ``"folders"`` (``esc50ann.layouts``).
     audio_dir : Path, optional
         The folder ``meta``'s filenames are relative to; default ``root / "audio"``.
     """
@@ -158,7 +158,8 @@ class Dataset:
 
 
 def prepare(source: str | Path | None = None, data_dir: Path | str | None = None, *,
-            sha256: str | None = None, n_jobs: int = -1, progress: bool = True) -> Dataset:
+            sha256: str | None = None, settings: layouts.Settings | None = None, n_jobs: int = -1,
+            progress: bool = True) -> Dataset:
     """The dataset stage: obtain, unpack, validate and verify ESC-50; record it in ``dataset.json``.
 
     Parameters
@@ -166,13 +167,17 @@ def prepare(source: str | Path | None = None, data_dir: Path | str | None = None
     source : str or Path, optional
         An http(s) URL (downloaded into ``data_dir/downloads/``), a ``file://`` URL or a local
         ``.zip`` (extracted straight from where it is), or an extracted folder (used in place):
-        ESC-50's (``meta/esc50.csv`` and ``audio/``), UrbanSound8K's, or one folder of audio
-        files per class (``esc50ann.layouts``). Default: ``$ESC50ANN_SOURCE``,
+        ESC-50's (``meta/esc50.csv`` and ``audio/``), UrbanSound8K's, one folder of audio files
+        per class, or any folder with the CSV ``settings.metadata`` names (``esc50ann.layouts``). Default: ``$ESC50ANN_SOURCE``,
         else whatever dataset ``data_dir`` already holds, else ``DEFAULT_SOURCE``.
     data_dir : Path or str, optional
         Data root (``esc50ann.paths.data_dir``).
     sha256 : str, optional
         Expected SHA-256 of a downloaded or local archive.
+    settings : esc50ann.layouts.Settings, optional
+        How to read a folder other than ESC-50 (``[dataset] metadata``, its columns, ``n_folds``,
+        the grouping); a ``PipelineConfig.dataset`` is one. None: the defaults, and a recorded
+        dataset is taken as it was recorded.
     n_jobs : int
         joblib workers for verification.
     progress : bool
@@ -205,7 +210,7 @@ def prepare(source: str | Path | None = None, data_dir: Path | str | None = None
     # With no source named anywhere, a dataset already verified here (say the offline dev
     # copy) is what the caller means, not a 600 MB download of the default.
     wanted = None if unspecified else source
-    done = _recorded(data_dir, wanted, sha256)
+    done = _recorded(data_dir, wanted, sha256, settings)
     if done is not None:
         return done
     if unspecified:  # a recorded dataset whose files changed: repair it from where it came from
@@ -213,19 +218,24 @@ def prepare(source: str | Path | None = None, data_dir: Path | str | None = None
             source = (record.read(data_dir) or {}).get("source") or source
     with file_lock(paths.dataset_lock(data_dir)):  # a second prepare() waits here, then finds the record
         # Another prepare() may have finished this while we waited for the lock.
-        done = _recorded(data_dir, wanted, sha256)
+        done = _recorded(data_dir, wanted, sha256, settings)
         if done is not None:
             return done
         # The previous record stays until the new dataset is validated: if anything below
         # fails, the previous dataset is still there and still loadable.
         local = _obtain(source, data_dir, sha256=sha256, progress=progress)
         if local.is_dir():
-            dataset = _validate(_dataset_folder(local, source, data_dir), n_jobs=n_jobs, progress=progress)
+            layout = _dataset_folder(local, source, data_dir, settings)
+            dataset = _validate(layout, n_jobs=n_jobs, progress=progress)
         else:
+            if settings is not None and settings.metadata is not None:
+                raise DatasetError(f"source {source}: an archive is read as ESC-50; dataset.metadata "
+                                   f"({settings.metadata}) needs an extracted folder as the source")
             dataset = _extract_and_validate(local, data_dir, downloaded=_is_url(source),
                                             n_jobs=n_jobs, progress=progress)
+            layout = layouts.esc50(dataset.root)
         record.write(data_dir, source=source, root=dataset.root, manifest=dataset.manifest,
-                     archive_sha256=sha256, layout=_layout_of(dataset, data_dir))  # atomic: replaces the previous record
+                     archive_sha256=sha256, layout=layout)  # atomic: replaces the previous record
     return dataset
 
 
@@ -245,14 +255,23 @@ def load(data_dir: Path | str | None = None, *, check_files: bool = True) -> Dat
     if rec is None:
         raise DatasetError(f"no dataset in {data_dir}: run `esc50ann download` first")
     layout = record.layout(rec)
-    if not layout.metadata.is_file() or not layout.audio_dir.is_dir():
+    if not _present(layout):
         raise DatasetError(f"{paths.record_path(data_dir)}: dataset folder {layout.root} is gone: "
                            "run `esc50ann download` again")
     changed = changed_files(layout.audio_dir, rec.get("stats")) if check_files else []
     if changed:
         raise DatasetError(f"{layout.audio_dir / changed[0]}: changed since verification ({len(changed)} file(s)); "
                            "run `esc50ann download` to repair it from the kept archive")
-    return _dataset(layout, layouts.read(layout), dict(rec["files"]))
+    meta = layouts.read(layout, assign=False)
+    if check_files and set(meta["filename"]) != set(rec["files"]):
+        raise DatasetError(f"{layout.metadata or layout.root}: lists other clips than were verified: "
+                           "run `esc50ann download` again")
+    return _dataset(layout, meta, dict(rec["files"]))
+
+
+def _present(layout: Layout) -> bool:
+    """The layout's folders and metadata file are still there."""
+    return layout.audio_dir.is_dir() and (layout.metadata is None or layout.metadata.is_file())
 
 
 def resolve_source(source: str | Path | None = None) -> str:
@@ -325,14 +344,24 @@ def _extract(archive: Path, data_dir: Path, *, downloaded: bool, progress: bool,
         raise DatasetError(f"{e} (removed the download)") from None
 
 
-def _dataset_folder(folder: Path, source: str, data_dir: Path) -> Layout:
+def _dataset_folder(folder: Path, source: str, data_dir: Path, settings: layouts.Settings | None) -> Layout:
     """The layout of ``folder`` (``layouts.detect``)."""
-    layout = layouts.detect(folder, data_dir)
+    layout = layouts.detect(folder, data_dir, settings)
     if layout is None:
         raise DatasetError(f"source {source}: folder has no meta/esc50.csv and audio/ (ESC-50), no "
                            f"metadata/UrbanSound8K.csv and audio/ (UrbanSound8K) and no class folders of "
                            f"audio files (<label>/*{', *'.join(layouts.AUDIO_EXTENSIONS)})")
     return layout
+
+
+def _expected_layout(source: str, data_dir: Path, settings: layouts.Settings) -> dict | None:
+    """``Layout.to_record`` of how ``prepare`` would read ``source`` with ``settings`` now."""
+    if not _is_url(source) and Path(source).is_dir():
+        layout = layouts.detect(Path(source), data_dir, settings)
+        return None if layout is None else layout.to_record()
+    if settings.metadata is not None:
+        return None  # refused by prepare: an archive is ESC-50
+    return layouts.esc50(paths.extracted_dataset(data_dir)).to_record()
 
 
 def _validate(layout: Layout | Path, *, n_jobs: int, progress: bool) -> Dataset:
@@ -353,18 +382,13 @@ def _dataset(layout: Layout, meta: pd.DataFrame, manifest: dict | None) -> Datas
     return Dataset(layout.root, meta, manifest, layout=layout.kind, audio_dir=layout.audio_dir)
 
 
-def _layout_of(dataset: Dataset, data_dir: Path) -> Layout:
-    if dataset.layout == layouts.ESC50:
-        return layouts.esc50(dataset.root)
-    return layouts.detect(dataset.root, data_dir)
-
-
-def _recorded(data_dir: Path, source: str | None, sha256: str | None = None) -> Dataset | None:
+def _recorded(data_dir: Path, source: str | None, sha256: str | None = None,
+              settings: layouts.Settings | None = None) -> Dataset | None:
     """The recorded dataset if it came from ``source`` (any, if None), was checked against the
-    checksum ``sha256`` (when one is given: a checksum given is always checked) and still matches
-    its metadata; else None.
+    checksum ``sha256`` (when one is given: a checksum given is always checked), is read the way
+    ``settings`` say (when given) and still matches its metadata; else None.
 
-    Costs one small JSON and one CSV read: no hashing, no audio decoding.
+    Costs one small JSON and one CSV read (and a listing of a tree): no hashing, no audio decoding.
     """
     try:
         rec = record.read(data_dir)
@@ -375,10 +399,12 @@ def _recorded(data_dir: Path, source: str | None, sha256: str | None = None) -> 
     if sha256 and (rec.get("archive_sha256") or "") != sha256.strip().lower():
         return None
     layout = record.layout(rec)
-    if not layout.audio_dir.is_dir() or (layout.kind != layouts.FOLDERS and not layout.metadata.is_file()):
+    if not _present(layout):
         return None
     try:
-        meta = layouts.read(layout)
+        if settings is not None and _expected_layout(rec["source"], data_dir, settings) != layout.to_record():
+            return None
+        meta = layouts.read(layout, assign=False)
     except DatasetError:
         return None
     if set(meta["filename"]) != set(rec["files"]) or changed_files(layout.audio_dir, rec.get("stats")):

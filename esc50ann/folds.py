@@ -133,16 +133,20 @@ def _check_no_leak(meta: pd.DataFrame, split: Split) -> None:
     hen / rooster), and refusing it would make the official folds unusable.
     """
     recording = list(zip(meta["src_file"].to_numpy().tolist(), meta["target"].to_numpy().tolist()))
-    parts = {name: {recording[i] for i in rows}
-             for name, rows in (("train", split.train), ("val", split.val), ("test", split.test))}
+    rows = {"train": split.train, "val": split.val, "test": split.test}
+    parts = {name: {recording[i] for i in index} for name, index in rows.items()}
     names = list(parts)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             shared = parts[a] & parts[b]
             if shared:
                 src, target = min(shared)
+                # Name a clip on each side: src_file is a number other layouts make up for a group.
+                clip = {side: next(meta["filename"].iloc[r] for r in rows[side] if recording[r] == (src, target))
+                        for side in (a, b)}
                 raise DatasetError(f"split with test fold {split.test_fold} leaks: src_file {src} "
-                                   f"(target {target}) is in both {a} and {b} ({len(shared)} shared)")
+                                   f"(target {target}) is in both {a} and {b} ({len(shared)} shared; "
+                                   f"{clip[a]} in {a}, {clip[b]} in {b})")
 
 
 def _check_every_class_trains(dataset: Dataset, split: Split) -> None:

@@ -7,7 +7,7 @@
       .dataset.lock          serialises dataset preparations on one data root
       downloads/             downloaded archives, named by their URL (download_path)
       ESC-50-master/         the extracted dataset (esc50ann.archive)
-      folds/<name>-<hash>.csv  the fold split of a class-per-folder dataset (esc50ann.layouts)
+      folds/<name>-<hash>.csv  the folds assigned to a dataset that has none (esc50ann.layouts)
       cache/features/        feature cache entries (esc50ann.cache)
       runs/<name>-<stamp>/   one folder per cross-validation run (esc50ann.report)
 
@@ -107,8 +107,10 @@ def download_path(url: str, root: str | Path) -> Path:
     return Path(root) / "downloads" / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
 
 
-def folds_csv(root: str | Path, dataset_root: str | Path) -> Path:
-    """Where the fold split of the class-per-folder dataset ``dataset_root`` is kept under the data
-    root ``root``: named by the folder's absolute path, so two trees never share a split."""
+def folds_csv(root: str | Path, dataset_root: str | Path, settings: str = "") -> Path:
+    """Where the fold split of the dataset folder ``dataset_root`` (made with ``settings``: the
+    number of folds, the grouping, ...) is kept under the data root ``root``: named by the folder's
+    absolute path and the settings, so two trees, or two ways to split one, never share a split."""
     folder = Path(dataset_root).resolve()
-    return Path(root) / "folds" / f"{folder.name}-{hashlib.sha256(str(folder).encode()).hexdigest()[:12]}.csv"
+    digest = hashlib.sha256(f"{folder}\n{settings}".encode()).hexdigest()[:12]
+    return Path(root) / "folds" / f"{folder.name}-{digest}.csv"

@@ -110,7 +110,7 @@ class Pipeline:
         if self._dataset is None:
             with self._timed("dataset"):
                 full = dataset_mod.prepare(self.source, self.data_dir, sha256=self.config.dataset.sha256,
-                                           n_jobs=self.n_jobs, progress=self.progress)
+                                           settings=self.config.dataset, n_jobs=self.n_jobs, progress=self.progress)
                 self._dataset = full.subset(self.config.dataset.subset)
             if self._dataset.layout != "esc50" and self.config.features.sample_rate is None:
                 # "Native rate" means one rate on ESC-50 only: other sets mix rates, and features

@@ -2,9 +2,10 @@
 
     {"source": ..., "archive_sha256": ... | null, "root": <dataset folder>, "verified_at": ...,
      "n_clips": N, "files": {filename: sha256}, "stats": {filename: [size, mtime_ns]},
-     "layout": "esc50" | "urbansound8k" | "folders", "audio_dir": ..., "metadata": ...}
+     "layout": {"kind": ..., "audio_dir": ..., ...}}
 
-A record without ``layout`` (written before other layouts existed) is ESC-50's.
+``layout`` (``esc50ann.layouts.Layout.to_record``) is written for datasets other than ESC-50 only:
+a record without one is ESC-50's, so ESC-50's records stay as they always were.
 
 ``read`` checks the shape of the file (``RECORD``) before anything uses it (a damaged or forged record is one
 ``DatasetError``); ``write`` replaces it atomically.
@@ -33,9 +34,17 @@ RECORD = Document({
     "archive_sha256": [InstanceOf(str), None],
     "stats": [DictOf(ListOf(Interval(Integral), min_len=2, max_len=2), None,
                      description="an object of file names and their [size, mtime_ns]")],
-    "layout": [Options(layouts.ESC50, layouts.URBANSOUND8K, layouts.FOLDERS)],
-    "audio_dir": [InstanceOf(str)],
-    "metadata": [InstanceOf(str)],
+    "layout": [Document({
+        "kind": [Options(*layouts.KINDS)],
+        "root": [InstanceOf(str)],
+        "audio_dir": [InstanceOf(str)],
+        "metadata": [InstanceOf(str), None],
+        "columns": [Document({}, {role: [InstanceOf(str)] for role in layouts.ROLES},
+                             description="an object of column names")],
+        "split": [InstanceOf(str), None],
+        "n_folds": [Interval(Integral, 2), None],
+        "group_pattern": [InstanceOf(str), None],
+    }, description="an object (esc50ann.layouts.Layout.to_record)")],
 }, description="an object (what the dataset stage verified)")
 
 
@@ -55,6 +64,9 @@ def read(data_dir: Path) -> dict | None:
     except (OSError, ValueError) as e:
         raise DatasetError(f"{path}: damaged ({one_line(e)}); run `esc50ann download` again") from None
     problem = RECORD.problem(record)
+    kind = (record.get("layout") or {}).get("kind") if not problem else None
+    if kind in (layouts.URBANSOUND8K, layouts.CSV) and not {"file", "label"} <= set(record["layout"]["columns"]):
+        problem = f"layout {kind!r} names no file and label columns"
     if problem:
         raise DatasetError(f"{path}: damaged ({problem}); run `esc50ann download` again")
     return record
@@ -62,10 +74,9 @@ def read(data_dir: Path) -> dict | None:
 
 def layout(record: dict) -> layouts.Layout:
     """The ``esc50ann.layouts.Layout`` a record (as ``read`` gives it) describes."""
-    kind = record.get("layout", layouts.ESC50)
-    if kind == layouts.ESC50 or not record.get("audio_dir") or not record.get("metadata"):
+    if "layout" not in record:
         return layouts.esc50(Path(record["root"]))
-    return layouts.Layout(kind, Path(record["root"]), Path(record["audio_dir"]), Path(record["metadata"]))
+    return layouts.Layout.from_record(record["layout"])
 
 
 def write(data_dir: Path, *, source: str, root: Path, manifest: dict[str, str],
@@ -84,8 +95,7 @@ def write(data_dir: Path, *, source: str, root: Path, manifest: dict[str, str],
         "stats": fingerprints(layout.audio_dir, manifest),
     }
     if layout.kind != layouts.ESC50:  # ESC-50's records stay as they always were
-        record.update(layout=layout.kind, audio_dir=str(Path(layout.audio_dir).resolve()),
-                      metadata=str(Path(layout.metadata).resolve()))
+        record["layout"] = layout.to_record()
     return write_text(record_path(data_dir), json.dumps(record, indent=1) + "\n")
 
 

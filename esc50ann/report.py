@@ -208,6 +208,8 @@ def sweep_summary(metrics: dict[str, Any], per_class: pd.DataFrame) -> str:
     folds = ", ".join(map(str, metrics["folds"]))
     lines = [f"# Sweep {metrics['sweep']} over `{metrics['base_pipeline']}` ({metrics['n_configurations']} "
              f"configurations, {metrics['n_tasks']} tasks, folds {folds})", "",
+             *([f"Dataset: {metrics['dataset']} ({NAMES.get(metrics.get('dataset_layout'), 'ESC-50')} layout)", ""]
+               if metrics.get("dataset") else []),
              f"**Nested accuracy: {100 * metrics['nested_accuracy_mean']:.1f} % ± "
              f"{100 * metrics['nested_accuracy_std']:.1f}** — the honest figure: each outer fold scored by the "
              "configuration its inner cross-validation chose.", "",

@@ -349,6 +349,7 @@ def _metrics(result: SweepResult, dataset, cluster) -> dict[str, Any]:
     return {
         "sweep": sweep.name, "source_file": sweep.source_file, "base_pipeline": sweep.base.name,
         "mode": sweep.mode, "seed": sweep.seed, "cluster": cluster, "folds": dataset.folds,
+        "dataset": str(dataset.root), "dataset_layout": dataset.layout,
         "n_configurations": len(configs), "n_tasks": len(result.scores),
         # Inner splits have one fold fewer: with under 3 folds there is none left to stop early
         # on, so inner fits train every epoch while outer fits stop early.

@@ -107,8 +107,9 @@ OTHER_CLASSES = [("bark", 0), ("chime", 14), ("hum", 36)]
 RATES = (8000, 16000, 22050, 44100, 48000)
 
 
-def make_class_tree(root: Path, clips_per_class: int = 5, classes=OTHER_CLASSES) -> Path:
-    """root/<label>/[sub/]clip<k>.<wav|flac|ogg>: lengths 1-7 s, every rate of ``RATES``, mono and
+def make_class_tree(root: Path, clips_per_class: int = 5, classes=OTHER_CLASSES,
+                    name=lambda k: f"clip{k}") -> Path:
+    """root/<label>/[sub/]<name(k)>.<wav|flac|ogg>: lengths 1-7 s, every rate of ``RATES``, mono and
     stereo, some one folder deeper; return root."""
     formats = ("wav", "flac", "wav", "ogg", "wav")
     for c, (label, target) in enumerate(classes):
@@ -119,11 +120,11 @@ def make_class_tree(root: Path, clips_per_class: int = 5, classes=OTHER_CLASSES)
             folder.mkdir(parents=True, exist_ok=True)
             fmt = formats[i % len(formats)]
             y = tone(target, seed=i, sample_rate=rate, duration=1.0 + (i * 1.5) % 6.0, channels=channels)
-            sf.write(folder / f"clip{k}.{fmt}", y, rate, format=fmt.upper())
+            sf.write(folder / f"{name(k)}.{fmt}", y, rate, format=fmt.upper())
     return Path(root)
 
 
-def make_urbansound(root: Path, n_folds: int = 4, clips_per_fold: int = 1, classes=OTHER_CLASSES) -> Path:
+def make_urbansound(root: Path, n_folds: int = 10, clips_per_fold: int = 1, classes=OTHER_CLASSES) -> Path:
     """root/metadata/UrbanSound8K.csv and root/audio/fold<k>/<fsID>-<classID>-0-<n>.wav (up to 4 s,
     mixed rates) laid out like UrbanSound8K; return root."""
     rows = []
@@ -135,7 +136,7 @@ def make_urbansound(root: Path, n_folds: int = 4, clips_per_fold: int = 1, class
                 name = f"{fs_id}-{target}-0-{n}.wav"
                 rate = RATES[len(rows) % len(RATES)]
                 sf.write(Path(root) / "audio" / f"fold{fold}" / name,
-                         tone(target, seed=len(rows), sample_rate=rate, duration=1.0 + len(rows) % 4), rate)
+                         tone(target, seed=len(rows), sample_rate=rate, duration=0.5 + len(rows) % 4), rate)
                 rows.append([name, fs_id, 0.0, 1.0, 1, fold, target, label])
     (Path(root) / "metadata").mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows, columns=["slice_file_name", "fsID", "start", "end", "salience", "fold", "classID",

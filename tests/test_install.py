@@ -1,11 +1,15 @@
 """What a user installs is a wheel: build it, install it into a fresh virtual environment and run a
-built-in pipeline by name from a directory outside the checkout."""
+built-in pipeline by name from a directory outside the checkout, on ESC-50 and on the other layouts."""
 import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pandas as pd
+
+import synth
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -68,3 +72,18 @@ def test_wheel_installs_and_runs_a_builtin_pipeline_from_anywhere(tmp_path, synt
     sweeps = run(command, "sweeps", cwd=elsewhere).stdout
     assert "default-small" in sweeps  # the example sweeps ship in the wheel
     assert run(command, "report", "--data-dir", data, cwd=elsewhere).stdout.startswith("quick: accuracy")
+
+    # The other layouts from the wheel (esc50ann.layouts is package code, nothing new is data):
+    # `run default` on a class-per-folder tree of mixed rates and lengths (a small network, two
+    # epochs), `features default --out` on an UrbanSound8K-shaped folder.
+    tree = synth.make_class_tree(tmp_path / "sounds")
+    run(command, "run", "default", "--source", tree, "--data-dir", tmp_path / "tree-data", "--out", elsewhere / "tree",
+        "--set", "model.n_networks=1", "--set", "model.hidden_layer_sizes=[16]", "--set", "training.max_epochs=2",
+        "--jobs", 1, "--quiet", cwd=elsewhere)
+    metrics = json.loads((elsewhere / "tree" / "metrics.json").read_text())
+    assert metrics["folds"] == [1, 2, 3, 4, 5] and set(metrics["per_class_accuracy"]) == {"bark", "chime", "hum"}
+    urban = synth.make_urbansound(tmp_path / "UrbanSound8K")
+    run(command, "features", "default", "--source", urban, "--data-dir", tmp_path / "us8k-data",
+        "--out", elsewhere / "f.csv", "--jobs", 1, "--quiet", cwd=elsewhere)
+    table = pd.read_csv(elsewhere / "f.csv")
+    assert len(table) == 30 and sorted(set(table["fold"])) == list(range(1, 11))

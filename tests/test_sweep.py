@@ -137,6 +137,7 @@ def test_report_files(finished):
     assert set(metrics["chosen_configuration"]) == {"1", "2", "3"}
     report = (out / "report.md").read_text()
     assert "Nested accuracy" in report and "Optimistic" in report
+    assert metrics["dataset_layout"] == "esc50" and f"Dataset: {metrics['dataset']} (ESC-50 layout)" in report
     assert (out / "scores.png").stat().st_size > 0
     assert table["inner"].dropna().tolist() == table["inner"].dropna().astype(int).tolist()
     assert ",2," in (out / "sweep.csv").read_text() and ",2.0," not in (out / "sweep.csv").read_text()
