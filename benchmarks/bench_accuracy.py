@@ -58,6 +58,9 @@ ROWS = {
     "epochs-30": ("the default over 30 epochs", "default", {"training.max_epochs": 30}, {}),
     "separate": ("the default ensemble as separate networks, each with its own row order", "default", {},
                  {"separate": True}),
+    "five-networks": ("an ensemble of five networks instead of three", "default", {"model.n_networks": 5}, {}),
+    "pitch-shifts": ("one network, pitch-shifted copies (-2 and +2 semitones) trained alongside each clip",
+                     "default", {**SINGLE, "features.pitch_shifts": [-2.0, 2.0]}, {}),
     "one-network": ("one network instead of the ensemble", "default", SINGLE, {}),
     "one-constant": ("one network at a constant learning rate, 30 epochs", "default",
                      {**SINGLE, **CONSTANT, "training.max_epochs": 30}, {}),
@@ -75,6 +78,8 @@ ROWS = {
                  {**SINGLE, "training.batch_size": 64}, {"lr_scale": 2}),
     "one-epochs-30": ("one network, 30 epochs", "default", {**SINGLE, "training.max_epochs": 30}, {}),
     "decay-3e-4": ("one network, weight decay 3e-4", "default", {**SINGLE, "training.weight_decay": 3e-4}, {}),
+    "mixup-60": ("one network, mixing (mixup 0.4) over 60 epochs", "default",
+                 {**SINGLE, "training.mixup": 0.4}, {}),
     "mixup-100": ("one network, mixing (mixup 0.4) over 100 epochs", "default",
                   {**SINGLE, "training.mixup": 0.4, "training.max_epochs": 100}, {}),
     "writeups-network": ("the write-ups' network (b0, 1024 tanh, softmax, squared error, plain SGD) on these "
