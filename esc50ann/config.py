@@ -11,8 +11,9 @@ A pipeline file has a ``name``, a one-line ``description`` and five tables::
     [model]       network shape: hidden_layer_sizes, activation, output, loss, input_bias,
                   n_networks (an ensemble)
     [training]    solver, learning_rate, lr_schedule, lr_floor, warmup_epochs, lr_step_every,
-                  lr_step_factor, momentum, batch_size, max_epochs, weight_decay, mixup,
-                  patience (0: off), standardize, dtype, random_state
+                  lr_step_factor, momentum, epsilon, clip_norm (0: off), average_epochs,
+                  batch_size, max_epochs, weight_decay, mixup, patience (0: off), standardize,
+                  dtype, random_state
     [evaluation]  validation ("auto" | "none"), refit, n_jobs
 
 Every key is optional (a missing key takes its default), but an unknown key or a value of the
@@ -38,7 +39,8 @@ SECTIONS = ("dataset", "features", "model", "training", "evaluation")
 # Which estimator parameters each section sets (ANNClassifier's constraint table checks them).
 MODEL_KEYS = ("hidden_layer_sizes", "activation", "output", "loss", "input_bias", "n_networks")
 TRAINING_KEYS = ("solver", "learning_rate", "lr_schedule", "lr_floor", "warmup_epochs", "lr_step_every",
-                 "lr_step_factor", "momentum", "batch_size", "max_epochs", "weight_decay", "mixup",
+                 "lr_step_factor", "momentum", "epsilon", "clip_norm", "average_epochs", "batch_size",
+                 "max_epochs", "weight_decay", "mixup",
                  "patience", "standardize", "dtype", "random_state")
 
 
@@ -246,11 +248,12 @@ def _section(cls, table: dict, where: str, section: str):
 
 def _estimator_section(keys: tuple[str, ...], table: dict, where: str, section: str) -> dict:
     """The table, checked against ``ANNClassifier``'s constraints, every key of ``keys`` resolved
-    (a missing one takes the estimator's default). TOML has no None: ``patience = 0`` stands
-    for the estimator's ``patience=None`` (no early stopping)."""
+    (a missing one takes the estimator's default). TOML has no None: ``patience = 0`` and
+    ``clip_norm = 0`` stand for the estimator's None (no early stopping, no clipping)."""
     reject_unknown(table, keys, where=f"{where}: ", prefix=f"{section}.")
-    if type(table.get("patience")) is int and table["patience"] == 0:
-        table = {**table, "patience": None}
+    for key, types in (("patience", (int,)), ("clip_norm", (int, float))):
+        if type(table.get(key)) in types and table[key] == 0:
+            table = {**table, key: None}
     validate(table, ANNClassifier._parameter_constraints, where=f"{where}: {section}.")
     defaults = default_params()
     return {key: table.get(key, defaults[key]) for key in keys}

@@ -68,6 +68,16 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         What each drop of ``lr_schedule="step"`` multiplies the learning rate by.
     momentum : float, default=0.9
         Only used by ``solver="momentum"``.
+    epsilon : float, default=1e-8
+        Adam's ``eps``, added to ``sqrt(v)`` in its step (only used by ``solver="adam"``): a
+        larger value caps the step where gradients have become tiny.
+    clip_norm : float or None, default=None
+        Rescale each network's gradient (over all its parameters, before weight decay) to this
+        norm whenever it is larger. None: never.
+    average_epochs : int, default=0
+        Keep the mean of each network's weights at the end of its last ``average_epochs`` epochs
+        instead of the last epoch's (weight averaging, as in stochastic weight averaging,
+        Izmailov et al. 2018). 0: the last epoch's weights. Not with early stopping.
     batch_size : int, default=32
         Samples per update (1 = per-sample SGD as in the write-ups).
     max_epochs : int, default=100
@@ -133,7 +143,7 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, *, hidden_layer_sizes=(1024,), activation="tanh", output="softmax",
                  loss="squared_error", input_bias=True, solver="sgd", learning_rate=0.01,
                  lr_schedule="constant", lr_floor=0.0, warmup_epochs=0, lr_step_every=10, lr_step_factor=0.1,
-                 momentum=0.9, batch_size=32, max_epochs=100, weight_decay=0.0, n_networks=1, mixup=0.0,
+                 momentum=0.9, epsilon=1e-8, clip_norm=None, average_epochs=0, batch_size=32, max_epochs=100, weight_decay=0.0, n_networks=1, mixup=0.0,
                  patience=10,
                  early_stopping=False, validation_fraction=0.1, standardize=True, dtype="float32",
                  random_state=0, verbose=False):
@@ -150,6 +160,9 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         self.lr_step_every = lr_step_every
         self.lr_step_factor = lr_step_factor
         self.momentum = momentum
+        self.epsilon = epsilon
+        self.clip_norm = clip_norm
+        self.average_epochs = average_epochs
         self.batch_size = batch_size
         self.max_epochs = max_epochs
         self.weight_decay = weight_decay
@@ -177,6 +190,9 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         "lr_step_every": [Interval(Integral, 1)],
         "lr_step_factor": [Interval(Real, 0, 1, closed="right")],
         "momentum": [Interval(Real, 0, 1, closed="left")],
+        "epsilon": [Interval(Real, 0, 1, closed="neither")],
+        "clip_norm": [Interval(Real, 0, closed="neither"), None],
+        "average_epochs": [Interval(Integral, 0, MAX_EPOCHS)],
         "batch_size": [Interval(Integral, 1)],
         "max_epochs": [Interval(Integral, 1, MAX_EPOCHS)],
         "weight_decay": [Interval(Real, 0)],
@@ -263,19 +279,24 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         numbers = list(range(self.n_networks)) if networks is None else sorted(set(map(int, networks)))
         if not numbers or not set(numbers) <= set(range(self.n_networks)):
             raise ConfigError(f"networks must be some of 0 to {self.n_networks - 1} (got {networks!r})")
-        if len(numbers) < self.n_networks and Xv is not None and self.patience is not None:
+        stopping = Xv is not None and self.patience is not None
+        if len(numbers) < self.n_networks and stopping:
             raise ConfigError("networks: an ensemble with early stopping trains as a whole")
+        if self.average_epochs and stopping:
+            raise ConfigError("average_epochs: weight averaging keeps the last epochs, early stopping the best one: "
+                              "set patience to None (0 in a pipeline file) or average_epochs to 0")
         stack = MLPStack([everyone[j] for j in numbers])
         del everyone
         if self.n_networks > 1 and callback is not None:  # rows say which network of the whole ensemble
             callback = _numbered(callback, numbers)
         optimizer = make_optimizer(self.solver, self.learning_rate, weight_decay=self.weight_decay,
-                                   momentum=self.momentum)
+                                   momentum=self.momentum, epsilon=self.epsilon)
         schedule = LRSchedule(self.lr_schedule, epochs=self.max_epochs, warmup_epochs=self.warmup_epochs,
                               floor=self.lr_floor, step_every=self.lr_step_every, step_factor=self.lr_step_factor)
         self.histories_, self.best_epochs_ = train(
             stack, Xs, Y, optimizer=optimizer, batch_size=self.batch_size, max_epochs=self.max_epochs,
-            rng=rng, mixup=self.mixup, schedule=schedule, X_val=Xv, Y_val=Yv,
+            rng=rng, mixup=self.mixup, schedule=schedule, clip_norm=self.clip_norm,
+            average_epochs=self.average_epochs, X_val=Xv, Y_val=Yv,
             patience=self.patience if Xv is not None else None, callback=callback, verbose=bool(self.verbose))
         if self.n_networks > 1:
             for j, history in zip(numbers, self.histories_):

@@ -137,11 +137,12 @@ class Adam(SGD):
 OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "adam": Adam}
 
 
-def make_optimizer(solver, learning_rate, *, weight_decay=0.0, momentum=0.9):
-    """``OPTIMIZERS[solver]`` with these settings (``momentum`` only reaches ``"momentum"``)."""
+def make_optimizer(solver, learning_rate, *, weight_decay=0.0, momentum=0.9, epsilon=1e-8):
+    """``OPTIMIZERS[solver]`` with these settings (``momentum`` only reaches ``"momentum"``,
+    ``epsilon`` only ``"adam"``)."""
     if solver not in OPTIMIZERS:
         raise ConfigError(f"solver must be one of {sorted(OPTIMIZERS)} (got {solver!r})")
-    extra = {"momentum": momentum} if solver == "momentum" else {}
+    extra = {"momentum": momentum} if solver == "momentum" else {"eps": epsilon} if solver == "adam" else {}
     return OPTIMIZERS[solver](learning_rate, weight_decay, **extra)
 
 
