@@ -61,6 +61,11 @@ ROWS = {
     "five-networks": ("an ensemble of five networks instead of three", "default", {"model.n_networks": 5}, {}),
     "pitch-shifts": ("one network, pitch-shifted copies (-2 and +2 semitones) trained alongside each clip",
                      "default", {**SINGLE, "features.pitch_shifts": [-2.0, 2.0]}, {}),
+    "snapshots": ("the ensemble as snapshots of one network: the cosine run three times over the 60 epochs, "
+                  "each cycle's end a member (the work of one network)", "default",
+                  {"model.ensemble": "snapshots"}, {}),
+    "snapshots-90": ("... over 90 epochs (three cycles of 30)", "default",
+                     {"model.ensemble": "snapshots", "training.max_epochs": 90}, {}),
     "one-network": ("one network instead of the ensemble", "default", SINGLE, {}),
     "one-constant": ("one network at a constant learning rate, 30 epochs", "default",
                      {**SINGLE, **CONSTANT, "training.max_epochs": 30}, {}),

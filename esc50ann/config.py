@@ -9,7 +9,7 @@ A pipeline file has a ``name``, a one-line ``description`` and five tables::
                   group_pattern, n_folds (``esc50ann.layouts.Settings``)
     [features]    the fields of ``esc50ann.features.FeatureConfig``
     [model]       network shape: hidden_layer_sizes, activation, output, loss, input_bias,
-                  n_networks (an ensemble)
+                  n_networks (an ensemble), ensemble ("independent" | "snapshots")
     [training]    solver, learning_rate, lr_schedule, lr_floor, warmup_epochs, lr_step_every,
                   lr_step_factor, momentum, epsilon, clip_norm (0: off), average_epochs,
                   batch_size, max_epochs, weight_decay, mixup, patience (0: off), standardize,
@@ -37,7 +37,7 @@ from esc50ann.params import Boolean, InstanceOf, Integral, Interval, ListOf, Opt
 
 SECTIONS = ("dataset", "features", "model", "training", "evaluation")
 # Which estimator parameters each section sets (ANNClassifier's constraint table checks them).
-MODEL_KEYS = ("hidden_layer_sizes", "activation", "output", "loss", "input_bias", "n_networks")
+MODEL_KEYS = ("hidden_layer_sizes", "activation", "output", "loss", "input_bias", "n_networks", "ensemble")
 TRAINING_KEYS = ("solver", "learning_rate", "lr_schedule", "lr_floor", "warmup_epochs", "lr_step_every",
                  "lr_step_factor", "momentum", "epsilon", "clip_norm", "average_epochs", "batch_size",
                  "max_epochs", "weight_decay", "mixup",

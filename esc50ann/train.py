@@ -194,7 +194,8 @@ def instability(history, kept_epoch=None) -> dict:
 
 
 def train(net, X, Y, *, optimizer, batch_size=32, max_epochs=100, rng=None, mixup=0.0, schedule=None,
-          clip_norm=None, average_epochs=0, X_val=None, Y_val=None, patience=None, callback=None, verbose=False):
+          clip_norm=None, average_epochs=0, X_val=None, Y_val=None, patience=None, callback=None, epoch_end=None,
+          verbose=False):
     """Train ``net`` in place with mini-batches; return ``(histories, best_epochs)``.
 
     Parameters
@@ -228,6 +229,8 @@ def train(net, X, Y, *, optimizer, batch_size=32, max_epochs=100, rng=None, mixu
     callback : callable or None
         Called after every epoch with each network's history row, in network order (e.g. to
         drive a progress bar).
+    epoch_end : callable or None
+        Called as ``epoch_end(net, epoch)`` after every epoch (e.g. to keep snapshots of the weights).
     verbose : bool
         Print one line per epoch and network.
 
@@ -269,6 +272,8 @@ def train(net, X, Y, *, optimizer, batch_size=32, max_epochs=100, rng=None, mixu
                                            schedule=schedule, step=(epoch - 1) * steps, clip_norm=clip_norm)
             if averager is not None:
                 averager.add(epoch)
+            if epoch_end is not None:
+                epoch_end(net, epoch)
             val_losses = val_accuracies = [None] * k
             if has_val:
                 val_losses, val_accuracies = score(net, X_val, Y_val)
