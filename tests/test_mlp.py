@@ -314,6 +314,16 @@ def test_warm_up_ramps_linearly_then_the_decay_spans_the_rest():
     assert LRSchedule("constant", epochs=5, warmup_epochs=1).factor(4, 4) == 1.0
 
 
+def test_cycles_restart_the_decay_and_end_where_the_snapshots_are_kept():
+    schedule = LRSchedule("cosine", epochs=7, warmup_epochs=1, cycles=3)  # cycles of 2 epochs after the warm-up
+    assert schedule.cycle_ends == [3, 5, 7]
+    one = LRSchedule("cosine", epochs=2)
+    for cycle in range(3):
+        for step in range(8):  # 4 updates an epoch: each cycle is the 2-epoch cosine again
+            assert schedule.factor(4 + 8 * cycle + step, 4) == pytest.approx(one.factor(step, 4), abs=1e-12)
+    assert LRSchedule("cosine", epochs=10).cycle_ends == [10]
+
+
 def test_training_steps_by_the_scheduled_rate():
     rng = np.random.default_rng(0)
     X, Y = rng.normal(size=(12, 4)), np.eye(3)[rng.integers(0, 3, 12)]
