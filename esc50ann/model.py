@@ -287,19 +287,8 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         numbers = list(range(self.n_networks)) if networks is None else sorted(set(map(int, networks)))
         if not numbers or not set(numbers) <= set(range(self.n_networks)):
             raise ConfigError(f"networks must be some of 0 to {self.n_networks - 1} (got {networks!r})")
-        stopping = Xv is not None and self.patience is not None
-        if len(numbers) < self.n_networks and (stopping or snapshots):
-            raise ConfigError(f"networks: an ensemble {'of snapshots' if snapshots else 'with early stopping'} "
-                              "trains as a whole")
-        if self.average_epochs and stopping:
-            raise ConfigError("average_epochs: weight averaging keeps the last epochs, early stopping the best one: "
-                              "set patience to None (0 in a pipeline file) or average_epochs to 0")
-        if self.average_epochs and snapshots:
-            raise ConfigError("average_epochs: weight averaging keeps the last epochs, a snapshot ensemble the end "
-                              "of every cycle: set ensemble to independent or average_epochs to 0")
-        if snapshots and stopping:
-            raise ConfigError("ensemble: a snapshot ensemble keeps the end of every cycle, early stopping the best "
-                              "epoch: set patience to None (0 in a pipeline file) or ensemble to independent")
+        self._check_combination(stopping=Xv is not None and self.patience is not None,
+                                part=len(numbers) < self.n_networks)
         everyone = self._new_networks(Xs.shape[1], Y.shape[1], dtype, rng, 1 if snapshots else self.n_networks)
         stack = MLPStack([everyone[j] for j in ([0] if snapshots else numbers)])
         del everyone
@@ -332,8 +321,30 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
                         row["network"] = j + 1
             self.networks_ = stack.networks()
         self.history_, self.best_epoch_ = self.histories_[0], self.best_epochs_[0]
-        self.n_iter_ = len(self.history_)
+        self.n_iter_ = len(histories[0])
         return self
+
+    def _check_combination(self, *, stopping, part):
+        """Refuse settings that cannot go together, in one line naming them (``stopping``: early
+        stopping will run; ``part``: only some networks of the ensemble are to be trained)."""
+        snapshots = self.ensemble == "snapshots"
+        if part and (stopping or snapshots):
+            raise ConfigError(f"networks: an ensemble {'of snapshots' if snapshots else 'with early stopping'} "
+                              "trains as a whole")
+        if self.average_epochs and stopping:
+            raise ConfigError("average_epochs: weight averaging keeps the last epochs, early stopping the best one: "
+                              "set patience to None (0 in a pipeline file) or average_epochs to 0")
+        if not snapshots:
+            return
+        if self.average_epochs:
+            raise ConfigError("average_epochs: weight averaging keeps the last epochs, a snapshot ensemble the end "
+                              "of every cycle: set ensemble to independent or average_epochs to 0")
+        if stopping:
+            raise ConfigError("ensemble: a snapshot ensemble keeps the end of every cycle, early stopping the best "
+                              "epoch: set patience to None (0 in a pipeline file) or ensemble to independent")
+        if self.max_epochs - self.warmup_epochs < self.n_networks:
+            raise ConfigError(f"ensemble: a snapshot ensemble of {self.n_networks} needs at least one epoch a cycle "
+                              f"after the warm-up (max_epochs {self.max_epochs}, warmup_epochs {self.warmup_epochs})")
 
     @classmethod
     def join(cls, parts):

@@ -119,7 +119,7 @@ def test_a_snapshot_ensemble_keeps_the_end_of_every_cycle_of_one_network():
     kw = dict(hidden_layer_sizes=(8,), solver="adam", learning_rate=1e-2, lr_schedule="cosine", patience=None)
     snaps = ANNClassifier(n_networks=2, ensemble="snapshots", max_epochs=6, **kw).fit(X, y)
     first_cycle = ANNClassifier(max_epochs=3, **kw).fit(X, y)  # the same start, rows and rates for 3 epochs
-    assert snaps.best_epochs_ == [3, 6] and [len(h) for h in snaps.histories_] == [3, 6]
+    assert snaps.best_epochs_ == [3, 6] and [len(h) for h in snaps.histories_] == [3, 6] and snaps.n_iter_ == 6
     for p, q in zip(snaps.networks_[0].params, first_cycle.network_.params):
         np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-7)
     assert not np.allclose(snaps.networks_[1].weights[0], snaps.networks_[0].weights[0])
@@ -132,12 +132,14 @@ def test_a_snapshot_ensemble_keeps_the_end_of_every_cycle_of_one_network():
 @pytest.mark.parametrize("kw,words", [
     ({"average_epochs": 2}, "average_epochs: weight averaging keeps the last epochs, a snapshot ensemble"),
     ({"patience": 2}, "ensemble: a snapshot ensemble keeps the end of every cycle, early stopping"),
+    ({"max_epochs": 3, "warmup_epochs": 2}, r"ensemble: a snapshot ensemble of 2 needs at least one epoch a cycle "
+                                            r"after the warm-up \(max_epochs 3, warmup_epochs 2\)"),
 ])
 def test_a_snapshot_ensemble_refuses_what_it_cannot_keep(kw, words):
     X, y = blobs(2, 10)
     with pytest.raises(ConfigError, match=f"^{words}"):
-        ANNClassifier(hidden_layer_sizes=(4,), n_networks=2, ensemble="snapshots", max_epochs=4,
-                      **{"patience": None, **kw}).fit(X, y, X_val=X, y_val=y)
+        ANNClassifier(hidden_layer_sizes=(4,), n_networks=2, ensemble="snapshots",
+                      **{"patience": None, "max_epochs": 4, **kw}).fit(X, y, X_val=X, y_val=y)
 
 
 def test_epsilon_reaches_adam():
