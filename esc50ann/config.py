@@ -194,7 +194,7 @@ def from_dict(doc: dict[str, Any], where: str = "<config>") -> PipelineConfig:
     description = doc.get("description", "")
     validate({"name": name, "description": description},
              {"name": [InstanceOf(str)], "description": [InstanceOf(str)]}, where=f"{where}: ")
-    return PipelineConfig(
+    config = PipelineConfig(
         name=name,
         description=description,
         dataset=_section(DatasetSection, doc.get("dataset", {}), where, "dataset"),
@@ -204,6 +204,13 @@ def from_dict(doc: dict[str, Any], where: str = "<config>") -> PipelineConfig:
         evaluation=_section(EvaluationSection, doc.get("evaluation", {}), where, "evaluation"),
         source_file=where,
     )
+    # Settings that cannot go together are refused here, before any clip is read, as at fit.
+    stopping = config.evaluation.validation == "auto" and config.training["patience"] is not None
+    try:
+        ANNClassifier(**config.estimator_params())._check_combination(stopping=stopping, part=False)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return config
 
 
 def override(config: PipelineConfig, values: dict[str, Any], *, where: str | None = None) -> PipelineConfig:
