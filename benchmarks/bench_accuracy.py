@@ -113,7 +113,8 @@ def cross_validate_row(pipe: Pipeline, seed: int, options: dict):
     params = {**pipe.config.estimator_params(), "random_state": seed}
     if "lr_scale" in options:
         params["learning_rate"] *= options["lr_scale"]
-    X_aug = X[:, None, :] if options.get("double") else None  # each clip's one "copy": itself
+    # the pitch-shifted copies of the clips where the pipeline makes them; "double": each clip's one "copy" is itself
+    X_aug = X[:, None, :] if options.get("double") else None if feats.X_aug is None else np.asarray(feats.X_aug)
     run = lambda p: cross_validate(X, feats.dataset, p, validation=evaluation.validation,  # noqa: E731
                                    refit=evaluation.refit, n_jobs=evaluation.n_jobs, progress=False, X_aug=X_aug)
     start = time.perf_counter()
