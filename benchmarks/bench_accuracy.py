@@ -47,26 +47,33 @@ from esc50ann import config as config_mod  # noqa: E402
 from esc50ann.evaluate import cross_validate  # noqa: E402
 from esc50ann.pipeline import Pipeline  # noqa: E402
 
-SINGLE = {"model.n_networks": 1}
+# Most rows were measured before nested cross-validation moved the default's weight decay from
+# 1e-3 to 3e-3 (sweeps/default-decay.toml): they keep the earlier decay, so that what they print
+# is what the README reports.
+EARLIER = {"training.weight_decay": 1e-3}
+SINGLE = {"model.n_networks": 1, **EARLIER}
 CONSTANT = {"training.lr_schedule": "constant"}
 # name -> (what it is, the pipeline, the keys it changes there, how training runs). Rows below
 # "one-network" take their ingredient out of one network (the ensemble costs three times as much).
 ROWS = {
     "default": ("the default pipeline", "default", {}, {}),
-    "constant": ("the default at a constant learning rate (the earlier trainer), 30 epochs", "default",
-                 {**CONSTANT, "training.max_epochs": 30}, {}),
-    "epochs-30": ("the default over 30 epochs", "default", {"training.max_epochs": 30}, {}),
-    "separate": ("the default ensemble as separate networks, each with its own row order", "default", {},
-                 {"separate": True}),
+    "ensemble-decay-1e-3": ("the earlier default: the same ensemble at weight decay 1e-3", "default", EARLIER, {}),
+    "constant": ("the earlier default at a constant learning rate (the earlier trainer), 30 epochs", "default",
+                 {**CONSTANT, **EARLIER, "training.max_epochs": 30}, {}),
+    "epochs-30": ("the earlier default over 30 epochs", "default", {**EARLIER, "training.max_epochs": 30}, {}),
+    "separate": ("the earlier default's ensemble as separate networks, each with its own row order", "default",
+                 EARLIER, {"separate": True}),
     "five-networks": ("an ensemble of five networks instead of three", "default", {"model.n_networks": 5}, {}),
     "pitch-shifts": ("one network, pitch-shifted copies (-2 and +2 semitones) trained alongside each clip",
                      "default", {**SINGLE, "features.pitch_shifts": [-2.0, 2.0]}, {}),
+    "pitch-shifts-3e-3": ("one network of the default (weight decay 3e-3) with the pitch-shifted copies", "default",
+                          {"model.n_networks": 1, "features.pitch_shifts": [-2.0, 2.0]}, {}),
     "snapshots": ("the ensemble as snapshots of one network: the cosine run three times over the 60 epochs, "
                   "each cycle's end a member (the work of one network)", "default",
-                  {"model.ensemble": "snapshots"}, {}),
+                  {"model.ensemble": "snapshots", **EARLIER}, {}),
     "snapshots-90": ("... over 90 epochs (three cycles of 30)", "default",
-                     {"model.ensemble": "snapshots", "training.max_epochs": 90}, {}),
-    "one-network": ("one network instead of the ensemble", "default", SINGLE, {}),
+                     {"model.ensemble": "snapshots", "training.max_epochs": 90, **EARLIER}, {}),
+    "one-network": ("one network of the earlier default (weight decay 1e-3)", "default", SINGLE, {}),
     "one-constant": ("one network at a constant learning rate, 30 epochs", "default",
                      {**SINGLE, **CONSTANT, "training.max_epochs": 30}, {}),
     "one-double": ("one network, 30 epochs, every clip twice an epoch (the full folds' updates)", "default",
@@ -96,8 +103,6 @@ ROWS = {
     "decay-3e-4": ("one network, weight decay 3e-4", "default", {**SINGLE, "training.weight_decay": 3e-4}, {}),
     "decay-3e-3": ("one network, weight decay 3e-3", "default", {**SINGLE, "training.weight_decay": 3e-3}, {}),
     "decay-1e-2": ("one network, weight decay 1e-2", "default", {**SINGLE, "training.weight_decay": 1e-2}, {}),
-    "ensemble-decay-3e-3": ("the default ensemble with weight decay 3e-3", "default",
-                            {"training.weight_decay": 3e-3}, {}),
     "lr-1e-4": ("one network, learning rate 1e-4", "default", {**SINGLE, "training.learning_rate": 1e-4}, {}),
     "lr-6e-4": ("one network, learning rate 6e-4", "default", {**SINGLE, "training.learning_rate": 6e-4}, {}),
     "mixup-60": ("one network, mixing (mixup 0.4) over 60 epochs", "default",
