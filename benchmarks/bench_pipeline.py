@@ -8,11 +8,13 @@
    pipeline is configured (its own ``[evaluation] n_jobs``);
 2. warm: the same run again on that data root (dataset and feature cache present);
 3. the ensemble: the pipeline's cross-validation on the cached features, as it runs it (folds
-   on ``[evaluation] n_jobs`` workers), three ways -- the ``n_networks`` networks fused (one
-   product per layer for all of them, the last round of folds cut into parts), the same
+   on ``[evaluation] n_jobs`` workers), four ways -- ``n_networks`` independent networks fused
+   (one product per layer for all of them, the last round of folds cut into parts), the same
    networks trained as ``k`` separate ones (``k`` cross-validations of one network, each its own
-   seed and row order, probabilities averaged: how ensembles trained before), and one network
-   alone -- with the ratios to one network (skipped for a pipeline of one network);
+   seed and row order, probabilities averaged: how ensembles trained before), ``n_networks``
+   snapshots of one network (``model.ensemble = "snapshots"``: its schedule run ``k`` times,
+   each end a member), and one network alone -- with the ratios to one network (skipped for a
+   pipeline of one network);
 4. equal work: the pipeline's cross-validation redone on the cached features by
      ours     ``esc50ann.evaluate.cross_validate``,
      sklearn  ``StandardScaler + MLPClassifier``,
@@ -96,11 +98,12 @@ def ensemble_cv(X, dataset, params, evaluation) -> dict | None:
     run = lambda p: cross_validate(X, dataset, p, validation=evaluation.validation, refit=evaluation.refit,  # noqa: E731
                                    n_jobs=evaluation.n_jobs, progress=False)
     out = {}
+    for name, kind in (("fused", "independent"), ("snapshots", "snapshots")):
+        start = time.perf_counter()
+        cv = run({**params, "ensemble": kind})
+        out[name] = summary(list(cv.fold_accuracy.values()), time.perf_counter() - start)
     start = time.perf_counter()
-    cv = run(params)
-    out["fused"] = summary(list(cv.fold_accuracy.values()), time.perf_counter() - start)
-    start = time.perf_counter()
-    members = [run({**params, "n_networks": 1, "random_state": params["random_state"] * 1000 + j}) for j in range(k)]
+    members = [run({**params, "n_networks": 1, "ensemble": "independent", "random_state": params["random_state"] * 1000 + j}) for j in range(k)]
     seconds = time.perf_counter() - start
     folds = list(members[0].fold_accuracy)
     accuracies = []
@@ -109,9 +112,9 @@ def ensemble_cv(X, dataset, params, evaluation) -> dict | None:
         accuracies.append(float(np.mean(members[0].classes[proba.argmax(axis=1)] == members[0].folds[fold].y_true)))
     out["separate"] = summary(accuracies, seconds)
     start = time.perf_counter()
-    cv = run({**params, "n_networks": 1})
+    cv = run({**params, "n_networks": 1, "ensemble": "independent"})
     out["one"] = summary(list(cv.fold_accuracy.values()), time.perf_counter() - start)
-    out["n_networks"] = k
+    out["n_networks"], out["default"] = k, {"independent": "fused", "snapshots": "snapshots"}[params["ensemble"]]
     return out
 
 
@@ -267,7 +270,8 @@ def main(argv=None) -> int:
             # every parameter explicit (defaults filled in), fixed epochs: no early stopping anywhere
             # one network on each side: the peers have no ensembles (nor mixing) of their own
             params = {**default_params(), **pipe.config.estimator_params(), "patience": None, "n_networks": 1,
-                      "mixup": 0.0, "lr_schedule": "constant", "warmup_epochs": 0}
+                      "ensemble": "independent", "mixup": 0.0, "lr_schedule": "constant", "warmup_epochs": 0,
+                      "average_epochs": 0, "clip_norm": None}
             folds = run.metrics["folds"]
             y, fold_of = dataset.targets, dataset.meta["fold"].to_numpy()
             results["equal_work"] = {
@@ -302,11 +306,13 @@ def print_table(r: dict) -> None:
     if r.get("ensemble"):
         e = r["ensemble"]
         print(f"\nthe ensemble of {e['n_networks']}, cross-validated as the pipeline runs it (cached features)")
-        print(f"{'':<34}{'CV s':>9}{'accuracy':>16}{'/ one network':>15}")
-        for name, label in (("fused", f"{e['n_networks']} networks fused"),
-                            ("separate", f"{e['n_networks']} separate networks"), ("one", "one network")):
+        print(f"{'':<44}{'CV s':>9}{'accuracy':>16}{'/ one network':>15}")
+        for name, label in (("fused", f"{e['n_networks']} independent networks fused"),
+                            ("separate", f"{e['n_networks']} separate networks"),
+                            ("snapshots", f"{e['n_networks']} snapshots of one network"), ("one", "one network")):
             d = e[name]
-            print(f"{label:<34}{d['cv_s']:>9.1f}{acc(d):>16}{d['cv_s'] / e['one']['cv_s']:>14.2f}x")
+            print(f"{label + (' (the pipeline)' if name == e['default'] else ''):<44}{d['cv_s']:>9.1f}{acc(d):>16}"
+                  f"{d['cv_s'] / e['one']['cv_s']:>14.2f}x")
     if "equal_work" in r:
         eq = r["equal_work"]
         print(f"\nequal work: folds in series, {r['threads']} threads each, held equal: "

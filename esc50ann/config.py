@@ -9,10 +9,11 @@ A pipeline file has a ``name``, a one-line ``description`` and five tables::
                   group_pattern, n_folds (``esc50ann.layouts.Settings``)
     [features]    the fields of ``esc50ann.features.FeatureConfig``
     [model]       network shape: hidden_layer_sizes, activation, output, loss, input_bias,
-                  n_networks (an ensemble)
+                  n_networks (an ensemble), ensemble ("independent" | "snapshots")
     [training]    solver, learning_rate, lr_schedule, lr_floor, warmup_epochs, lr_step_every,
-                  lr_step_factor, momentum, batch_size, max_epochs, weight_decay, mixup,
-                  patience (0: off), standardize, dtype, random_state
+                  lr_step_factor, momentum, epsilon, clip_norm (0: off), average_epochs,
+                  batch_size, max_epochs, weight_decay, mixup, patience (0: off), standardize,
+                  dtype, random_state
     [evaluation]  validation ("auto" | "none"), refit, n_jobs
 
 Every key is optional (a missing key takes its default), but an unknown key or a value of the
@@ -36,9 +37,10 @@ from esc50ann.params import Boolean, InstanceOf, Integral, Interval, ListOf, Opt
 
 SECTIONS = ("dataset", "features", "model", "training", "evaluation")
 # Which estimator parameters each section sets (ANNClassifier's constraint table checks them).
-MODEL_KEYS = ("hidden_layer_sizes", "activation", "output", "loss", "input_bias", "n_networks")
+MODEL_KEYS = ("hidden_layer_sizes", "activation", "output", "loss", "input_bias", "n_networks", "ensemble")
 TRAINING_KEYS = ("solver", "learning_rate", "lr_schedule", "lr_floor", "warmup_epochs", "lr_step_every",
-                 "lr_step_factor", "momentum", "batch_size", "max_epochs", "weight_decay", "mixup",
+                 "lr_step_factor", "momentum", "epsilon", "clip_norm", "average_epochs", "batch_size",
+                 "max_epochs", "weight_decay", "mixup",
                  "patience", "standardize", "dtype", "random_state")
 
 
@@ -192,7 +194,7 @@ def from_dict(doc: dict[str, Any], where: str = "<config>") -> PipelineConfig:
     description = doc.get("description", "")
     validate({"name": name, "description": description},
              {"name": [InstanceOf(str)], "description": [InstanceOf(str)]}, where=f"{where}: ")
-    return PipelineConfig(
+    config = PipelineConfig(
         name=name,
         description=description,
         dataset=_section(DatasetSection, doc.get("dataset", {}), where, "dataset"),
@@ -202,6 +204,13 @@ def from_dict(doc: dict[str, Any], where: str = "<config>") -> PipelineConfig:
         evaluation=_section(EvaluationSection, doc.get("evaluation", {}), where, "evaluation"),
         source_file=where,
     )
+    # Settings that cannot go together are refused here, before any clip is read, as at fit.
+    stopping = config.evaluation.validation == "auto" and config.training["patience"] is not None
+    try:
+        ANNClassifier(**config.estimator_params())._check_combination(stopping=stopping, part=False)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return config
 
 
 def override(config: PipelineConfig, values: dict[str, Any], *, where: str | None = None) -> PipelineConfig:
@@ -246,11 +255,12 @@ def _section(cls, table: dict, where: str, section: str):
 
 def _estimator_section(keys: tuple[str, ...], table: dict, where: str, section: str) -> dict:
     """The table, checked against ``ANNClassifier``'s constraints, every key of ``keys`` resolved
-    (a missing one takes the estimator's default). TOML has no None: ``patience = 0`` stands
-    for the estimator's ``patience=None`` (no early stopping)."""
+    (a missing one takes the estimator's default). TOML has no None: ``patience = 0`` and
+    ``clip_norm = 0`` stand for the estimator's None (no early stopping, no clipping)."""
     reject_unknown(table, keys, where=f"{where}: ", prefix=f"{section}.")
-    if type(table.get("patience")) is int and table["patience"] == 0:
-        table = {**table, "patience": None}
+    for key, types in (("patience", (int,)), ("clip_norm", (int, float))):
+        if type(table.get(key)) in types and table[key] == 0:
+            table = {**table, key: None}
     validate(table, ANNClassifier._parameter_constraints, where=f"{where}: {section}.")
     defaults = default_params()
     return {key: table.get(key, defaults[key]) for key in keys}

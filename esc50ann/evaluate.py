@@ -198,9 +198,9 @@ def fit_fold(X: np.ndarray, y: np.ndarray, split: Split, params: dict[str, Any],
 
 def splittable(split: Split, params: dict[str, Any]) -> int:
     """Into how many parts the fold's training can be cut: its networks, unless early stopping
-    (on a validation fold) makes the ensemble stop as a whole."""
+    (on a validation fold) makes the ensemble stop as a whole, or they are snapshots of one."""
     params = {**default_params(), **params}
-    if split.val.size > 0 and params["patience"] is not None:
+    if split.val.size > 0 and params["patience"] is not None or params["ensemble"] == "snapshots":
         return 1
     return params["n_networks"]
 
@@ -301,8 +301,8 @@ class _EpochReporter:
         self.progress, self.verbose = progress, verbose
         params = {**default_params(), **params}
         self.epochs = params["max_epochs"]
-        # every network of an ensemble reports its epochs: the bar counts them all
-        self.total = self.epochs * params["n_networks"]
+        # every network of an ensemble reports its epochs: the bar counts them all (snapshots: one's)
+        self.total = self.epochs * (1 if params["ensemble"] == "snapshots" else params["n_networks"])
         self.labels = ["final model" if s.test_fold is None else f"fold {s.test_fold}" for s in splits]
         self.bars = [progress_mod.bar(total=self.total, desc=label, unit="epoch", position=i, leave=False,
                                       enabled=progress) for i, label in enumerate(self.labels)]

@@ -26,6 +26,8 @@ terms do not cancel).  Here the output-layer error ``delta = dL/dz`` uses the fu
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = [
@@ -275,6 +277,11 @@ class MLP:
         assert network == 0
         return {name: p.copy() for name, p in zip(self.names, self.params)}
 
+    def clip_gradients(self, max_norm):
+        """Rescale ``grads`` to norm ``max_norm`` (over every parameter) if it is larger; return
+        the norm before, shape (1,) (as ``MLPStack``'s one per network)."""
+        return _clip([self.grads], max_norm)
+
     # ------------------------------------------------------------------------------------------
     def _workspace(self, n):
         """Activation and delta buffers for a batch of ``n`` rows, allocated once per ``n``."""
@@ -366,6 +373,20 @@ class MLP:
         return loss, s
 
 
+def _clip(groups, max_norm):
+    """Scale each group of gradient arrays (views; any strides) to norm ``max_norm`` if larger."""
+    def squares(g):  # sum of g^2 without a copy of a strided view
+        axes = "ijkl"[:g.ndim]
+        return float(np.einsum(f"{axes},{axes}->", g, g))
+
+    norms = np.array([math.sqrt(sum(squares(g) for g in group)) for group in groups])
+    for group, norm in zip(groups, norms):
+        if norm > max_norm:
+            for g in group:
+                g *= max_norm / norm
+    return norms
+
+
 class MLPStack:
     """``k`` networks of one architecture trained as one: an ensemble fused into wide products.
 
@@ -439,6 +460,11 @@ class MLPStack:
         for name, v in zip(self.names, self._views(self.params, network)):
             if name in arrays:
                 v[...] = arrays[name]
+
+    def clip_gradients(self, max_norm):
+        """Rescale each network's part of ``grads`` to norm ``max_norm`` if it is larger (each on
+        its own, as ``k`` lone networks would be); return the norms before, shape (k,)."""
+        return _clip([self._views(self.grads, j) for j in range(self.n_networks)], max_norm)
 
     def networks(self):
         """The ``k`` networks as ``MLP`` objects of their own (copies)."""

@@ -68,6 +68,16 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         What each drop of ``lr_schedule="step"`` multiplies the learning rate by.
     momentum : float, default=0.9
         Only used by ``solver="momentum"``.
+    epsilon : float, default=1e-8
+        Adam's ``eps``, added to ``sqrt(v)`` in its step (only used by ``solver="adam"``): a
+        larger value caps the step where gradients have become tiny.
+    clip_norm : float or None, default=None
+        Rescale each network's gradient (over all its parameters, before weight decay) to this
+        norm whenever it is larger. None: never.
+    average_epochs : int, default=0
+        Keep the mean of each network's weights at the end of its last ``average_epochs`` epochs
+        instead of the last epoch's (weight averaging, as in stochastic weight averaging,
+        Izmailov et al. 2018). 0: the last epoch's weights. Not with early stopping.
     batch_size : int, default=32
         Samples per update (1 = per-sample SGD as in the write-ups).
     max_epochs : int, default=100
@@ -79,6 +89,12 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         probabilities: an ensemble. They train together (``esc50ann.mlp.MLPStack``: one product
         per layer for all of them, one loop), so they see the same mini-batches in the same
         order; the first is the network a lone one would be.
+    ensemble : {"independent", "snapshots"}, default="independent"
+        How the ``n_networks`` are made. ``"independent"``: from different random starts, as
+        above (``n_networks`` times the work of one). ``"snapshots"``: one network whose
+        ``lr_schedule`` runs ``n_networks`` times over ``max_epochs`` (warm restarts), the
+        weights at the end of each cycle one member (a snapshot ensemble, Huang et al. 2017):
+        the work of one network. Not with early stopping or ``average_epochs``.
     mixup : float, default=0.0
         Between-class mixing of training rows: 0 is off; otherwise each row of a mini-batch is
         mixed with another at a ratio drawn from ``Beta(mixup, mixup)``, its target the same mix
@@ -133,8 +149,8 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, *, hidden_layer_sizes=(1024,), activation="tanh", output="softmax",
                  loss="squared_error", input_bias=True, solver="sgd", learning_rate=0.01,
                  lr_schedule="constant", lr_floor=0.0, warmup_epochs=0, lr_step_every=10, lr_step_factor=0.1,
-                 momentum=0.9, batch_size=32, max_epochs=100, weight_decay=0.0, n_networks=1, mixup=0.0,
-                 patience=10,
+                 momentum=0.9, epsilon=1e-8, clip_norm=None, average_epochs=0, batch_size=32, max_epochs=100,
+                 weight_decay=0.0, n_networks=1, ensemble="independent", mixup=0.0, patience=10,
                  early_stopping=False, validation_fraction=0.1, standardize=True, dtype="float32",
                  random_state=0, verbose=False):
         self.hidden_layer_sizes = hidden_layer_sizes
@@ -150,10 +166,14 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         self.lr_step_every = lr_step_every
         self.lr_step_factor = lr_step_factor
         self.momentum = momentum
+        self.epsilon = epsilon
+        self.clip_norm = clip_norm
+        self.average_epochs = average_epochs
         self.batch_size = batch_size
         self.max_epochs = max_epochs
         self.weight_decay = weight_decay
         self.n_networks = n_networks
+        self.ensemble = ensemble
         self.mixup = mixup
         self.patience = patience
         self.early_stopping = early_stopping
@@ -177,10 +197,14 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
         "lr_step_every": [Interval(Integral, 1)],
         "lr_step_factor": [Interval(Real, 0, 1, closed="right")],
         "momentum": [Interval(Real, 0, 1, closed="left")],
+        "epsilon": [Interval(Real, 0, 1, closed="neither")],
+        "clip_norm": [Interval(Real, 0, closed="neither"), None],
+        "average_epochs": [Interval(Integral, 0, MAX_EPOCHS)],
         "batch_size": [Interval(Integral, 1)],
         "max_epochs": [Interval(Integral, 1, MAX_EPOCHS)],
         "weight_decay": [Interval(Real, 0)],
         "n_networks": [Interval(Integral, 1, 64)],
+        "ensemble": [Options("independent", "snapshots")],
         "mixup": [Interval(Real, 0, 100)],
         "patience": [Interval(Integral, 1), None],
         "early_stopping": [Boolean()],
@@ -259,32 +283,68 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
             Yv = np.eye(len(self.classes_), dtype=dtype)[self._encode(y_val, len(Xv))]
 
         rng = self._rng()
-        everyone = self._new_networks(Xs.shape[1], Y.shape[1], dtype, rng)
+        snapshots = self.ensemble == "snapshots"
         numbers = list(range(self.n_networks)) if networks is None else sorted(set(map(int, networks)))
         if not numbers or not set(numbers) <= set(range(self.n_networks)):
             raise ConfigError(f"networks must be some of 0 to {self.n_networks - 1} (got {networks!r})")
-        if len(numbers) < self.n_networks and Xv is not None and self.patience is not None:
-            raise ConfigError("networks: an ensemble with early stopping trains as a whole")
-        stack = MLPStack([everyone[j] for j in numbers])
+        self._check_combination(stopping=Xv is not None and self.patience is not None,
+                                part=len(numbers) < self.n_networks)
+        everyone = self._new_networks(Xs.shape[1], Y.shape[1], dtype, rng, 1 if snapshots else self.n_networks)
+        stack = MLPStack([everyone[j] for j in ([0] if snapshots else numbers)])
         del everyone
-        if self.n_networks > 1 and callback is not None:  # rows say which network of the whole ensemble
+        if self.n_networks > 1 and callback is not None and not snapshots:  # which network of the ensemble
             callback = _numbered(callback, numbers)
         optimizer = make_optimizer(self.solver, self.learning_rate, weight_decay=self.weight_decay,
-                                   momentum=self.momentum)
+                                   momentum=self.momentum, epsilon=self.epsilon)
         schedule = LRSchedule(self.lr_schedule, epochs=self.max_epochs, warmup_epochs=self.warmup_epochs,
-                              floor=self.lr_floor, step_every=self.lr_step_every, step_factor=self.lr_step_factor)
-        self.histories_, self.best_epochs_ = train(
+                              floor=self.lr_floor, step_every=self.lr_step_every, step_factor=self.lr_step_factor,
+                              cycles=self.n_networks if snapshots else 1)
+        kept = {}  # a snapshot ensemble's members: the weights at the end of each cycle
+        keep = (lambda net, epoch: kept.update({epoch: net.networks()[0]}) if epoch in schedule.cycle_ends
+                else None) if snapshots else None
+        histories, best_epochs = train(
             stack, Xs, Y, optimizer=optimizer, batch_size=self.batch_size, max_epochs=self.max_epochs,
-            rng=rng, mixup=self.mixup, schedule=schedule, X_val=Xv, Y_val=Yv,
-            patience=self.patience if Xv is not None else None, callback=callback, verbose=bool(self.verbose))
-        if self.n_networks > 1:
-            for j, history in zip(numbers, self.histories_):
-                for row in history:
-                    row["network"] = j + 1
-        self.networks_ = stack.networks()
+            rng=rng, mixup=self.mixup, schedule=schedule, clip_norm=self.clip_norm,
+            average_epochs=self.average_epochs, X_val=Xv, Y_val=Yv,
+            patience=self.patience if Xv is not None else None, callback=callback, epoch_end=keep,
+            verbose=bool(self.verbose))
+        if snapshots:  # member j: the network at the end of cycle j, its history up to there
+            self.networks_ = [kept[e] for e in schedule.cycle_ends]
+            self.best_epochs_ = list(schedule.cycle_ends)
+            self.histories_ = [[{**row, "network": j + 1} for row in histories[0][:e]]
+                               for j, e in enumerate(self.best_epochs_)] if self.n_networks > 1 else histories
+        else:
+            self.histories_, self.best_epochs_ = histories, best_epochs
+            if self.n_networks > 1:
+                for j, history in zip(numbers, self.histories_):
+                    for row in history:
+                        row["network"] = j + 1
+            self.networks_ = stack.networks()
         self.history_, self.best_epoch_ = self.histories_[0], self.best_epochs_[0]
-        self.n_iter_ = len(self.history_)
+        self.n_iter_ = len(histories[0])
         return self
+
+    def _check_combination(self, *, stopping, part):
+        """Refuse settings that cannot go together, in one line naming them (``stopping``: early
+        stopping will run; ``part``: only some networks of the ensemble are to be trained)."""
+        snapshots = self.ensemble == "snapshots"
+        if part and (stopping or snapshots):
+            raise ConfigError(f"networks: an ensemble {'of snapshots' if snapshots else 'with early stopping'} "
+                              "trains as a whole")
+        if self.average_epochs and stopping:
+            raise ConfigError("average_epochs: weight averaging keeps the last epochs, early stopping the best one: "
+                              "set patience to None (0 in a pipeline file) or average_epochs to 0")
+        if not snapshots:
+            return
+        if self.average_epochs:
+            raise ConfigError("average_epochs: weight averaging keeps the last epochs, a snapshot ensemble the end "
+                              "of every cycle: set ensemble to independent or average_epochs to 0")
+        if stopping:
+            raise ConfigError("ensemble: a snapshot ensemble keeps the end of every cycle, early stopping the best "
+                              "epoch: set patience to None (0 in a pipeline file) or ensemble to independent")
+        if self.max_epochs - self.warmup_epochs < self.n_networks:
+            raise ConfigError(f"ensemble: a snapshot ensemble of {self.n_networks} needs at least one epoch a cycle "
+                              f"after the warm-up (max_epochs {self.max_epochs}, warmup_epochs {self.warmup_epochs})")
 
     @classmethod
     def join(cls, parts):
@@ -318,14 +378,14 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
                              f"network: {need / 2**30:,.1f} GiB to train and score, this machine has "
                              f"{memory / 2**30:,.1f} GiB): choose smaller hidden_layer_sizes or fewer n_networks")
 
-    def _new_networks(self, n_in, n_out, dtype, rng):
-        """The ``n_networks`` starting points. The first is drawn from ``rng`` as a lone network's
-        is, and ``rng`` then shuffles the rows for all of them; the others from its independent
-        children (``Generator.spawn``, which draws nothing from it)."""
+    def _new_networks(self, n_in, n_out, dtype, rng, count):
+        """The first ``count`` of the ``n_networks`` starting points. The first is drawn from
+        ``rng`` as a lone network's is, and ``rng`` then shuffles the rows for all of them; the
+        others from its independent children (``Generator.spawn``, which draws nothing from it)."""
         sizes = [n_in, *self.hidden_layer_sizes, n_out]
         try:
             return [MLP(sizes, self.activation, self.output, self.loss, bool(self.input_bias), dtype, g)
-                    for g in [rng, *rng.spawn(self.n_networks - 1)]]
+                    for g in [rng, *rng.spawn(count - 1)]]
         except MemoryError:
             n = sum(a * b for a, b in zip(sizes, sizes[1:])) * self.n_networks
             raise ModelError(f"network {sizes} x {self.n_networks} does not fit in memory ({n:,} weights): "

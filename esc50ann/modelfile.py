@@ -47,7 +47,8 @@ ARCHITECTURE_OPTIONAL = {"n_networks": [Interval(Integral, 1, 64)]}
 # in the header.
 ADDED = {"architecture": {"n_networks": 1},
          "params": {"n_networks": 1, "mixup": 0.0, "lr_schedule": "constant", "lr_floor": 0.0, "warmup_epochs": 0,
-                    "lr_step_every": 10, "lr_step_factor": 0.1}}
+                    "lr_step_every": 10, "lr_step_factor": 0.1, "epsilon": 1e-8, "clip_norm": None,
+                    "average_epochs": 0, "ensemble": "independent"}}
 _CLASS_NAME_PAIR = ListOf(InstanceOf(str, int, float, description="a label"), min_len=2, max_len=2)
 # Optional header fields: absent or null is fine, anything else must look like this.
 OPTIONAL = {

@@ -137,11 +137,12 @@ class Adam(SGD):
 OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "adam": Adam}
 
 
-def make_optimizer(solver, learning_rate, *, weight_decay=0.0, momentum=0.9):
-    """``OPTIMIZERS[solver]`` with these settings (``momentum`` only reaches ``"momentum"``)."""
+def make_optimizer(solver, learning_rate, *, weight_decay=0.0, momentum=0.9, epsilon=1e-8):
+    """``OPTIMIZERS[solver]`` with these settings (``momentum`` only reaches ``"momentum"``,
+    ``epsilon`` only ``"adam"``)."""
     if solver not in OPTIMIZERS:
         raise ConfigError(f"solver must be one of {sorted(OPTIMIZERS)} (got {solver!r})")
-    extra = {"momentum": momentum} if solver == "momentum" else {}
+    extra = {"momentum": momentum} if solver == "momentum" else {"eps": epsilon} if solver == "adam" else {}
     return OPTIMIZERS[solver](learning_rate, weight_decay, **extra)
 
 
@@ -166,21 +167,33 @@ class LRSchedule:
         Where ``cosine`` and ``linear`` end, and the least ``step`` reaches: a fraction of the base rate.
     step_every : int
     step_factor : float
+    cycles : int
+        Run the decay this many times over the epochs after the warm-up, each time from the base
+        rate (warm restarts, Loshchilov & Hutter 2017): the cycles end at ``cycle_ends``, where a
+        snapshot ensemble keeps its members.
 
     ``factor(step, steps_per_epoch)`` is the factor of update ``step`` (0-based, counted over the
     whole training). Decays are evaluated per update, at the epochs done before it, so a cosine
     over 30 epochs ends a hair above its floor, not at it.
     """
 
-    def __init__(self, kind="constant", *, epochs, warmup_epochs=0, floor=0.0, step_every=10, step_factor=0.1):
+    def __init__(self, kind="constant", *, epochs, warmup_epochs=0, floor=0.0, step_every=10, step_factor=0.1,
+                 cycles=1):
         if kind not in SCHEDULES:
             raise ConfigError(f"lr_schedule must be one of {', '.join(SCHEDULES)} (got {kind!r})")
         self.kind, self.epochs, self.warmup_epochs = kind, int(epochs), int(warmup_epochs)
         self.floor, self.step_every, self.step_factor = float(floor), int(step_every), float(step_factor)
+        self.cycles = int(cycles)
 
     def __repr__(self):
         return (f"LRSchedule({self.kind!r}, epochs={self.epochs}, warmup_epochs={self.warmup_epochs}, "
-                f"floor={self.floor:g})")
+                f"floor={self.floor:g}, cycles={self.cycles})")
+
+    @property
+    def cycle_ends(self) -> list[int]:
+        """The epoch (1-based) at whose end each cycle ends."""
+        length = (self.epochs - self.warmup_epochs) / self.cycles
+        return [self.warmup_epochs + round(length * (j + 1)) for j in range(self.cycles)]
 
     def factor(self, step: int, steps_per_epoch: int) -> float:
         """The learning-rate factor of update ``step`` when an epoch has ``steps_per_epoch`` updates."""
@@ -190,9 +203,11 @@ class LRSchedule:
             return (step + 1) / (warmup * steps_per_epoch)
         if self.kind == "constant":
             return 1.0
-        after = done - warmup
+        length = max(self.epochs - warmup, 1) / self.cycles  # epochs per cycle
+        after = min(done - warmup, self.epochs - warmup)
+        after = after - length * min(int(after // length), self.cycles - 1)  # into the current cycle
         if self.kind == "step":
             return max(self.floor, self.step_factor ** int(after // self.step_every))
-        progress = min(1.0, after / max(self.epochs - warmup, 1))
+        progress = min(1.0, after / length)
         shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if self.kind == "cosine" else 1.0 - progress
         return self.floor + (1.0 - self.floor) * shape

@@ -146,13 +146,23 @@ def settings_lines(metrics: dict[str, Any]) -> list[str]:
         + (" + delta" if f.get("deltas") else "") + (f" + {f.get('n_mfcc')} MFCC" if f.get("n_mfcc") else "")
         + f" ({'x'.join(map(str, metrics.get('feature_shape', [])))})",
         f"- network: {m.get('hidden_layer_sizes')} {m.get('activation')}, {m.get('output')} output, "
-        f"{m.get('loss')} loss, input bias {m.get('input_bias')}",
+        f"{m.get('loss')} loss, input bias {m.get('input_bias')}" + _ensemble(m),
         f"- training: {t.get('solver')}, learning rate {t.get('learning_rate')} ({_schedule(t)}), "
         f"batch {t.get('batch_size')}, "
         f"{t.get('max_epochs')} epochs max, weight decay {t.get('weight_decay')}, patience {t.get('patience')}",
         f"- evaluation: validation {e.get('validation')}, refit {e.get('refit')}; seed {metrics.get('seed')}; "
         f"finished {metrics.get('finished', '?')}",
     ]
+
+
+def _ensemble(m: dict[str, Any]) -> str:
+    """The ensemble of a [model] section, in words (nothing for one network)."""
+    k = m.get("n_networks", 1)
+    if k == 1:
+        return ""
+    if m.get("ensemble") == "snapshots":
+        return f"; an ensemble of {k} snapshots of one network (its schedule run {k} times, each end kept)"
+    return f"; an ensemble of {k} networks from different random starts"
 
 
 def _schedule(t: dict[str, Any]) -> str:
@@ -165,6 +175,10 @@ def _schedule(t: dict[str, Any]) -> str:
         words += f" x{t.get('lr_step_factor'):g} every {t.get('lr_step_every')} epochs"
     if t.get("warmup_epochs"):
         words += f", {t['warmup_epochs']} warm-up epochs"
+    if t.get("average_epochs"):
+        words += f", weights averaged over the last {t['average_epochs']} epochs"
+    if t.get("clip_norm"):
+        words += f", gradients clipped to norm {t['clip_norm']:g}"
     return words
 
 

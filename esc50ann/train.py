@@ -91,11 +91,12 @@ class _Batches:
             buf += other
 
 
-def run_epoch(net, batches, optimizer, order, epoch, *, schedule=None, step=0):
+def run_epoch(net, batches, optimizer, order, epoch, *, schedule=None, step=0, clip_norm=None):
     """One pass over the rows in ``order``: backprop and an update per batch.
 
     ``step`` counts the updates before this epoch, for ``schedule`` (an ``LRSchedule``), which
-    sets ``optimizer.lr_factor`` before every update. Returns every network's mean training loss
+    sets ``optimizer.lr_factor`` before every update. With ``clip_norm``, each network's gradient
+    is rescaled to at most that norm before its update. Returns every network's mean training loss
     and running accuracy over the epoch (arrays of shape (n_networks,)); raises the divergence
     ``ModelError`` as soon as a batch loss is not finite.
     """
@@ -112,6 +113,8 @@ def run_epoch(net, batches, optimizer, order, epoch, *, schedule=None, step=0):
         loss_sum += loss * len(idx)
         s = s.reshape(k, len(idx), -1)
         correct += np.count_nonzero(s.argmax(axis=-1) == batches.labels[idx], axis=1)
+        if clip_norm is not None:
+            net.clip_gradients(clip_norm)
         optimizer.step(net)
     return loss_sum / len(order), correct / len(order)
 
@@ -145,6 +148,25 @@ class EarlyStopping:
         return [int(e) for e in self.best_epoch]
 
 
+class _Average:
+    """The running mean of ``params`` (arrays, updated in place by training) over the epochs from
+    ``first`` on; ``put`` writes it into them."""
+
+    def __init__(self, params, first):
+        self.params, self.first, self.count = params, max(1, first), 0
+        self.sums = [np.zeros_like(p) for p in params]
+
+    def add(self, epoch):
+        if epoch >= self.first:
+            for total, p in zip(self.sums, self.params):
+                total += p
+            self.count += 1
+
+    def put(self):
+        for total, p in zip(self.sums, self.params):
+            np.divide(total, self.count, out=p)
+
+
 def instability(history, kept_epoch=None) -> dict:
     """How far the training loss at the kept epoch is above the lowest it reached up to then.
 
@@ -172,7 +194,8 @@ def instability(history, kept_epoch=None) -> dict:
 
 
 def train(net, X, Y, *, optimizer, batch_size=32, max_epochs=100, rng=None, mixup=0.0, schedule=None,
-          X_val=None, Y_val=None, patience=None, callback=None, verbose=False):
+          clip_norm=None, average_epochs=0, X_val=None, Y_val=None, patience=None, callback=None, epoch_end=None,
+          verbose=False):
     """Train ``net`` in place with mini-batches; return ``(histories, best_epochs)``.
 
     Parameters
@@ -192,6 +215,11 @@ def train(net, X, Y, *, optimizer, batch_size=32, max_epochs=100, rng=None, mixu
         with another row of its batch, inputs and targets alike (see ``_Batches``).
     schedule : esc50ann.optim.LRSchedule, optional
         The learning rate of every update, as a factor of the optimizer's (None: constant).
+    clip_norm : float or None
+        Rescale each network's gradient to at most this norm before every update.
+    average_epochs : int
+        Return the mean of the weights at the end of the last ``average_epochs`` epochs (all of
+        them if fewer ran) instead of the last epoch's: weight averaging. Not with ``patience``.
     X_val, Y_val : arrays or None
         Scored after every epoch.  With ``patience`` set, a network stops improving once its
         validation loss has not fallen for ``patience`` epochs, training stops when every network
@@ -201,6 +229,8 @@ def train(net, X, Y, *, optimizer, batch_size=32, max_epochs=100, rng=None, mixu
     callback : callable or None
         Called after every epoch with each network's history row, in network order (e.g. to
         drive a progress bar).
+    epoch_end : callable or None
+        Called as ``epoch_end(net, epoch)`` after every epoch (e.g. to keep snapshots of the weights).
     verbose : bool
         Print one line per epoch and network.
 
@@ -228,6 +258,9 @@ def train(net, X, Y, *, optimizer, batch_size=32, max_epochs=100, rng=None, mixu
         Y_val = np.asarray(Y_val, dtype=net.dtype)
     k = net.n_networks
     stopper = EarlyStopping(patience, k) if has_val and patience is not None else None
+    if stopper is not None and average_epochs:
+        raise ValueError("weight averaging keeps the last epochs, early stopping the best: not both")
+    averager = _Average(net.params, first=int(max_epochs) - int(average_epochs) + 1) if average_epochs else None
     steps = math.ceil(len(batches.X) / batches.size)
 
     histories = [[] for _ in range(k)]
@@ -236,7 +269,11 @@ def train(net, X, Y, *, optimizer, batch_size=32, max_epochs=100, rng=None, mixu
         for epoch in range(1, int(max_epochs) + 1):
             start = time.perf_counter()
             losses, accuracies = run_epoch(net, batches, optimizer, rng.permutation(len(batches.X)), epoch,
-                                           schedule=schedule, step=(epoch - 1) * steps)
+                                           schedule=schedule, step=(epoch - 1) * steps, clip_norm=clip_norm)
+            if averager is not None:
+                averager.add(epoch)
+            if epoch_end is not None:
+                epoch_end(net, epoch)
             val_losses = val_accuracies = [None] * k
             if has_val:
                 val_losses, val_accuracies = score(net, X_val, Y_val)
@@ -259,6 +296,8 @@ def train(net, X, Y, *, optimizer, batch_size=32, max_epochs=100, rng=None, mixu
                 break
     last = len(histories[0])
     best_epochs = stopper.restore(net, last) if stopper is not None else [last] * k
+    if averager is not None:
+        averager.put()
     # The loss is checked before each update, so the last update can still overflow: check
     # the weights the caller gets, or a "trained" network of inf/NaN would be saved and scored.
     if not all(np.isfinite(p).all() for p in net.params):

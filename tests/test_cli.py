@@ -96,6 +96,19 @@ def test_an_unstable_fold_is_a_warning_on_the_terminal_even_quiet(cli_root, tmp_
         assert f"esc50ann: warning: fold {fold}: unstable training" in err
 
 
+def test_a_snapshot_ensemble_with_clipping_runs_from_the_command_line(cli_root, tmp_path, capsys):
+    code, _, err = esc50ann(capsys, "--quiet", "cv", cli_root / "tiny.toml", "--data-dir", cli_root / "data",
+                            "--out", tmp_path / "run", "--folds", "1,2", "--jobs", 1,
+                            "--set", "model.n_networks=2", "--set", "model.ensemble=snapshots",
+                            "--set", "training.max_epochs=4", "--set", "training.lr_schedule=cosine",
+                            "--set", "training.clip_norm=0.5", "--set", "training.epsilon=1e-6", "--set", "training.patience=0")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [s["kept_epoch"] for s in metrics["training_stability"]["1"]] == [2, 4]  # one member per cycle
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "an ensemble of 2 snapshots of one network" in report and "gradients clipped to norm 0.5" in report
+
+
 @pytest.mark.parametrize("args, words", [
     (["cv", "{dir}/typo.toml"], ["typo.toml", "n_mel"]),
     (["cv", "{dir}/tiny.toml", "--folds", "1,7"], ["7"]),

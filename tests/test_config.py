@@ -55,6 +55,13 @@ def write(tmp_path, text):
     ("[training]\nlr_step_every = 0\n", ["p.toml", "training.lr_step_every", ">= 1"]),
     ("[training]\nlr_step_factor = 0\n", ["p.toml", "training.lr_step_factor", "(0, 1]"]),
     ("[model]\nlr_schedule = 'cosine'\n", ["p.toml", "model.lr_schedule", "unknown key"]),
+    ("[training]\nclip_norm = -1.0\n", ["p.toml", "training.clip_norm", "> 0"]),
+    ("[training]\nclip_norm = 'yes'\n", ["p.toml", "training.clip_norm"]),
+    ("[training]\nepsilon = 0\n", ["p.toml", "training.epsilon", "(0, 1)"]),
+    ("[training]\naverage_epochs = 1.5\n", ["p.toml", "training.average_epochs", "integer"]),
+    ("[training]\naverage_epochs = -2\n", ["p.toml", "training.average_epochs", "[0, 100000]"]),
+    ("[model]\nn_networks = 3\nensemble = 'snapshots'\n", ["p.toml", "ensemble: a snapshot ensemble", "patience"]),
+    ("[training]\naverage_epochs = 5\n", ["p.toml", "average_epochs: weight averaging", "early stopping"]),
     ("[features\n", ["p.toml", "invalid TOML"]),
 ])
 def test_bad_pipeline_names_key_and_file(tmp_path, text, words):

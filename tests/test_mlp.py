@@ -314,6 +314,16 @@ def test_warm_up_ramps_linearly_then_the_decay_spans_the_rest():
     assert LRSchedule("constant", epochs=5, warmup_epochs=1).factor(4, 4) == 1.0
 
 
+def test_cycles_restart_the_decay_and_end_where_the_snapshots_are_kept():
+    schedule = LRSchedule("cosine", epochs=7, warmup_epochs=1, cycles=3)  # cycles of 2 epochs after the warm-up
+    assert schedule.cycle_ends == [3, 5, 7]
+    one = LRSchedule("cosine", epochs=2)
+    for cycle in range(3):
+        for step in range(8):  # 4 updates an epoch: each cycle is the 2-epoch cosine again
+            assert schedule.factor(4 + 8 * cycle + step, 4) == pytest.approx(one.factor(step, 4), abs=1e-12)
+    assert LRSchedule("cosine", epochs=10).cycle_ends == [10]
+
+
 def test_training_steps_by_the_scheduled_rate():
     rng = np.random.default_rng(0)
     X, Y = rng.normal(size=(12, 4)), np.eye(3)[rng.integers(0, 3, 12)]
@@ -330,6 +340,41 @@ def test_training_steps_by_the_scheduled_rate():
     for p, q in zip(a.params, b.params):
         np.testing.assert_allclose(p, q, rtol=1e-12)
     assert [r["lr"] for r in history] == pytest.approx([0.1 * schedule.factor(s, 3) for s in (2, 5, 8)])
+
+
+def test_clipping_rescales_a_large_gradient_to_the_norm_and_leaves_a_small_one():
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(12, 4)), np.eye(3)[rng.integers(0, 3, 12)]
+    net = MLP([4, 5, 3], dtype=np.float64, rng=0)
+    net.backprop(X, Y)
+    grads = [g.copy() for g in net.grads]
+    norm = np.sqrt(sum((g ** 2).sum() for g in grads))
+    assert net.clip_gradients(2 * norm) == pytest.approx([norm])  # below the cap: untouched
+    for g, before in zip(net.grads, grads):
+        np.testing.assert_array_equal(g, before)
+    net.clip_gradients(norm / 4)
+    for g, before in zip(net.grads, grads):
+        np.testing.assert_allclose(g, before / 4, rtol=1e-12)
+
+
+def test_training_with_clipping_and_averaging_makes_the_updates_by_hand():
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(12, 4)), np.eye(3)[rng.integers(0, 3, 12)]
+    a, b = MLP([4, 5, 3], dtype=np.float64, rng=0), MLP([4, 5, 3], dtype=np.float64, rng=0)
+    train(a, X, Y, optimizer=SGD(0.5), batch_size=4, max_epochs=4, rng=7, clip_norm=0.3, average_epochs=2)
+    order, snapshots = np.random.default_rng(7), []
+    for _ in range(4):
+        perm = order.permutation(12)
+        for lo in range(0, 12, 4):
+            b.backprop(X[perm[lo:lo + 4]], Y[perm[lo:lo + 4]])
+            norm = np.sqrt(sum((g ** 2).sum() for g in b.grads))
+            for g in b.grads:
+                g *= min(1.0, 0.3 / norm)
+            SGD(0.5).step(b)
+        snapshots.append([p.copy() for p in b.params])
+    for p, third, fourth in zip(a.params, snapshots[2], snapshots[3]):  # the mean of the last two epochs
+        np.testing.assert_allclose(p, (third + fourth) / 2, rtol=1e-12)
+    assert not np.allclose(a.params[1], snapshots[3][1])
 
 
 # ---------------------------------------------------------------------------- a fused ensemble
@@ -369,6 +414,20 @@ def test_fused_networks_are_the_networks_they_were_made_of():
             np.testing.assert_array_equal(stack.get_state(j)[name], p)
     stack.set_state(nets[0].get_state(), 2)  # network 3 now starts where network 1 does
     np.testing.assert_allclose(stack.forward(X)[2], nets[0].forward(X), rtol=1e-12)
+
+
+def test_a_stack_clips_each_networks_gradient_on_its_own():
+    nets, stack, X, Y = random_stack([4, 5, 3, 3], "tanh", "softmax", "cross_entropy", True)
+    stack.backprop(X, Y)
+    for net in nets:
+        net.backprop(X, Y)
+    norms = [np.sqrt(sum((g ** 2).sum() for g in net.grads)) for net in nets]
+    cap = sorted(norms)[1]  # one network above the cap, one at it, one below
+    np.testing.assert_allclose(stack.clip_gradients(cap), norms, rtol=1e-12)
+    for j, net in enumerate(nets):
+        net.clip_gradients(cap)
+        for name, g in zip(net.names, net.grads):
+            np.testing.assert_allclose(stack._views(stack.grads, j)[net.names.index(name)], g, rtol=1e-12)
 
 
 def test_a_fused_ensemble_of_one_is_the_lone_network():

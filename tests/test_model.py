@@ -68,7 +68,8 @@ def test_diverging_learning_rate_raises_model_error():
     ("patience", 0), ("dtype", "float16"), ("input_bias", "yes"), ("random_state", -1),
     ("lr_schedule", "exponential"), ("lr_schedule", None), ("lr_floor", -0.1), ("lr_floor", 2.0),
     ("warmup_epochs", -1), ("warmup_epochs", 1.5), ("lr_step_every", 0), ("lr_step_factor", 0.0),
-    ("lr_step_factor", 1.5),
+    ("lr_step_factor", 1.5), ("epsilon", 0), ("epsilon", 1.5), ("clip_norm", 0), ("clip_norm", -1.0),
+    ("clip_norm", "1"), ("average_epochs", -1), ("average_epochs", 2.5), ("ensemble", "bagging"),
 ])
 def test_bad_params_raise_config_error_naming_them(name, value):
     X, y = blobs(2, 5)
@@ -105,6 +106,49 @@ def test_a_loss_spike_is_flagged_and_the_cosine_schedule_prevents_it():
                                f"(epoch {spike['min_epoch']}); decay the learning rate (training.lr_schedule = "
                                f"\"cosine\") or lower it"]
     assert not calm["unstable"] and calm["ratio"] <= 1.5 and steady.warnings == []  # the target
+
+
+def test_weight_averaging_refuses_early_stopping_in_one_line():
+    X, y = blobs(2, 10)
+    with pytest.raises(ConfigError, match=r"^average_epochs: weight averaging keeps the last epochs, early stopping"):
+        ANNClassifier(hidden_layer_sizes=(4,), average_epochs=3, patience=2, max_epochs=5).fit(X, y, X_val=X, y_val=y)
+
+
+def test_a_snapshot_ensemble_keeps_the_end_of_every_cycle_of_one_network():
+    X, y = blobs(3, 20)
+    kw = dict(hidden_layer_sizes=(8,), solver="adam", learning_rate=1e-2, lr_schedule="cosine", patience=None)
+    snaps = ANNClassifier(n_networks=2, ensemble="snapshots", max_epochs=6, **kw).fit(X, y)
+    first_cycle = ANNClassifier(max_epochs=3, **kw).fit(X, y)  # the same start, rows and rates for 3 epochs
+    assert snaps.best_epochs_ == [3, 6] and [len(h) for h in snaps.histories_] == [3, 6] and snaps.n_iter_ == 6
+    for p, q in zip(snaps.networks_[0].params, first_cycle.network_.params):
+        np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(snaps.networks_[1].weights[0], snaps.networks_[0].weights[0])
+    lrs = [row["lr"] for row in snaps.histories_[1]]  # cycle 1 ends near zero, cycle 2 starts again from the top
+    assert lrs[2] < 0.1 * kw["learning_rate"] < 0.5 * kw["learning_rate"] < lrs[3]
+    np.testing.assert_allclose(snaps.predict_proba(X), (snaps.networks_[0].forward(snaps._transform(X, np.float32))
+                               + snaps.networks_[1].forward(snaps._transform(X, np.float32))) / 2, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kw,words", [
+    ({"average_epochs": 2}, "average_epochs: weight averaging keeps the last epochs, a snapshot ensemble"),
+    ({"patience": 2}, "ensemble: a snapshot ensemble keeps the end of every cycle, early stopping"),
+    ({"max_epochs": 3, "warmup_epochs": 2}, r"ensemble: a snapshot ensemble of 2 needs at least one epoch a cycle "
+                                            r"after the warm-up \(max_epochs 3, warmup_epochs 2\)"),
+])
+def test_a_snapshot_ensemble_refuses_what_it_cannot_keep(kw, words):
+    X, y = blobs(2, 10)
+    with pytest.raises(ConfigError, match=f"^{words}"):
+        ANNClassifier(hidden_layer_sizes=(4,), n_networks=2, ensemble="snapshots",
+                      **{"patience": None, "max_epochs": 4, **kw}).fit(X, y, X_val=X, y_val=y)
+
+
+def test_epsilon_reaches_adam():
+    X, y = blobs(3, 10)
+    kw = dict(hidden_layer_sizes=(8,), solver="adam", learning_rate=1e-2, max_epochs=3, patience=None)
+    tiny, huge = ANNClassifier(**kw).fit(X, y), ANNClassifier(epsilon=0.5, **kw).fit(X, y)
+    start = ANNClassifier(**{**kw, "learning_rate": 1e-30}).fit(X, y).network_.weights[0]  # where both began
+    moved = lambda m: np.abs(m.network_.weights[0] - start).max()  # noqa: E731
+    assert moved(huge) < moved(tiny) / 5  # eps 0.5 shrinks Adam's steps m / (sqrt(v) + eps)
 
 
 def test_list_of_sizes_from_toml_is_accepted():
@@ -312,7 +356,8 @@ def test_an_ensemble_averages_its_networks_and_round_trips(tmp_path):
     assert [(r["network"], r["epoch"]) for r in rows] == [(k, e) for e in range(1, 6) for k in (1, 2, 3)]
     old = lone.save(tmp_path / "old.npz")  # as written before ensembles, mixing and schedules existed
     arrays, header = modelfile.read(old)
-    for key in ("n_networks", "mixup", "lr_schedule", "lr_floor", "warmup_epochs", "lr_step_every", "lr_step_factor"):
+    for key in ("n_networks", "mixup", "lr_schedule", "lr_floor", "warmup_epochs", "lr_step_every", "lr_step_factor",
+                "epsilon", "clip_norm", "average_epochs", "ensemble"):
         del header["params"][key]
     del header["architecture"]["n_networks"]
     header["history"], header["best_epoch"] = header.pop("histories")[0], header.pop("best_epochs")[0]
@@ -320,6 +365,7 @@ def test_an_ensemble_averages_its_networks_and_round_trips(tmp_path):
     reread = ANNClassifier.load(old)
     np.testing.assert_array_equal(reread.predict_proba(X), lone.predict_proba(X))
     assert reread.lr_schedule == "constant" and reread.warmup_epochs == 0 and reread.history_ == lone.history_
+    assert (reread.epsilon, reread.clip_norm, reread.average_epochs, reread.ensemble) == (1e-8, None, 0, "independent")
     loaded = ANNClassifier.load(trio.save(tmp_path / "trio.npz"))
     assert len(loaded.networks_) == 3
     np.testing.assert_array_equal(loaded.predict_proba(X), trio.predict_proba(X))
