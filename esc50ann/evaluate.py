@@ -200,7 +200,8 @@ def splittable(split: Split, params: dict[str, Any]) -> int:
     """Into how many parts the fold's training can be cut: its networks, unless early stopping
     (on a validation fold) makes the ensemble stop as a whole, or they are snapshots of one."""
     params = {**default_params(), **params}
-    if split.val.size > 0 and params["patience"] is not None or params["ensemble"] == "snapshots":
+    stops_early = split.val.size > 0 and params["patience"] is not None
+    if stops_early or params["ensemble"] == "snapshots":
         return 1
     return params["n_networks"]
 

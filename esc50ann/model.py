@@ -300,13 +300,16 @@ class ANNClassifier(ClassifierMixin, BaseEstimator):
                               floor=self.lr_floor, step_every=self.lr_step_every, step_factor=self.lr_step_factor,
                               cycles=self.n_networks if snapshots else 1)
         kept = {}  # a snapshot ensemble's members: the weights at the end of each cycle
-        keep = (lambda net, epoch: kept.update({epoch: net.networks()[0]}) if epoch in schedule.cycle_ends
-                else None) if snapshots else None
+
+        def keep(net, epoch):
+            if epoch in schedule.cycle_ends:
+                kept[epoch] = net.networks()[0]
         histories, best_epochs = train(
             stack, Xs, Y, optimizer=optimizer, batch_size=self.batch_size, max_epochs=self.max_epochs,
             rng=rng, mixup=self.mixup, schedule=schedule, clip_norm=self.clip_norm,
             average_epochs=self.average_epochs, X_val=Xv, Y_val=Yv,
-            patience=self.patience if Xv is not None else None, callback=callback, epoch_end=keep,
+            patience=self.patience if Xv is not None else None, callback=callback,
+            epoch_end=keep if snapshots else None,
             verbose=bool(self.verbose))
         if snapshots:  # member j: the network at the end of cycle j, its history up to there
             self.networks_ = [kept[e] for e in schedule.cycle_ends]
