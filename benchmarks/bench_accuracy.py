@@ -68,6 +68,8 @@ ROWS = {
                      "default", {**SINGLE, "features.pitch_shifts": [-2.0, 2.0]}, {}),
     "pitch-shifts-3e-3": ("one network of the default (weight decay 3e-3) with the pitch-shifted copies", "default",
                           {"model.n_networks": 1, "features.pitch_shifts": [-2.0, 2.0]}, {}),
+    "pitch-ensemble": ("the default with the pitch-shifted copies (-2 and +2 semitones) trained alongside each clip",
+                       "default", {"features.pitch_shifts": [-2.0, 2.0]}, {}),
     "snapshots": ("the ensemble as snapshots of one network: the cosine run three times over the 60 epochs, "
                   "each cycle's end a member (the work of one network)", "default",
                   {"model.ensemble": "snapshots", **EARLIER}, {}),
