@@ -277,6 +277,11 @@ class MLP:
         assert network == 0
         return {name: p.copy() for name, p in zip(self.names, self.params)}
 
+    def squared_weights(self):
+        """The sum of the squared weights (the ``W`` matrices, not the biases), shape (1,) (as
+        ``MLPStack``'s one per network): what an L2 weight decay penalises."""
+        return np.array([sum(_sum_squares(p) for name, p in zip(self.names, self.params) if name.startswith("W"))])
+
     def clip_gradients(self, max_norm):
         """Rescale ``grads`` to norm ``max_norm`` (over every parameter) if it is larger; return
         the norm before, shape (1,) (as ``MLPStack``'s one per network)."""
@@ -373,13 +378,15 @@ class MLP:
         return loss, s
 
 
+def _sum_squares(a):
+    """The sum of ``a ** 2`` without a copy of a strided view."""
+    axes = "ijkl"[:a.ndim]
+    return float(np.einsum(f"{axes},{axes}->", a, a))
+
+
 def _clip(groups, max_norm):
     """Scale each group of gradient arrays (views; any strides) to norm ``max_norm`` if larger."""
-    def squares(g):  # sum of g^2 without a copy of a strided view
-        axes = "ijkl"[:g.ndim]
-        return float(np.einsum(f"{axes},{axes}->", g, g))
-
-    norms = np.array([math.sqrt(sum(squares(g) for g in group)) for group in groups])
+    norms = np.array([math.sqrt(sum(_sum_squares(g) for g in group)) for group in groups])
     for group, norm in zip(groups, norms):
         if norm > max_norm:
             for g in group:
@@ -460,6 +467,11 @@ class MLPStack:
         for name, v in zip(self.names, self._views(self.params, network)):
             if name in arrays:
                 v[...] = arrays[name]
+
+    def squared_weights(self):
+        """Per network, the sum of its squared weights (not the biases), shape (k,)."""
+        return np.array([sum(_sum_squares(p) for name, p in zip(self.names, self._views(self.params, j))
+                             if name.startswith("W")) for j in range(self.n_networks)])
 
     def clip_gradients(self, max_norm):
         """Rescale each network's part of ``grads`` to norm ``max_norm`` if it is larger (each on

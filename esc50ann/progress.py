@@ -52,7 +52,8 @@ def bar(iterable=None, *, enabled: bool = True, **kwargs) -> tqdm:
 def epoch_line(label: str, row: dict, total: int) -> str:
     """The ``-v`` line of one training epoch (a history row) of ``label`` ("fold 2", "final model")."""
     network = f" network {row['network']}" if "network" in row else ""
-    return (f"{label}{network} epoch {row['epoch']}/{total}: loss {row['loss']:.4f}, "
+    penalty = f" + weight penalty {row['penalty']:.4f}" if row.get("penalty") else ""
+    return (f"{label}{network} epoch {row['epoch']}/{total}: loss {row['loss']:.4f}{penalty}, "
             f"training accuracy {100 * row['accuracy']:.1f} %")
 
 

@@ -466,3 +466,26 @@ def test_instability_is_the_kept_epochs_loss_against_its_minimum():
     assert not instability(rows, kept_epoch=3)["unstable"]  # early stopping kept the low point
     assert not instability([{"loss": v} for v in (0.5, 0.0015, 0.004)])["unstable"]  # 2.7x, but near zero
     assert not instability([{"loss": v} for v in (0.5, 0.3, 0.55)])["unstable"]  # far above, but not 2x
+
+
+def test_a_loss_rise_the_weight_penalty_pays_for_is_not_a_spike():
+    # The development folds with pitch-shifted copies: the loss climbs from 0.019 to 0.030 while
+    # weight decay shrinks the penalty from 0.54 to 0.24; their sum ends at its lowest.
+    decay = [{"loss": a, "penalty": b} for a, b in ((1.7, 3.3), (0.019, 0.54), (0.036, 0.33), (0.050, 0.24))]
+    calm = instability(decay)
+    assert calm["ratio"] == pytest.approx(0.050 / 0.019) and calm["objective_ratio"] == 1.0
+    assert not calm["unstable"]
+    spike = [dict(row, loss=0.62) if row is decay[-1] else row for row in decay]  # the same, on a spike
+    assert instability(spike)["unstable"] and instability(spike)["objective_ratio"] > 1
+
+
+def test_the_history_holds_the_weight_penalty_of_each_network():
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(30, 4)), np.eye(3)[rng.integers(0, 3, 30)]
+    stack = MLPStack([MLP([4, 6, 3], loss="cross_entropy", dtype=np.float64, rng=s) for s in range(2)])
+    opt = make_optimizer("adam", 1e-2, weight_decay=0.1)
+    histories, _ = train(stack, X, Y, optimizer=opt, batch_size=8, max_epochs=2, rng=0)
+    for history, net in zip(histories, stack.networks()):
+        expected = 0.05 * sum(float(np.sum(W.astype(np.float64) ** 2)) for W in net.weights)
+        assert history[-1]["penalty"] == pytest.approx(expected, rel=1e-5)
+        assert net.squared_weights() == pytest.approx(expected / 0.05, rel=1e-5)

@@ -161,7 +161,7 @@ def test_validation_set_and_callback():
     clf = ANNClassifier(hidden_layer_sizes=(8,), max_epochs=4, patience=None)
     clf.fit(X, y, X_val=X[:8], y_val=y[:8], callback=rows.append)
     assert rows == clf.history_ and len(rows) == 4
-    assert set(rows[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"}
+    assert set(rows[0]) == {"epoch", "loss", "penalty", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"}
     # patience=None: the validation set is scored every epoch but never stops training.
     assert all(r["val_loss"] is not None for r in rows) and clf.best_epoch_ == clf.n_iter_ == 4
     with pytest.raises(ConfigError, match="y_val has labels not seen"):
