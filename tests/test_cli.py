@@ -82,10 +82,13 @@ def test_cv_is_run(cli_root, tmp_path, capsys):
 
 
 def test_an_unstable_fold_is_a_warning_on_the_terminal_even_quiet(cli_root, tmp_path, capsys, monkeypatch):
-    from esc50ann import train
+    from esc50ann import evaluate
 
-    monkeypatch.setattr(train, "UNSTABLE_RATIO", 0.0)  # every network counts as unstable
-    monkeypatch.setattr(train, "UNSTABLE_MARGIN", -1.0)
+    def unstable(history, kept_epoch=None):  # every network counts as unstable
+        return {**instability(history, kept_epoch), "unstable": True}
+
+    instability = evaluate.instability
+    monkeypatch.setattr(evaluate, "instability", unstable)
     code, _, err = esc50ann(capsys, "--quiet", "cv", cli_root / "tiny.toml", "--data-dir", cli_root / "data",
                             "--out", tmp_path / "run", "--folds", "1,2", "--jobs", 1,
                             "--set", "training.lr_schedule=cosine", "--set", "training.warmup_epochs=2")

@@ -335,7 +335,7 @@ def test_builtin_sweeps_are_listed_shown_and_run_by_name(capsys, tmp_path):
 
     code, out, _ = esc50ann(capsys, "sweeps")
     names = [line.split()[0] for line in out.strip().splitlines()]
-    assert code == 0 and names == ["default-decay", "default-depth", "default-random", "default-small"]
+    assert code == 0 and names == ["default-decay", "default-depth", "default-pitch", "default-random", "default-small"]
     code, out, _ = esc50ann(capsys, "sweeps", "show", "default-small")
     assert code == 0 and 'name = "default-small"' in out
     assert Sweep.from_toml("default-small").name == "default-small"  # what `sweep default-small` reads
