@@ -8,7 +8,7 @@
    pipeline is configured (its own ``[evaluation] n_jobs``);
 2. warm: the same run again on that data root (dataset and feature cache present);
 3. the ensemble: the pipeline's cross-validation on the cached features, as it runs it (folds
-   on ``[evaluation] n_jobs`` workers), four ways -- ``n_networks`` independent networks fused
+   on ``[evaluation] n_jobs`` workers, with its augmented copies), four ways -- ``n_networks`` independent networks fused
    (one product per layer for all of them, the last round of folds cut into parts), the same
    networks trained as ``k`` separate ones (``k`` cross-validations of one network, each its own
    seed and row order, probabilities averaged: how ensembles trained before), ``n_networks``
@@ -16,7 +16,7 @@
    each end a member), and one network alone -- with the ratios to one network (skipped for a
    pipeline of one network);
 4. equal work: the pipeline's cross-validation redone on the cached features by
-     ours     ``esc50ann.evaluate.cross_validate``,
+     ours     ``esc50ann.model.ANNClassifier`` (fit and predict per fold, as the peers),
      sklearn  ``StandardScaler + MLPClassifier``,
      torch    a plain PyTorch CPU loop (``nn.Linear``-``Tanh``-``Linear``; only if torch is
               importable: ``pip install torch``, CPU build; never a dependency of esc50ann),
@@ -58,7 +58,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from esc50ann.evaluate import cross_validate
-from esc50ann.model import default_params
+from esc50ann.model import ANNClassifier, default_params
 from esc50ann.pipeline import Pipeline
 
 
@@ -90,13 +90,13 @@ def summary(accuracies: list[float], seconds: float) -> dict:
 
 # --------------------------------------------------------------------------- equal-work peers
 
-def ensemble_cv(X, dataset, params, evaluation) -> dict | None:
+def ensemble_cv(X, dataset, params, evaluation, X_aug=None) -> dict | None:
     """The pipeline's cross-validation fused, as k separate networks, and of one network (see 3.)."""
     k = params["n_networks"]
     if k == 1:
         return None
     run = lambda p: cross_validate(X, dataset, p, validation=evaluation.validation, refit=evaluation.refit,  # noqa: E731
-                                   n_jobs=evaluation.n_jobs, progress=False)
+                                   n_jobs=evaluation.n_jobs, progress=False, X_aug=X_aug)
     out = {}
     for name, kind in (("fused", "independent"), ("snapshots", "snapshots")):
         start = time.perf_counter()
@@ -118,11 +118,16 @@ def ensemble_cv(X, dataset, params, evaluation) -> dict | None:
     return out
 
 
-def ours_cv(X, dataset, params, folds, threads) -> dict:
+def ours_cv(X, y, fold_of, folds, params, threads) -> dict:
+    # Fit by fit, as the peers are: cross_validate runs in-process tasks on one BLAS thread (as its
+    # workers do), which would hold ours to one thread against the peers' ``threads``.
+    def fit_predict(Xtr, ytr, Xte):
+        return ANNClassifier(**{**params, "standardize": False}).fit(Xtr, ytr).predict(Xte)
+
     start = time.perf_counter()
     with threadpool_limits(threads):
-        cv = cross_validate(X, dataset, params, folds=folds, validation="none", n_jobs=1, progress=False)
-    return summary([cv.fold_accuracy[k] for k in folds], time.perf_counter() - start)
+        accuracies = each_fold(X, y, fold_of, folds, fit_predict)
+    return summary(accuracies, time.perf_counter() - start)
 
 
 def each_fold(X, y, fold_of, folds, fit_predict) -> list[float]:
@@ -266,7 +271,7 @@ def main(argv=None) -> int:
             feats = pipe.features()
             X, dataset = np.asarray(feats.X), feats.dataset
             results["ensemble"] = ensemble_cv(X, dataset, {**default_params(), **pipe.config.estimator_params()},
-                                              pipe.config.evaluation)
+                                              pipe.config.evaluation, X_aug=feats.X_aug)
             # every parameter explicit (defaults filled in), fixed epochs: no early stopping anywhere
             # one network on each side: the peers have no ensembles (nor mixing) of their own
             params = {**default_params(), **pipe.config.estimator_params(), "patience": None, "n_networks": 1,
@@ -277,7 +282,7 @@ def main(argv=None) -> int:
             results["equal_work"] = {
                 "held_equal": {k: params[k] for k in ("hidden_layer_sizes", "activation", "loss", "input_bias", "solver",
                                                       "learning_rate", "batch_size", "max_epochs", "weight_decay")},
-                "ours": ours_cv(X, dataset, params, folds, args.threads),
+                "ours": ours_cv(X, y, fold_of, folds, params, args.threads),
                 "sklearn": sklearn_cv(X, y, fold_of, folds, params, args.threads),
                 "torch": torch_cv(X, y, fold_of, folds, params, args.threads),
             }
