@@ -7,9 +7,10 @@
    write the report -- with the wall time of each stage and of each fold's training, as the
    pipeline is configured (its own ``[evaluation] n_jobs``);
 2. warm: the same run again on that data root (dataset and feature cache present);
-3. the ensemble: the pipeline's cross-validation on the cached features, as it runs it (folds
-   on ``[evaluation] n_jobs`` workers, with its augmented copies), four ways -- ``n_networks`` independent networks fused
-   (one product per layer for all of them, the last round of folds cut into parts), the same
+3. the ensemble: the pipeline's cross-validation on the cached features and augmented copies,
+   as it runs it (folds on ``[evaluation] n_jobs`` workers), four ways -- ``n_networks``
+   independent networks fused (one product per layer for all of them, the last round of folds
+   cut into parts), the same
    networks trained as ``k`` separate ones (``k`` cross-validations of one network, each its own
    seed and row order, probabilities averaged: how ensembles trained before), ``n_networks``
    snapshots of one network (``model.ensemble = "snapshots"``: its schedule run ``k`` times,
